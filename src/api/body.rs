@@ -1,0 +1,168 @@
+//! The JSON request body: read within the size limit, parsed with serde so that every error
+//! names the offending field by its JSON path (`participants[1].link.expires`).
+//!
+//! poem's `SizeLimit` middleware answers 411 to any request without `Content-Length`, so the
+//! limit is enforced here, while reading.
+
+use poem::error::{ReadBodyError, ResponseError};
+use poem::http::StatusCode;
+use poem::{Request, RequestBody};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use serde::de::DeserializeOwned;
+
+/// The largest body accepted, in bytes; set as request data by the router.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON request body of type `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+/// Why a body was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Malformed(String),
+    #[error("`{field}` {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ResponseError for BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            BodyError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// Parses `bytes` as a `T`, classifying errors: bad syntax is `Malformed` (400), a value of
+/// the wrong type or an unknown field is `Invalid` (422) with its path.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::Malformed(
+            "the request body is empty; send a JSON object".into(),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => BodyError::Invalid {
+                field: if path == "." { "body".into() } else { path },
+                message: strip_position(&inner.to_string()),
+            },
+            _ => BodyError::Malformed(format!("the request body is not valid JSON: {inner}")),
+        }
+    })?;
+    de.end()
+        .map_err(|e| BodyError::Malformed(format!("the request body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+/// serde's messages end in " at line L column C", which means little once a path is given.
+fn strip_position(message: &str) -> String {
+    message
+        .rfind(" at line ")
+        .map_or(message, |i| &message[..i])
+        .to_owned()
+}
+
+impl<'a, T> ApiExtractor<'a> for JsonBody<T>
+where
+    T: Type + DeserializeOwned + Send,
+{
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        Some(MetaRequest {
+            description: None,
+            content: vec![MetaMediaType {
+                content_type: "application/json",
+                schema: T::schema_ref(),
+            }],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let limit = request.data::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+        let declared = request
+            .header(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(BodyError::TooLarge { limit }.into());
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(limit)
+            .await
+            .map_err(|e| match e {
+                ReadBodyError::PayloadTooLarge => poem::Error::from(BodyError::TooLarge { limit }),
+                other => poem::Error::from(BodyError::Malformed(format!(
+                    "the request body could not be read: {other}"
+                ))),
+            })?;
+        Ok(Self(parse(&bytes)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u64,
+    }
+
+    #[test]
+    fn a_syntax_error_is_malformed() {
+        assert!(matches!(
+            parse::<Outer>(b"{\"items\": ["),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(parse::<Outer>(b""), Err(BodyError::Malformed(_))));
+        assert!(matches!(
+            parse::<Outer>(b"{\"items\": []} x"),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_by_its_path() {
+        match parse::<Outer>(br#"{"items": [{"n": 1}, {"n": "two"}]}"#) {
+            Err(BodyError::Invalid { field, message }) => {
+                assert_eq!(field, "items[1].n");
+                assert!(message.starts_with("invalid type"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

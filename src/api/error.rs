@@ -1,0 +1,108 @@
+//! Mapping from the layers below to HTTP problems: the only place statuses are chosen for
+//! errors. Internal failures are logged once here and never leak their details.
+
+use poem::http::StatusCode;
+
+use super::body::BodyError;
+use super::problem::{GoneProblem, Problem};
+use crate::coordinator::CoordinatorError;
+use crate::domain::Refusal;
+
+/// An error answer, before it is fitted into an operation's response type.
+#[derive(Debug)]
+pub enum ApiError {
+    Problem(Problem),
+    Gone(Box<GoneProblem>),
+}
+
+impl ApiError {
+    /// The problem for an error poem-openapi met before the handler ran (bad body, path).
+    pub fn from_request_error(error: &poem::Error) -> Self {
+        if let Some(body) = error.downcast_ref::<BodyError>() {
+            return Self::Problem(match body {
+                BodyError::TooLarge { limit } => Problem::too_large(*limit),
+                BodyError::Malformed(detail) => Problem::malformed(detail.clone()),
+                BodyError::Invalid { field, message } => {
+                    Problem::invalid(field.clone(), message.clone())
+                }
+            });
+        }
+        Self::Problem(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "The request cannot be read",
+            error.to_string(),
+        ))
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(error: CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::Invalid { field, message } => {
+                Self::Problem(Problem::invalid(field, message))
+            }
+            CoordinatorError::NotFound(id) => Self::Problem(Problem::not_found(format!(
+                "no reservation has the id {id}"
+            ))),
+            CoordinatorError::Refused {
+                refusal: Refusal::Gone,
+                reservation,
+            } => Self::Gone(Box::new(GoneProblem::of(&reservation))),
+            CoordinatorError::Refused {
+                refusal: Refusal::Conflict,
+                reservation,
+            } => Self::Problem(Problem::conflict(format!(
+                "reservation {} is {}{}; {}",
+                reservation.id,
+                reservation.state,
+                reservation
+                    .reason
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                match reservation.state {
+                    crate::domain::State::Trying => "wait until it is reserved",
+                    _ => "the decision was already taken",
+                }
+            ))),
+            CoordinatorError::Store(error) => {
+                tracing::error!(%error, "the transaction log failed");
+                Self::Problem(Problem::unavailable(
+                    "the transaction log cannot be read or written right now; retry later",
+                ))
+            }
+        }
+    }
+}
+
+/// Fits [`ApiError`] into an operation's response enum: `status => Variant` for problems, and
+/// `gone => Variant` for the reservation's 410. A status the operation does not declare
+/// becomes its `Unavailable` (503) after logging: it would be a bug.
+macro_rules! problem_response {
+    ($ty:ident { $($status:literal => $variant:ident),* $(,)? } $(gone => $gone:ident)?) => {
+        impl From<$crate::api::error::ApiError> for $ty {
+            fn from(error: $crate::api::error::ApiError) -> Self {
+                use poem_openapi::payload::Json;
+                #[allow(unused_imports)]
+                use $crate::api::error::ApiError as E;
+                let problem = match error {
+                    $(E::Gone(gone) => return $ty::$gone(Json(*gone)),)?
+                    #[allow(unreachable_patterns)]
+                    E::Gone(gone) => gone.problem,
+                    E::Problem(problem) => problem,
+                };
+                match problem.status {
+                    $($status => $ty::$variant(Json(problem)),)*
+                    _ => {
+                        tracing::error!(status = problem.status, detail = %problem.detail,
+                            "an operation met an error it does not declare");
+                        $ty::Unavailable(Json($crate::api::problem::Problem::unavailable(
+                            "the coordinator met an unexpected error; retry later",
+                        )))
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use problem_response;

@@ -1,0 +1,123 @@
+//! The HTTP shape: routes, request and response types, problem+json errors.
+//!
+//! Handlers parse input into domain types, call the coordinator, and map its answers to
+//! status codes. No business rule lives here.
+
+mod body;
+mod error;
+mod problem;
+mod reservations;
+mod system;
+mod views;
+
+use poem::endpoint::BoxEndpoint;
+use poem::http::StatusCode;
+use poem::middleware::Tracing;
+use poem::{EndpointExt, IntoResponse, Response, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+pub use body::BodyLimit;
+pub use problem::{Problem, PROBLEM_JSON};
+
+use crate::coordinator::Coordinator;
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Reservations: create, read, confirm, cancel, join.
+    Reservations,
+    /// Definitive records of confirmed transactions.
+    Transactions,
+    /// Liveness and readiness for orchestrators.
+    Health,
+}
+
+const DESCRIPTION: &str = "\
+A try/confirm/cancel (TCC) coordinator for REST services.
+
+Each participant service *tries* a change and hands back a participant link that confirms \
+with `PUT` and cancels with `DELETE` and expires on its own. Create a reservation over those \
+links (or let the coordinator perform the tries), then confirm or cancel it. The coordinator \
+logs every decision before it calls a participant, retries with exponential backoff, resumes \
+after a crash, and cancels every participant when the reservation's deadline passes.
+
+Every error is `application/problem+json` (RFC 9457); when one field is to blame, `field` \
+names it by its JSON path. The participant side of the protocol is in `openapi/participant.yaml`.";
+
+type Apis = (
+    reservations::ReservationsApi,
+    system::TransactionsApi,
+    system::HealthApi,
+);
+
+fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (
+            reservations::ReservationsApi,
+            system::TransactionsApi,
+            system::HealthApi,
+        ),
+        "tcc-coordinator",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+}
+
+/// The OpenAPI document of the coordinator, as YAML (`openapi/coordinator.yaml`).
+#[must_use]
+pub fn openapi_yaml() -> String {
+    service().spec_yaml()
+}
+
+/// Every route: the API, `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
+pub(crate) fn routes(coordinator: Coordinator, max_body_bytes: usize) -> BoxEndpoint<'static> {
+    let api = service();
+    Route::new()
+        .at("/openapi.json", api.spec_endpoint())
+        .at("/openapi.yaml", api.spec_endpoint_yaml())
+        .nest("/docs", api.swagger_ui())
+        .nest("/", api)
+        .data(coordinator)
+        .data(BodyLimit(max_body_bytes))
+        .with(Tracing)
+        .catch_all_error(|error: poem::Error| async move { problem_for(&error) })
+        .boxed()
+}
+
+/// problem+json for the errors poem raises outside the API's own responses (unknown path,
+/// wrong method).
+fn problem_for(error: &poem::Error) -> Response {
+    let status = error.status();
+    let problem = match status {
+        StatusCode::NOT_FOUND => Problem::not_found("no resource at this path; see /docs"),
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            status,
+            "method-not-allowed",
+            "Method not allowed",
+            "this path does not accept that method; see /docs",
+        ),
+        s if s.is_server_error() => {
+            tracing::error!(%error, "request failed");
+            Problem::new(
+                status,
+                "internal",
+                "Internal error",
+                "the coordinator failed to answer; retry later",
+            )
+        }
+        _ => Problem::new(
+            status,
+            "bad-request",
+            "The request cannot be served",
+            error.to_string(),
+        ),
+    };
+    poem::web::Json(serde_json::json!({
+        "type": problem.kind,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+    }))
+    .with_status(status)
+    .with_content_type(PROBLEM_JSON)
+    .into_response()
+}

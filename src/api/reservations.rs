@@ -1,0 +1,334 @@
+//! `/reservations`: create, read, confirm, cancel, join.
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::body::JsonBody;
+use super::error::{problem_response, ApiError};
+use super::problem::{GoneProblem, Problem};
+use super::views::{CreateReservationBody, ParticipantBody, ReservationView};
+use super::ApiTags;
+use crate::coordinator::Coordinator;
+use crate::domain::{Reservation, ReservationId, State};
+
+/// The reservation operations.
+pub struct ReservationsApi;
+
+fn location(r: &Reservation) -> String {
+    format!("/reservations/{}", r.id)
+}
+
+fn transaction_location(r: &Reservation) -> String {
+    format!("/transactions/{}", r.id)
+}
+
+/// `Retry-After` in whole seconds (at least 1) while the coordinator is working.
+fn retry_after(view: &ReservationView, coordinator: &Coordinator) -> Option<u64> {
+    let eta = view.eta?;
+    let ms = (eta - coordinator.now()).num_milliseconds().max(0);
+    Some(u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1))
+}
+
+fn view(coordinator: &Coordinator, r: &Reservation) -> ReservationView {
+    ReservationView::of(
+        r,
+        coordinator.now(),
+        coordinator.limits().participant_timeout,
+    )
+}
+
+fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::Problem(Problem::not_found(format!(
+            "no reservation has the id `{id}`"
+        )))
+    })
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "create_bad_request")]
+pub enum CreateResponse {
+    /// The reservation is in the log. Follow `Location`; tries, if any, run now.
+    #[oai(status = 202)]
+    Accepted(
+        Json<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// The body is not JSON.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The body is larger than `--max-body-bytes`.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    TooLarge(Json<Problem>),
+    /// A field is invalid; `field` names it. Nothing was stored.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+    /// The transaction log is unavailable. Nothing was stored.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(CreateResponse { 400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable });
+
+fn create_bad_request(error: poem::Error) -> CreateResponse {
+    ApiError::from_request_error(&error).into()
+}
+
+#[derive(ApiResponse)]
+pub enum GetResponse {
+    /// The reservation is undecided, being worked on, or in conflict. `Retry-After` says
+    /// when to look again while the coordinator is working.
+    #[oai(status = 200)]
+    Ok(
+        Json<ReservationView>,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// Every participant confirmed: the transaction is at `Location`.
+    #[oai(status = 303)]
+    SeeOther(#[oai(header = "Location")] String),
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The reservation was cancelled; the body says why and how each participant ended.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(GetResponse { 404 => NotFound, 503 => Unavailable } gone => Gone);
+
+#[derive(ApiResponse)]
+pub enum ConfirmResponse {
+    /// Confirming has started or is under way; follow `Location`.
+    #[oai(status = 202)]
+    Accepted(
+        Json<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// Already confirmed: the transaction is at `Location`.
+    #[oai(status = 303)]
+    SeeOther(#[oai(header = "Location")] String),
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Still `trying`, cancelling at the client's request or after a failed try, or in
+    /// `conflict`.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// Cancelled, or past its deadline: nothing was confirmed and no participant was called.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The transaction log is unavailable; nothing was decided.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(ConfirmResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone => Gone);
+
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// Cancelling has started or is under way; follow `Location`.
+    #[oai(status = 202)]
+    Accepted(
+        Json<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Confirming, confirmed or in conflict: too late to cancel.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// Already cancelled.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The transaction log is unavailable; nothing was decided.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(CancelResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone => Gone);
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "join_bad_request")]
+pub enum JoinResponse {
+    /// The participant joined (or its link was already there).
+    #[oai(status = 202)]
+    Accepted(
+        Json<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// The body is not JSON.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The reservation is already decided.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The reservation is cancelled or past its deadline.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The body is larger than `--max-body-bytes`.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    TooLarge(Json<Problem>),
+    /// A field is invalid; `field` names it. Nothing was stored.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Invalid(Json<Problem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(JoinResponse {
+    400 => BadRequest, 404 => NotFound, 409 => Conflict, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
+} gone => Gone);
+
+fn join_bad_request(error: poem::Error) -> JoinResponse {
+    ApiError::from_request_error(&error).into()
+}
+
+/// Answers a cancel (both verbs share it).
+async fn cancel(coordinator: &Coordinator, id: &str) -> CancelResponse {
+    let result = async {
+        let id = parse_id(id)?;
+        Ok::<_, ApiError>(coordinator.cancel(id).await?)
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            let v = view(coordinator, &r);
+            let retry = retry_after(&v, coordinator);
+            CancelResponse::Accepted(Json(v), location(&r), retry)
+        }
+        Err(e) => e.into(),
+    }
+}
+
+#[OpenApi(tag = "ApiTags::Reservations")]
+impl ReservationsApi {
+    /// Create a reservation
+    ///
+    /// Holds a set of participants together. Participants given as `link` are held at once;
+    /// participants given as `try` are tried by the coordinator (`POST try.url`) right after
+    /// the answer. The answer comes once the reservation is durable in the log. If nobody
+    /// confirms before `expires_at`, every participant is cancelled.
+    #[oai(path = "/reservations", method = "post")]
+    async fn create(
+        &self,
+        coordinator: Data<&Coordinator>,
+        body: JsonBody<CreateReservationBody>,
+    ) -> CreateResponse {
+        let result = async {
+            let request = body
+                .0
+                .into_domain()
+                .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
+            Ok::<_, ApiError>(coordinator.create(request).await?)
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                let v = view(&coordinator, &r);
+                let retry = retry_after(&v, &coordinator);
+                CreateResponse::Accepted(Json(v), location(&r), retry)
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Read a reservation
+    ///
+    /// 200 while undecided, being worked on, or in conflict; 303 to the transaction once
+    /// confirmed; 410 once cancelled.
+    #[oai(path = "/reservations/:id", method = "get")]
+    async fn get(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> GetResponse {
+        let result = parse_id(&id).and_then(|id| coordinator.get(id).map_err(ApiError::from));
+        match result {
+            Ok(r) => match r.state {
+                State::Confirmed => GetResponse::SeeOther(transaction_location(&r)),
+                State::Cancelled => GetResponse::Gone(Json(GoneProblem::of(&r))),
+                _ => {
+                    let v = view(&coordinator, &r);
+                    let retry = retry_after(&v, &coordinator);
+                    GetResponse::Ok(Json(v), retry)
+                }
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Confirm a reservation
+    ///
+    /// Decides to confirm: the decision is logged, then every participant gets `PUT`.
+    /// Repeating it is harmless. Past the deadline the answer is 410 and nobody is called.
+    #[oai(path = "/reservations/:id/confirm", method = "post")]
+    async fn confirm(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> ConfirmResponse {
+        let result = async {
+            let id = parse_id(&id)?;
+            Ok::<_, ApiError>(coordinator.confirm(id).await?)
+        }
+        .await;
+        match result {
+            Ok(r) if r.state == State::Confirmed => {
+                ConfirmResponse::SeeOther(transaction_location(&r))
+            }
+            Ok(r) => {
+                let v = view(&coordinator, &r);
+                let retry = retry_after(&v, &coordinator);
+                ConfirmResponse::Accepted(Json(v), location(&r), retry)
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Cancel a reservation
+    ///
+    /// Decides to cancel: the decision is logged, then every participant gets `DELETE`.
+    /// Repeating it is harmless.
+    #[oai(path = "/reservations/:id/cancel", method = "post")]
+    async fn cancel(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> CancelResponse {
+        cancel(&coordinator, &id).await
+    }
+
+    /// Cancel a reservation (same as `POST /reservations/{id}/cancel`)
+    #[oai(path = "/reservations/:id", method = "delete")]
+    async fn delete(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> CancelResponse {
+        cancel(&coordinator, &id).await
+    }
+
+    /// Join a participant
+    ///
+    /// Adds one more participant (a `link`, or a `try` the coordinator performs) while the
+    /// reservation is `trying` or `reserved`. A link that expires soon moves the deadline
+    /// earlier; it never moves later.
+    #[oai(path = "/reservations/:id/participants", method = "post")]
+    async fn join(
+        &self,
+        coordinator: Data<&Coordinator>,
+        id: Path<String>,
+        body: JsonBody<ParticipantBody>,
+    ) -> JoinResponse {
+        let result = async {
+            let id = parse_id(&id)?;
+            let participant = body
+                .0
+                .into_domain("")
+                .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
+            Ok::<_, ApiError>(coordinator.join(id, participant).await?)
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                let v = view(&coordinator, &r);
+                let retry = retry_after(&v, &coordinator);
+                JoinResponse::Accepted(Json(v), location(&r), retry)
+            }
+            Err(e) => e.into(),
+        }
+    }
+}

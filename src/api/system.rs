@@ -1,0 +1,93 @@
+//! `/transactions` (the definitive records) and `/health` (liveness and readiness).
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::error::{problem_response, ApiError};
+use super::problem::Problem;
+use super::views::TransactionView;
+use super::ApiTags;
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::domain::{ReservationId, State};
+
+/// The transaction records.
+pub struct TransactionsApi;
+
+#[derive(ApiResponse)]
+pub enum TransactionResponse {
+    /// The confirmed transaction.
+    #[oai(status = 200)]
+    Ok(Json<TransactionView>),
+    /// No confirmed transaction has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(TransactionResponse { 404 => NotFound, 503 => Unavailable });
+
+#[OpenApi(tag = "ApiTags::Transactions")]
+impl TransactionsApi {
+    /// Read a confirmed transaction
+    ///
+    /// The definitive record once every participant confirmed: participants, confirmation
+    /// times and metadata. 404 for anything not confirmed.
+    #[oai(path = "/transactions/:id", method = "get")]
+    async fn get(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> TransactionResponse {
+        let not_found = || {
+            ApiError::Problem(Problem::not_found(format!(
+                "no confirmed transaction has the id `{}`",
+                id.0
+            )))
+        };
+        let found = id
+            .parse::<ReservationId>()
+            .map_err(|_| not_found())
+            .and_then(|id| match coordinator.get(id) {
+                Ok(r) if r.state == State::Confirmed => Ok(r),
+                Ok(_) | Err(CoordinatorError::NotFound(_)) => Err(not_found()),
+                Err(e) => Err(e.into()),
+            });
+        match found {
+            Ok(r) => TransactionResponse::Ok(Json(TransactionView::of(&r))),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// Health checks for orchestrators.
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// The log is open and every reservation found at start has been resumed.
+    #[oai(status = 200)]
+    Ready(PlainText<&'static str>),
+    /// Still recovering after a start.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness: the process serves HTTP
+    #[oai(path = "/health/live", method = "get")]
+    async fn live(&self) -> PlainText<&'static str> {
+        PlainText("live")
+    }
+
+    /// Readiness: the log is open and recovery has finished
+    #[oai(path = "/health/ready", method = "get")]
+    async fn ready(&self, coordinator: Data<&Coordinator>) -> ReadyResponse {
+        if coordinator.is_ready() {
+            ReadyResponse::Ready(PlainText("ready"))
+        } else {
+            ReadyResponse::Unavailable(Json(Problem::unavailable(
+                "recovering: resuming the reservations found in the log",
+            )))
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The JSON shapes of the API: requests (parsed into domain types here, at the edge) and
+//! representations (built from domain types).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{Enum, Object};
+use serde::Deserialize;
+
+use crate::coordinator::CreateReservation;
+use crate::domain::{
+    NewParticipant, Participant, ParticipantLink, ParticipantSource, ParticipantState,
+    ParticipantUrl, Reason, Reservation, State, TryRequest,
+};
+
+// ---- requests ---------------------------------------------------------------------------
+
+/// A new reservation over a set of participants.
+#[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "NewReservation")]
+pub struct CreateReservationBody {
+    /// Milliseconds until the reservation is cancelled if nobody confirms it (default: the
+    /// coordinator's `--default-timeout`, at most `--max-timeout`). Participant links that
+    /// expire sooner move the deadline earlier.
+    pub timeout_ms: Option<u64>,
+    /// The participants; more may join later. The same link twice is one participant.
+    #[oai(default)]
+    #[serde(default)]
+    pub participants: Vec<ParticipantBody>,
+    /// Free-form data kept with the reservation and its transaction record.
+    #[oai(default)]
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// One participant: give exactly one of `link` (you already tried) or `try` (the coordinator
+/// tries for you).
+#[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "NewParticipant")]
+pub struct ParticipantBody {
+    /// A name for people and logs, e.g. `payments`; the link's host when omitted.
+    pub name: Option<String>,
+    /// A participant link you obtained by trying yourself.
+    pub link: Option<LinkBody>,
+    /// A try for the coordinator to perform.
+    #[oai(rename = "try")]
+    #[serde(rename = "try")]
+    pub try_request: Option<TryBody>,
+}
+
+/// A participant link: confirm with `PUT uri`, cancel with `DELETE uri`.
+#[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "ParticipantLink")]
+pub struct LinkBody {
+    /// Absolute http(s) URI of the participant's reservation.
+    pub uri: String,
+    /// When the participant cancels on its own (RFC 3339).
+    pub expires: DateTime<Utc>,
+}
+
+/// A try the coordinator performs: `POST url` with `body`, `headers`, plus
+/// `TCC-Reservation` and `Idempotency-Key`.
+#[derive(Debug, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[oai(rename = "TryRequest")]
+pub struct TryBody {
+    /// Absolute http(s) URL to `POST` the try to.
+    pub url: String,
+    /// JSON body sent with the try.
+    pub body: Option<serde_json::Value>,
+    /// Headers sent with the try (e.g. `Authorization`); never shown back.
+    #[oai(default)]
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl CreateReservationBody {
+    /// Parses into the domain request; on error, the JSON path of the offending field.
+    pub fn into_domain(self) -> Result<CreateReservation, (String, String)> {
+        let participants = self
+            .participants
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| p.into_domain(&format!("participants[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CreateReservation {
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            participants,
+            metadata: self.metadata.into_iter().collect(),
+        })
+    }
+}
+
+impl ParticipantBody {
+    /// Parses into a domain participant; `at` is this participant's JSON path for errors.
+    pub fn into_domain(self, at: &str) -> Result<NewParticipant, (String, String)> {
+        let field = |name: &str| {
+            if at.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{at}.{name}")
+            }
+        };
+        let url = |name: String, text: &str| {
+            ParticipantUrl::parse(text).map_err(|e| (name, e.to_string()))
+        };
+        let source = match (self.link, self.try_request) {
+            (Some(link), None) => ParticipantSource::Link(ParticipantLink {
+                uri: url(field("link.uri"), &link.uri)?,
+                expires: link.expires,
+            }),
+            (None, Some(t)) => ParticipantSource::Try(TryRequest {
+                url: url(field("try.url"), &t.url)?,
+                body: t.body.unwrap_or(serde_json::Value::Null),
+                headers: t.headers.into_iter().collect(),
+            }),
+            _ => {
+                let name = if at.is_empty() {
+                    "body".to_owned()
+                } else {
+                    at.to_owned()
+                };
+                return Err((name, "must have exactly one of `link` or `try`".into()));
+            }
+        };
+        let name = self.name.unwrap_or_else(|| match &source {
+            ParticipantSource::Link(l) => l.uri.authority(),
+            ParticipantSource::Try(t) => t.url.authority(),
+        });
+        Ok(NewParticipant { name, source })
+    }
+}
+
+// ---- representations --------------------------------------------------------------------
+
+/// A reservation's state.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename = "State", rename_all = "snake_case")]
+pub enum StateView {
+    Trying,
+    Reserved,
+    Confirming,
+    Confirmed,
+    Cancelling,
+    Cancelled,
+    Conflict,
+}
+
+impl From<State> for StateView {
+    fn from(s: State) -> Self {
+        match s {
+            State::Trying => Self::Trying,
+            State::Reserved => Self::Reserved,
+            State::Confirming => Self::Confirming,
+            State::Confirmed => Self::Confirmed,
+            State::Cancelling => Self::Cancelling,
+            State::Cancelled => Self::Cancelled,
+            State::Conflict => Self::Conflict,
+        }
+    }
+}
+
+/// Why a reservation is cancelling or cancelled.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename = "Reason", rename_all = "snake_case")]
+pub enum ReasonView {
+    Client,
+    Expired,
+    TryFailed,
+    ParticipantsExpired,
+    TooCloseToExpiry,
+}
+
+impl From<Reason> for ReasonView {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Client => Self::Client,
+            Reason::Expired => Self::Expired,
+            Reason::TryFailed => Self::TryFailed,
+            Reason::ParticipantsExpired => Self::ParticipantsExpired,
+            Reason::TooCloseToExpiry => Self::TooCloseToExpiry,
+        }
+    }
+}
+
+/// Where one participant stands.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename = "ParticipantState", rename_all = "snake_case")]
+pub enum ParticipantStateView {
+    Trying,
+    Reserved,
+    Confirmed,
+    Cancelled,
+    TryFailed,
+    Gone,
+    Refused,
+    Expired,
+    Abandoned,
+}
+
+impl From<ParticipantState> for ParticipantStateView {
+    fn from(s: ParticipantState) -> Self {
+        match s {
+            ParticipantState::Trying => Self::Trying,
+            ParticipantState::Reserved => Self::Reserved,
+            ParticipantState::Confirmed => Self::Confirmed,
+            ParticipantState::Cancelled => Self::Cancelled,
+            ParticipantState::TryFailed => Self::TryFailed,
+            ParticipantState::Gone => Self::Gone,
+            ParticipantState::Refused => Self::Refused,
+            ParticipantState::Expired => Self::Expired,
+            ParticipantState::Abandoned => Self::Abandoned,
+        }
+    }
+}
+
+/// One participant of a reservation. Headers given for its try are never shown.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Participant")]
+pub struct ParticipantView {
+    pub name: String,
+    /// The participant link, once known.
+    pub uri: Option<String>,
+    /// When the participant link expires.
+    pub expires: Option<DateTime<Utc>>,
+    /// The URL the coordinator tries, for coordinator-driven participants.
+    pub try_url: Option<String>,
+    pub state: ParticipantStateView,
+    /// Calls made to this participant in the current phase (try, confirm or cancel).
+    pub attempts: u32,
+    /// The last failed call's outcome, while it matters.
+    pub last_error: Option<String>,
+    /// When the next retry is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl From<&Participant> for ParticipantView {
+    fn from(p: &Participant) -> Self {
+        Self {
+            name: p.name.clone(),
+            uri: p.link.as_ref().map(|l| l.uri.to_string()),
+            expires: p.link.as_ref().map(|l| l.expires),
+            try_url: p.try_request.as_ref().map(|t| t.url.to_string()),
+            state: p.state.into(),
+            attempts: p.attempts,
+            last_error: p.last_error.clone(),
+            next_attempt_at: p.next_attempt_at,
+        }
+    }
+}
+
+/// A hypermedia link.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Link")]
+pub struct LinkView {
+    pub href: String,
+    /// The HTTP method to use, when it is not `GET`.
+    #[oai(skip_serializing_if_is_none)]
+    pub method: Option<String>,
+}
+
+impl LinkView {
+    fn get(href: String) -> Self {
+        Self { href, method: None }
+    }
+
+    fn post(href: String) -> Self {
+        Self {
+            href,
+            method: Some("POST".into()),
+        }
+    }
+}
+
+/// The transitions allowed in the current state, and nothing else.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "ReservationLinks")]
+pub struct ReservationLinks {
+    #[oai(rename = "self")]
+    pub self_: LinkView,
+    /// Present while `reserved`.
+    #[oai(skip_serializing_if_is_none)]
+    pub confirm: Option<LinkView>,
+    /// Present while `trying` or `reserved`.
+    #[oai(skip_serializing_if_is_none)]
+    pub cancel: Option<LinkView>,
+    /// Join one more participant; present while `trying` or `reserved`.
+    #[oai(skip_serializing_if_is_none)]
+    pub participants: Option<LinkView>,
+    /// The definitive record, once `confirmed`.
+    #[oai(skip_serializing_if_is_none)]
+    pub transaction: Option<LinkView>,
+}
+
+/// A reservation: participants held together until confirmed or cancelled.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Reservation")]
+pub struct ReservationView {
+    pub id: String,
+    pub state: StateView,
+    /// Why it is cancelling or cancelled.
+    pub reason: Option<ReasonView>,
+    pub created_at: DateTime<Utc>,
+    /// The deadline: not confirmed by then, it is cancelled.
+    pub expires_at: DateTime<Utc>,
+    /// When the work under way should be done (while `trying`, `confirming`, `cancelling`).
+    pub eta: Option<DateTime<Utc>>,
+    /// What is being done, in words.
+    pub activity: String,
+    pub participants: Vec<ParticipantView>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    #[oai(rename = "_links")]
+    pub links: ReservationLinks,
+}
+
+impl ReservationView {
+    #[must_use]
+    pub fn of(r: &Reservation, now: DateTime<Utc>, call_timeout: Duration) -> Self {
+        let base = format!("/reservations/{}", r.id);
+        let undecided = matches!(r.state, State::Trying | State::Reserved);
+        Self {
+            id: r.id.to_string(),
+            state: r.state.into(),
+            reason: r.reason.map(Into::into),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            eta: r.eta(now, call_timeout),
+            activity: r.activity(now),
+            participants: r.participants.iter().map(ParticipantView::from).collect(),
+            metadata: r.metadata.clone().into_iter().collect(),
+            links: ReservationLinks {
+                confirm: (r.state == State::Reserved)
+                    .then(|| LinkView::post(format!("{base}/confirm"))),
+                cancel: undecided.then(|| LinkView::post(format!("{base}/cancel"))),
+                participants: undecided.then(|| LinkView::post(format!("{base}/participants"))),
+                transaction: (r.state == State::Confirmed)
+                    .then(|| LinkView::get(format!("/transactions/{}", r.id))),
+                self_: LinkView::get(base),
+            },
+        }
+    }
+}
+
+/// One confirmed participant of a transaction.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "TransactionParticipant")]
+pub struct TransactionParticipantView {
+    pub name: String,
+    pub uri: String,
+    pub confirmed_at: Option<DateTime<Utc>>,
+}
+
+/// The definitive record of a confirmed transaction.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Transaction")]
+pub struct TransactionView {
+    pub id: String,
+    /// Always `confirmed`.
+    pub state: StateView,
+    pub created_at: DateTime<Utc>,
+    /// When the client decided to confirm.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// When the last participant confirmed.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub participants: Vec<TransactionParticipantView>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl TransactionView {
+    #[must_use]
+    pub fn of(r: &Reservation) -> Self {
+        Self {
+            id: r.id.to_string(),
+            state: r.state.into(),
+            created_at: r.created_at,
+            decided_at: r.decided_at,
+            confirmed_at: r.finished_at,
+            participants: r
+                .participants
+                .iter()
+                .map(|p| TransactionParticipantView {
+                    name: p.name.clone(),
+                    uri: p
+                        .link
+                        .as_ref()
+                        .map(|l| l.uri.to_string())
+                        .unwrap_or_default(),
+                    confirmed_at: p.settled_at,
+                })
+                .collect(),
+            metadata: r.metadata.clone().into_iter().collect(),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The composition root: opens the log, builds the client, the coordinator and the timers,
+//! binds the listener, and shuts everything down in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::endpoint::BoxEndpoint;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Storage};
+use crate::coordinator::{Coordinator, Parts};
+use crate::participant::{ClientError, ParticipantClient};
+use crate::store::{Store, StoreError};
+use crate::{api, recovery, timers};
+
+/// How long open connections get to finish at shutdown.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The coordinator could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot create a temporary data directory: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Stops a running [`App`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopHandle(CancellationToken);
+
+impl StopHandle {
+    /// Asks the app to stop: no new requests, participant calls end, the log is flushed.
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+}
+
+/// A coordinator, built and bound, ready to serve.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tcc_coordinator::AppError> {
+/// use tcc_coordinator::{App, Config};
+///
+/// // In another service's integration tests: a real coordinator on a free loopback port,
+/// // with its log in a temporary directory.
+/// let app = App::build(Config::ephemeral()).await?;
+/// let base_url = format!("http://{}", app.local_addr());
+/// let stop = app.stop_handle();
+/// let server = tokio::spawn(app.run_until_stopped());
+/// // ... POST {base_url}/reservations from the code under test ...
+/// stop.stop();
+/// server.await.expect("server task")?;
+/// # Ok(()) }
+/// ```
+pub struct App {
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    data_dir: PathBuf,
+    coordinator: Coordinator,
+    routes: BoxEndpoint<'static>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl App {
+    /// Opens the log, binds the listener and starts recovery in the background (readiness
+    /// turns on when it finishes).
+    ///
+    /// # Errors
+    /// [`AppError`] when the data directory or the address cannot be used.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let (data_dir, temp_dir) = match &config.storage {
+            Storage::Dir(dir) => (dir.clone(), None),
+            Storage::Ephemeral => {
+                let temp = tempfile::Builder::new()
+                    .prefix("tcc-coordinator-")
+                    .tempdir()
+                    .map_err(AppError::TempDir)?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let tasks = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+
+        let store = {
+            let (dir, tasks) = (data_dir.clone(), tasks.clone());
+            let (cache, sync) = (config.cache_bytes, config.sync);
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let _enter = handle.enter();
+                Store::open(&dir, cache, sync, &tasks)
+            })
+            .await
+            .map_err(|e| StoreError::Blocking(e.to_string()))??
+        };
+
+        let acceptor = TcpListener::bind(config.listen)
+            .into_acceptor()
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .unwrap_or(config.listen);
+        let public_url = config
+            .public_url
+            .as_ref()
+            .map_or_else(|| format!("http://{local_addr}"), ToString::to_string);
+
+        let (deadlines, armed) = tokio::sync::mpsc::unbounded_channel();
+        let coordinator = Coordinator::new(Parts {
+            store,
+            client: ParticipantClient::new(config.limits.participant_timeout)?,
+            retry: config.retry,
+            limits: config.limits,
+            // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.
+            clock: Arc::new(|| chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3)),
+            public_url,
+            deadlines,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+        });
+        tasks.spawn(timers::run(
+            armed,
+            coordinator.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+        let recovering = coordinator.clone();
+        tasks.spawn(async move {
+            match recovery::recover(&recovering).await {
+                Ok(found) => {
+                    tracing::info!(
+                        resumed = found.resumed,
+                        unreadable = found.unreadable,
+                        "recovery finished; ready"
+                    );
+                    recovering.mark_ready();
+                }
+                Err(error) => tracing::error!(%error, "recovery failed; staying unready"),
+            }
+        });
+        let routes = api::routes(coordinator.clone(), config.max_body_bytes);
+        Ok(Self {
+            acceptor,
+            local_addr,
+            data_dir,
+            coordinator,
+            routes,
+            tasks,
+            shutdown,
+            _temp_dir: temp_dir,
+        })
+    }
+
+    /// The address the server is bound to (the real port when `listen` asked for port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the log lives.
+    #[must_use]
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// A handle that stops [`App::run_until_stopped`].
+    #[must_use]
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shutdown.clone())
+    }
+
+    /// Serves until the [`StopHandle`] is used, then stops accepting requests, lets open
+    /// connections finish (up to 5 s), stops participant calls (they resume at the next
+    /// start), and closes the log.
+    ///
+    /// # Errors
+    /// [`AppError::Serve`] when the server fails.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        let Self {
+            acceptor,
+            coordinator,
+            routes,
+            tasks,
+            shutdown,
+            _temp_dir,
+            ..
+        } = self;
+        let served = poem::Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(routes, shutdown.clone().cancelled_owned(), Some(GRACE))
+            .await;
+        shutdown.cancel();
+        drop(coordinator);
+        tasks.close();
+        if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "background tasks did not stop in time; the log may not be closed cleanly"
+            );
+        }
+        served.map_err(AppError::Serve)
+    }
+}

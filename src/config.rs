@@ -1,0 +1,222 @@
+//! Flags and environment variables, parsed once into a typed [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use url::Url;
+
+use crate::coordinator::Limits;
+use crate::retry::RetryPolicy;
+use crate::store::SyncMode;
+
+/// Where the transaction log lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A directory kept across restarts.
+    Dir(PathBuf),
+    /// A temporary directory removed when the coordinator stops (for tests).
+    Ephemeral,
+}
+
+/// Everything the coordinator is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage: Storage,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    /// The URL participants see in `TCC-Reservation`; `http://{listen address}` when unset.
+    pub public_url: Option<Url>,
+    pub retry: RetryPolicy,
+    pub sync: SyncMode,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for Config {
+    /// The defaults of the command line: `127.0.0.1:8080`, log in `./data`.
+    fn default() -> Self {
+        Cli::parse_from(["tcc-coordinator"])
+            .into_config()
+            .expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// A coordinator for tests: a free port on loopback and a temporary log.
+    #[must_use]
+    pub fn ephemeral() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: Storage::Ephemeral,
+            ..Self::default()
+        }
+    }
+}
+
+/// A flag's value cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// tcc-coordinator: a try/confirm/cancel transaction coordinator for REST services.
+///
+/// Every flag can also be set with the environment variable named in brackets.
+#[derive(Debug, Parser)]
+#[command(name = "tcc-coordinator", version, about, long_about = None)]
+pub struct Cli {
+    /// Address and port to serve the API on (loopback by default; 0.0.0.0:8080 serves every
+    /// interface).
+    #[arg(long, env = "TCC_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Directory of the transaction log; created when missing.
+    #[arg(long, env = "TCC_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+
+    /// Keep the log in a temporary directory removed at exit (for tests and demos).
+    #[arg(long, env = "TCC_EPHEMERAL", conflicts_with = "data_dir")]
+    ephemeral: bool,
+
+    /// Reservation timeout when a request gives no `timeout_ms` (e.g. 30s, 2m).
+    #[arg(long, env = "TCC_DEFAULT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    default_timeout: Duration,
+
+    /// Largest `timeout_ms` a request may ask for.
+    #[arg(long, env = "TCC_MAX_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    max_timeout: Duration,
+
+    /// Time limit of one call to a participant; also the safety margin kept before a
+    /// participant link expires.
+    #[arg(long, env = "TCC_PARTICIPANT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    participant_timeout: Duration,
+
+    /// Most participants one reservation may hold.
+    #[arg(long, env = "TCC_MAX_PARTICIPANTS", default_value_t = 64)]
+    max_participants: usize,
+
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "TCC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+
+    /// Base URL participants use to reach this coordinator (sent in `TCC-Reservation`);
+    /// defaults to http://{listen address}.
+    #[arg(long, env = "TCC_PUBLIC_URL")]
+    public_url: Option<Url>,
+
+    /// Longest wait between two retries of a participant call.
+    #[arg(long, env = "TCC_MAX_RETRY_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    max_retry_interval: Duration,
+
+    /// What an acknowledged write survives: `flush` survives a crash of the process,
+    /// `fdatasync` also a power loss.
+    #[arg(long, env = "TCC_SYNC", value_enum, default_value = "fdatasync")]
+    sync: SyncMode,
+
+    /// Memory for the log's page cache, in bytes.
+    #[arg(long, env = "TCC_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    cache_bytes: u64,
+}
+
+impl Cli {
+    /// Checks the flags against each other and builds the [`Config`].
+    ///
+    /// # Errors
+    /// [`ConfigError`] with one sentence naming the flag.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let positive = |name: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError(format!("--{name} must be longer than zero")))
+            } else {
+                Ok(())
+            }
+        };
+        positive("default-timeout", self.default_timeout)?;
+        positive("max-timeout", self.max_timeout)?;
+        positive("participant-timeout", self.participant_timeout)?;
+        positive("max-retry-interval", self.max_retry_interval)?;
+        if self.default_timeout > self.max_timeout {
+            return Err(ConfigError(format!(
+                "--default-timeout ({}) is longer than --max-timeout ({})",
+                humantime::format_duration(self.default_timeout),
+                humantime::format_duration(self.max_timeout)
+            )));
+        }
+        if self.max_participants == 0 {
+            return Err(ConfigError("--max-participants must be at least 1".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
+        }
+        if let Some(url) = &self.public_url {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError(format!(
+                    "--public-url must be an http or https URL, not `{url}`"
+                )));
+            }
+        }
+        Ok(Config {
+            listen: self.listen,
+            storage: if self.ephemeral {
+                Storage::Ephemeral
+            } else {
+                Storage::Dir(self.data_dir)
+            },
+            limits: Limits {
+                default_timeout: self.default_timeout,
+                max_timeout: self.max_timeout,
+                max_participants: self.max_participants,
+                participant_timeout: self.participant_timeout,
+            },
+            max_body_bytes: self.max_body_bytes,
+            public_url: self.public_url,
+            retry: RetryPolicy {
+                max_interval: self.max_retry_interval,
+                ..RetryPolicy::default()
+            },
+            sync: self.sync,
+            cache_bytes: self.cache_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_match_the_documentation() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.storage, Storage::Dir("./data".into()));
+        assert_eq!(config.limits.default_timeout, Duration::from_secs(30));
+        assert_eq!(config.limits.max_timeout, Duration::from_secs(3600));
+        assert_eq!(config.limits.participant_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.max_participants, 64);
+        assert_eq!(config.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn a_default_timeout_above_the_maximum_is_one_clear_sentence() {
+        let error = Cli::parse_from(["x", "--default-timeout", "2h"])
+            .into_config()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--default-timeout (2h) is longer than --max-timeout (1h)"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let config = Cli::parse_from(["x", "--participant-timeout", "750ms"])
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            config.limits.participant_timeout,
+            Duration::from_millis(750)
+        );
+    }
+}

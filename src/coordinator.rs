@@ -1,0 +1,758 @@
+//! The use cases: create, join, confirm, cancel, expire, and driving participants.
+//!
+//! Every change follows one order: lock the reservation, load it from the log, apply an
+//! event through the state machine, save it (durable), and only then call participants or
+//! answer. Each reservation has at most one driver task at a time, which runs the current
+//! phase (tries, confirms or cancels) and re-reads the log when a phase ends or when it is
+//! woken because the state changed under it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{
+    Event, NewParticipant, ParticipantSource, ParticipantState, Refusal, Reservation,
+    ReservationId, State, TryRequest,
+};
+use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+
+/// Reads the current time. Injected so tests and recovery agree on "now".
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Lock stripes: reservations hashing to the same stripe serialise their updates. Enough
+/// stripes that unrelated reservations rarely wait for each other.
+const LOCK_STRIPES: usize = 1024;
+
+/// How long a driver waits before re-reading the log after the log failed.
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The limits a new reservation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_participants: usize,
+    /// The per-call timeout; also the safety margin before a link's expiry.
+    pub participant_timeout: Duration,
+}
+
+/// A request to create a reservation, parsed at the API edge.
+#[derive(Debug, Clone)]
+pub struct CreateReservation {
+    /// `None`: the configured default.
+    pub timeout: Option<Duration>,
+    pub participants: Vec<NewParticipant>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a use case did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The request is well formed but breaks a rule; `field` is its JSON path.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no reservation with id {0}")]
+    NotFound(ReservationId),
+    /// The state machine refused the event; the reservation as it now stands.
+    #[error("the reservation is {}", .reservation.state)]
+    Refused {
+        refusal: Refusal,
+        reservation: Box<Reservation>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Arms deadlines: the sending half of the timer queue (see `timers`).
+pub type DeadlineSender = mpsc::UnboundedSender<(DateTime<Utc>, ReservationId)>;
+
+/// The coordinator. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    client: ParticipantClient,
+    retry: RetryPolicy,
+    limits: Limits,
+    clock: Clock,
+    public_url: String,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    /// The live driver of each reservation and the token that wakes it.
+    drivers: Mutex<HashMap<ReservationId, CancellationToken>>,
+    deadlines: DeadlineSender,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    ready: AtomicBool,
+}
+
+/// Everything the coordinator is built from.
+pub struct Parts {
+    pub store: Store,
+    pub client: ParticipantClient,
+    pub retry: RetryPolicy,
+    pub limits: Limits,
+    pub clock: Clock,
+    /// The coordinator's own base URL, sent to participants in `TCC-Reservation`.
+    pub public_url: String,
+    pub deadlines: DeadlineSender,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Coordinator {
+    #[must_use]
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: parts.store,
+                client: parts.client,
+                retry: parts.retry,
+                limits: parts.limits,
+                clock: parts.clock,
+                public_url: parts.public_url.trim_end_matches('/').to_owned(),
+                locks: (0..LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                drivers: Mutex::new(HashMap::new()),
+                deadlines: parts.deadlines,
+                tasks: parts.tasks,
+                shutdown: parts.shutdown,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The current time, from the injected clock.
+    #[must_use]
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.inner.clock)()
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Recovery has finished: the coordinator serves with every reservation resumed.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        self.inner.ready.store(true, Ordering::Release);
+    }
+
+    /// Creates a reservation; returns once it is durable in the log. Tries, if any, start
+    /// right after.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Invalid`] naming the offending field; [`CoordinatorError::Store`].
+    pub async fn create(
+        &self,
+        request: CreateReservation,
+    ) -> Result<Reservation, CoordinatorError> {
+        let limits = &self.inner.limits;
+        let timeout = request.timeout.unwrap_or(limits.default_timeout);
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(invalid(
+                "timeout_ms",
+                format!(
+                    "must be between 1 and {} (the configured maximum)",
+                    limits.max_timeout.as_millis()
+                ),
+            ));
+        }
+        self.check_participant_count(request.participants.len())?;
+        let now = self.now();
+        for (i, p) in request.participants.iter().enumerate() {
+            check_link_expiry(p, now, &format!("participants[{i}]"))?;
+        }
+        let reservation = Reservation::new(
+            ReservationId::new(),
+            now,
+            timeout,
+            request.participants,
+            request.metadata,
+            limits.participant_timeout,
+        );
+        self.inner.store.save(&reservation).await?;
+        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
+            participants = reservation.participants.len(), "reservation created");
+        self.arm_deadline(&reservation);
+        if reservation.state.is_in_progress() {
+            self.ensure_driven(reservation.id);
+        }
+        Ok(reservation)
+    }
+
+    /// Reads a reservation.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
+    pub fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.inner
+            .store
+            .load(id)?
+            .ok_or(CoordinatorError::NotFound(id))
+    }
+
+    /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
+    /// Past the deadline the reservation is cancelled instead and the answer is `Gone`.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Refused`] with `Gone` or `Conflict`; `NotFound`; `Store`.
+    pub async fn confirm(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Confirm).await
+    }
+
+    /// Decides to cancel. Idempotent.
+    ///
+    /// # Errors
+    /// As [`Coordinator::confirm`].
+    pub async fn cancel(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Cancel).await
+    }
+
+    async fn decide(
+        &self,
+        id: ReservationId,
+        event: Event,
+    ) -> Result<Reservation, CoordinatorError> {
+        let (reservation, outcome) = self
+            .update(id, |r, now| {
+                if matches!(r.state, State::Trying | State::Reserved) && r.is_past_deadline(now) {
+                    let _ = r.apply(r.deadline_event(), now);
+                    if event == Event::Confirm {
+                        return Err(Refusal::Gone);
+                    }
+                }
+                r.apply(event, now)
+            })
+            .await?;
+        match outcome {
+            Ok(_) => Ok(reservation),
+            Err(refusal) => Err(CoordinatorError::Refused {
+                refusal,
+                reservation: Box::new(reservation),
+            }),
+        }
+    }
+
+    /// Adds a participant while the reservation is `trying` or `reserved`. A link already
+    /// present is not added twice.
+    ///
+    /// # Errors
+    /// `Invalid` (too many participants, an expired link); `Refused`; `NotFound`; `Store`.
+    pub async fn join(
+        &self,
+        id: ReservationId,
+        participant: NewParticipant,
+    ) -> Result<Reservation, CoordinatorError> {
+        let margin = self.inner.limits.participant_timeout;
+        let now = self.now();
+        check_link_expiry(&participant, now, "link")?;
+        let is_try = matches!(participant.source, ParticipantSource::Try(_));
+        let max = self.inner.limits.max_participants;
+        let (reservation, outcome) = self
+            .update(id, |r, now| {
+                if matches!(r.state, State::Trying | State::Reserved) && r.is_past_deadline(now) {
+                    let _ = r.apply(r.deadline_event(), now);
+                    return Err(CoordinatorError::Refused {
+                        refusal: Refusal::Gone,
+                        reservation: Box::new(r.clone()),
+                    });
+                }
+                if r.participants.len() >= max {
+                    return Err(too_many("participants", max));
+                }
+                r.join(participant, margin)
+                    .map_err(|refusal| CoordinatorError::Refused {
+                        refusal,
+                        reservation: Box::new(r.clone()),
+                    })
+            })
+            .await?;
+        outcome?;
+        if is_try && reservation.state == State::Trying {
+            self.ensure_driven(id);
+        }
+        Ok(reservation)
+    }
+
+    /// Cancels the reservation if its deadline has passed and nothing was decided. Called by
+    /// the timers and at recovery; harmless at any other time.
+    ///
+    /// # Errors
+    /// `NotFound`; `Store`.
+    pub async fn expire(&self, id: ReservationId) -> Result<(), CoordinatorError> {
+        let (reservation, expired) = self
+            .update(id, |r, now| {
+                matches!(r.state, State::Trying | State::Reserved)
+                    && r.is_past_deadline(now)
+                    && r.apply(r.deadline_event(), now) == Ok(true)
+            })
+            .await?;
+        if expired {
+            tracing::info!(reservation_id = %id, reason = ?reservation.reason,
+                "deadline passed: cancelling every participant");
+        }
+        Ok(())
+    }
+
+    /// Resumes a reservation read back from the log at start: arms its deadline and
+    /// restarts its driver.
+    pub(crate) fn resume(&self, reservation: &Reservation) {
+        self.arm_deadline(reservation);
+        if reservation.state.is_in_progress() {
+            self.ensure_driven(reservation.id);
+        }
+    }
+
+    fn check_participant_count(&self, count: usize) -> Result<(), CoordinatorError> {
+        let max = self.inner.limits.max_participants;
+        if count > max {
+            return Err(too_many("participants", max));
+        }
+        Ok(())
+    }
+
+    fn arm_deadline(&self, reservation: &Reservation) {
+        if matches!(reservation.state, State::Trying | State::Reserved) {
+            // The timer task only stops at shutdown; a deadline lost then is re-armed by
+            // recovery at the next start.
+            let _ = self
+                .inner
+                .deadlines
+                .send((reservation.expires_at, reservation.id));
+        }
+    }
+
+    /// Load, change, save (if changed), under the reservation's lock. Re-arms the deadline
+    /// when it moved, and wakes the driver when the state changed to one that needs work.
+    async fn update<T>(
+        &self,
+        id: ReservationId,
+        change: impl FnOnce(&mut Reservation, DateTime<Utc>) -> T,
+    ) -> Result<(Reservation, T), CoordinatorError> {
+        let _guard = self.lock_for(id).lock().await;
+        let before = self.get(id)?;
+        let mut after = before.clone();
+        let out = change(&mut after, self.now());
+        if after != before {
+            self.inner.store.save(&after).await?;
+            if after.state != before.state {
+                tracing::info!(reservation_id = %id, from = %before.state, to = %after.state,
+                    reason = ?after.reason, "state changed");
+                if after.state.is_in_progress() {
+                    self.ensure_driven(id);
+                }
+            }
+            if after.expires_at != before.expires_at || after.state != before.state {
+                self.arm_deadline(&after);
+            }
+        }
+        Ok((after, out))
+    }
+
+    fn lock_for(&self, id: ReservationId) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % LOCK_STRIPES as u64).unwrap_or(0);
+        &self.inner.locks[stripe]
+    }
+
+    /// Starts the reservation's driver, or wakes it when it runs already.
+    fn ensure_driven(&self, id: ReservationId) {
+        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+        if let Some(wake) = drivers.get(&id) {
+            wake.cancel();
+            return;
+        }
+        let wake = CancellationToken::new();
+        drivers.insert(id, wake.clone());
+        drop(drivers);
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.drive(id, wake).await });
+    }
+
+    /// The driver: runs phases until the reservation needs nothing more from participants.
+    async fn drive(&self, id: ReservationId, mut wake: CancellationToken) {
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                return;
+            }
+            let phase = match self.get(id) {
+                Ok(r) => match r.state {
+                    State::Trying => self.run_tries(&r, &wake).await,
+                    State::Confirming => self.run_confirms(&r).await,
+                    State::Cancelling => self.run_cancels(&r).await,
+                    _ => {
+                        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+                        if !wake.is_cancelled() {
+                            drivers.remove(&id);
+                            return;
+                        }
+                        Ok(())
+                    }
+                },
+                Err(error) => Err(error),
+            };
+            if let Err(error) = phase {
+                tracing::error!(reservation_id = %id, %error, "driving the reservation failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(STORE_RETRY_DELAY) => {}
+                    () = self.inner.shutdown.cancelled() => {}
+                }
+            }
+            if wake.is_cancelled() {
+                wake = CancellationToken::new();
+                self.inner
+                    .drivers
+                    .lock()
+                    .expect("drivers lock")
+                    .insert(id, wake.clone());
+            }
+        }
+    }
+
+    /// Records one participant's outcome under the reservation's lock.
+    async fn record(
+        &self,
+        id: ReservationId,
+        index: usize,
+        change: impl FnOnce(&mut Reservation, usize, DateTime<Utc>),
+    ) -> Result<(), CoordinatorError> {
+        self.update(id, |r, now| change(r, index, now)).await?;
+        Ok(())
+    }
+
+    /// Sleeps until `delay` passes, `wake` fires or the coordinator stops. Returns whether
+    /// the caller should try again.
+    async fn pause(&self, delay: Duration, wake: Option<&CancellationToken>) -> bool {
+        let woken = async {
+            match wake {
+                Some(w) => w.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = woken => false,
+            () = self.inner.shutdown.cancelled() => false,
+        }
+    }
+
+    // ---- tries -------------------------------------------------------------------------
+
+    async fn run_tries(
+        &self,
+        r: &Reservation,
+        wake: &CancellationToken,
+    ) -> Result<(), CoordinatorError> {
+        let tries = r
+            .unsettled()
+            .filter(|(_, p)| p.state == ParticipantState::Trying)
+            .filter_map(|(i, p)| p.try_request.clone().map(|t| (i, t)));
+        let results = join_all(tries.map(|(i, t)| self.try_one(r, i, t, wake))).await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        let (after, ()) = self
+            .update(r.id, |r, now| {
+                if r.state == State::Trying && !r.has_pending_tries() {
+                    let _ = r.apply(Event::AllTriesAnswered, now);
+                }
+            })
+            .await?;
+        if after.state == State::Trying {
+            // Tries gave up at the deadline: wait for the timer's cancel (or a join) to wake us.
+            tokio::select! {
+                () = wake.cancelled() => {}
+                () = self.inner.shutdown.cancelled() => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_one(
+        &self,
+        r: &Reservation,
+        index: usize,
+        request: TryRequest,
+        wake: &CancellationToken,
+    ) -> Result<(), CoordinatorError> {
+        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
+        let key = format!("{}/{index}", r.id);
+        let margin = self.inner.limits.participant_timeout;
+        let mut schedule = self.inner.retry.schedule();
+        loop {
+            if wake.is_cancelled()
+                || self.inner.shutdown.is_cancelled()
+                || r.is_past_deadline(self.now())
+            {
+                return Ok(());
+            }
+            let outcome = self
+                .inner
+                .client
+                .try_reserve(&request, &reservation_url, &key, r.timeout_at)
+                .await;
+            match outcome {
+                TryOutcome::Reserved(link) => {
+                    return self
+                        .record(r.id, index, |r, i, now| {
+                            let p = &mut r.participants[i];
+                            if p.state == ParticipantState::Trying {
+                                p.link = Some(link);
+                                p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
+                                r.refresh_deadline(margin);
+                            }
+                        })
+                        .await;
+                }
+                TryOutcome::Refused(error) => {
+                    tracing::warn!(reservation_id = %r.id, participant = %r.participants[index].name,
+                        %error, "try refused: cancelling the reservation");
+                    return self
+                        .record(r.id, index, |r, i, now| {
+                            let message = format!("try refused: {error}");
+                            r.participants[i].record_attempt(
+                                now,
+                                Some(ParticipantState::TryFailed),
+                                Some(message),
+                                None,
+                            );
+                            let _ = r.apply(Event::TryFailed, now);
+                        })
+                        .await;
+                }
+                TryOutcome::Retry(hint) => {
+                    let delay = schedule.next_delay(hint.retry_after);
+                    let now = self.now();
+                    let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                    let give_up = next >= r.expires_at;
+                    tracing::debug!(reservation_id = %r.id, participant = %r.participants[index].name,
+                        error = %hint.error, ?delay, "try failed; retrying");
+                    self.record(r.id, index, |r, i, now| {
+                        r.participants[i].record_attempt(
+                            now,
+                            None,
+                            Some(hint.error),
+                            (!give_up).then_some(next),
+                        );
+                    })
+                    .await?;
+                    if give_up || !self.pause(delay, Some(wake)).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- confirms ----------------------------------------------------------------------
+
+    async fn run_confirms(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        let calls = r
+            .unsettled()
+            .filter_map(|(i, p)| p.link.as_ref().map(|l| (i, l.uri.clone())))
+            .map(|(i, uri)| self.confirm_one(r.id, i, uri, &r.participants[i].name));
+        join_all(calls)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        if self.inner.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        self.update(r.id, |r, now| {
+            if r.state != State::Confirming || r.unsettled().next().is_some() {
+                return;
+            }
+            let confirmed = r
+                .participants
+                .iter()
+                .filter(|p| p.state == ParticipantState::Confirmed)
+                .count();
+            let gone = r
+                .participants
+                .iter()
+                .filter(|p| p.state == ParticipantState::Gone)
+                .count();
+            let event = if confirmed == r.participants.len() {
+                Event::AllConfirmed
+            } else if gone == r.participants.len() {
+                Event::AllGone
+            } else {
+                Event::MixedOutcome
+            };
+            let _ = r.apply(event, now);
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn confirm_one(
+        &self,
+        id: ReservationId,
+        index: usize,
+        uri: crate::domain::ParticipantUrl,
+        name: &str,
+    ) -> Result<(), CoordinatorError> {
+        let mut schedule = self.inner.retry.schedule();
+        loop {
+            let (settled, error, retry_after) = match self.inner.client.confirm(&uri).await {
+                ConfirmOutcome::Confirmed => (Some(ParticipantState::Confirmed), None, None),
+                ConfirmOutcome::Gone(e) => (
+                    Some(ParticipantState::Gone),
+                    Some(format!("confirm: {e}")),
+                    None,
+                ),
+                ConfirmOutcome::Refused(e) => (
+                    Some(ParticipantState::Refused),
+                    Some(format!("confirm refused: {e}")),
+                    None,
+                ),
+                ConfirmOutcome::Retry(hint) => (None, Some(hint.error), Some(hint.retry_after)),
+            };
+            let delay = retry_after.map(|ra| schedule.next_delay(ra));
+            let next =
+                delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
+            if let (Some(error), Some(delay)) = (&error, delay) {
+                tracing::warn!(reservation_id = %id, participant = name, %error, ?delay,
+                    "confirm failed; retrying");
+            }
+            self.record(id, index, |r, i, now| {
+                r.participants[i].record_attempt(now, settled, error, next);
+            })
+            .await?;
+            match delay {
+                Some(delay) if self.pause(delay, None).await => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    // ---- cancels -----------------------------------------------------------------------
+
+    async fn run_cancels(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        // Tries that never produced a link leave nothing to cancel.
+        self.update(r.id, |r, now| {
+            for p in &mut r.participants {
+                if p.state == ParticipantState::Trying {
+                    p.settle(ParticipantState::Abandoned, now);
+                }
+            }
+        })
+        .await?;
+        let calls = r
+            .unsettled()
+            .filter_map(|(i, p)| p.link.clone().map(|l| (i, l)))
+            .map(|(i, link)| self.cancel_one(r.id, i, link, &r.participants[i].name));
+        join_all(calls)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        if self.inner.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        self.update(r.id, |r, now| {
+            if r.state == State::Cancelling && r.unsettled().next().is_none() {
+                let _ = r.apply(Event::AllCancelled, now);
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_one(
+        &self,
+        id: ReservationId,
+        index: usize,
+        link: crate::domain::ParticipantLink,
+        name: &str,
+    ) -> Result<(), CoordinatorError> {
+        let mut schedule = self.inner.retry.schedule();
+        loop {
+            let (settled, error, delay) = match self.inner.client.cancel(&link.uri).await {
+                CancelOutcome::Cancelled => (Some(ParticipantState::Cancelled), None, None),
+                CancelOutcome::ExpiresOnItsOwn => (
+                    Some(ParticipantState::Cancelled),
+                    Some("cancel: 405, the participant lets the link expire on its own".into()),
+                    None,
+                ),
+                CancelOutcome::Retry(hint) => {
+                    let delay = schedule.next_delay(hint.retry_after);
+                    if self.now() + chrono::Duration::from_std(delay).unwrap_or_default()
+                        >= link.expires
+                    {
+                        // The participant cancels by itself once its link expires.
+                        (Some(ParticipantState::Expired), Some(hint.error), None)
+                    } else {
+                        (None, Some(hint.error), Some(delay))
+                    }
+                }
+            };
+            let next =
+                delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
+            if let (Some(error), Some(delay)) = (&error, delay) {
+                tracing::warn!(reservation_id = %id, participant = name, %error, ?delay,
+                    "cancel failed; retrying");
+            }
+            self.record(id, index, |r, i, now| {
+                r.participants[i].record_attempt(now, settled, error, next);
+            })
+            .await?;
+            match delay {
+                Some(delay) if self.pause(delay, None).await => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> CoordinatorError {
+    CoordinatorError::Invalid {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn too_many(field: &str, max: usize) -> CoordinatorError {
+    invalid(
+        field,
+        format!("at most {max} participants per reservation (the configured maximum)"),
+    )
+}
+
+fn check_link_expiry(
+    p: &NewParticipant,
+    now: DateTime<Utc>,
+    at: &str,
+) -> Result<(), CoordinatorError> {
+    match &p.source {
+        ParticipantSource::Link(link) if link.expires <= now => Err(invalid(
+            &format!("{at}.link.expires"),
+            "is in the past: the participant has already cancelled this link",
+        )),
+        _ => Ok(()),
+    }
+}

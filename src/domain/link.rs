@@ -1,0 +1,134 @@
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use url::Url;
+
+/// A URL the coordinator may call: `http` or `https`, with a host and without user info.
+///
+/// Parsed once at the API edge; everything deeper takes this type, never a raw string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParticipantUrl(Url);
+
+/// Why a text is not a usable participant URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseUrlError {
+    #[error("is not a URL: {0}")]
+    Malformed(String),
+    #[error("must use http or https, not `{0}`")]
+    Scheme(String),
+    #[error("must name a host")]
+    NoHost,
+    #[error("must not carry a user name or password; pass credentials in `headers`")]
+    UserInfo,
+}
+
+impl ParticipantUrl {
+    /// Parses and checks a participant URL.
+    ///
+    /// # Errors
+    /// [`ParseUrlError`] when the text is not an absolute `http(s)` URL with a host and no
+    /// user info.
+    pub fn parse(text: &str) -> Result<Self, ParseUrlError> {
+        let url = Url::parse(text).map_err(|e| ParseUrlError::Malformed(e.to_string()))?;
+        Self::try_from_url(url)
+    }
+
+    /// Resolves `reference` (for example a `Location` header) against this URL and checks it.
+    ///
+    /// # Errors
+    /// As [`ParticipantUrl::parse`].
+    pub fn join(&self, reference: &str) -> Result<Self, ParseUrlError> {
+        let url = self
+            .0
+            .join(reference)
+            .map_err(|e| ParseUrlError::Malformed(e.to_string()))?;
+        Self::try_from_url(url)
+    }
+
+    fn try_from_url(url: Url) -> Result<Self, ParseUrlError> {
+        match url.scheme() {
+            "http" | "https" => {}
+            other => return Err(ParseUrlError::Scheme(other.to_owned())),
+        }
+        if url.host().is_none() {
+            return Err(ParseUrlError::NoHost);
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ParseUrlError::UserInfo);
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL.
+    #[must_use]
+    pub fn as_url(&self) -> &Url {
+        &self.0
+    }
+
+    /// The URL as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The host (and port, when not the scheme's default), for names and logs.
+    #[must_use]
+    pub fn authority(&self) -> String {
+        match (self.0.host_str(), self.0.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => String::new(),
+        }
+    }
+}
+
+impl fmt::Display for ParticipantUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A participant link: confirm with `PUT uri`, cancel with `DELETE uri`; after `expires` the
+/// participant cancels by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantLink {
+    pub uri: ParticipantUrl,
+    pub expires: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_and_https_urls_with_a_host_are_accepted() {
+        assert!(ParticipantUrl::parse("http://stock.local/holds/1").is_ok());
+        assert!(ParticipantUrl::parse("https://10.0.0.1:8443/x").is_ok());
+    }
+
+    #[test]
+    fn other_schemes_user_info_and_relative_urls_are_refused() {
+        assert_eq!(
+            ParticipantUrl::parse("ftp://stock/holds/1"),
+            Err(ParseUrlError::Scheme("ftp".into()))
+        );
+        assert_eq!(
+            ParticipantUrl::parse("http://user:pw@stock/holds/1"),
+            Err(ParseUrlError::UserInfo)
+        );
+        assert!(matches!(
+            ParticipantUrl::parse("/holds/1"),
+            Err(ParseUrlError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_relative_location_resolves_against_the_try_url() {
+        let base = ParticipantUrl::parse("http://stock:81/holds").unwrap();
+        assert_eq!(
+            base.join("/holds/9").unwrap().as_str(),
+            "http://stock:81/holds/9"
+        );
+        assert_eq!(base.authority(), "stock:81");
+    }
+}

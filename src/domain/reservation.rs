@@ -1,0 +1,562 @@
+//! A reservation and its participants, with the rules that need no I/O: deduplication,
+//! deadlines, events, and the human-readable `activity` line.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{transition, Event, ParticipantLink, ParticipantUrl, Reason, Refusal, State};
+use crate::domain::ReservationId;
+
+/// A try the coordinator performs itself: `POST url` with `body` and `headers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TryRequest {
+    pub url: ParticipantUrl,
+    pub body: serde_json::Value,
+    /// Sent with the try only; never shown in a representation.
+    pub headers: Vec<(String, String)>,
+}
+
+/// How a participant enters a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParticipantSource {
+    /// The client already tried and holds the link.
+    Link(ParticipantLink),
+    /// The coordinator tries.
+    Try(TryRequest),
+}
+
+/// A participant as the client describes it, parsed and checked at the API edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewParticipant {
+    pub name: String,
+    pub source: ParticipantSource,
+}
+
+/// Where one participant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantState {
+    /// Its try has not answered yet.
+    Trying,
+    /// It holds a link and waits for confirm or cancel.
+    Reserved,
+    /// It answered 2xx to `PUT`.
+    Confirmed,
+    /// It answered to `DELETE` that the change is cancelled (or was already gone).
+    Cancelled,
+    /// It refused the try with a 4xx.
+    TryFailed,
+    /// It answered 404/410 to `PUT`: its reservation had already expired.
+    Gone,
+    /// It refused `PUT` with 409 or another 4xx.
+    Refused,
+    /// Cancelling kept failing until the link's own `expires` passed: the participant has
+    /// cancelled by itself.
+    Expired,
+    /// The reservation was cancelled before its try produced a link: nothing to cancel.
+    Abandoned,
+}
+
+impl ParticipantState {
+    pub const ALL: [ParticipantState; 9] = [
+        ParticipantState::Trying,
+        ParticipantState::Reserved,
+        ParticipantState::Confirmed,
+        ParticipantState::Cancelled,
+        ParticipantState::TryFailed,
+        ParticipantState::Gone,
+        ParticipantState::Refused,
+        ParticipantState::Expired,
+        ParticipantState::Abandoned,
+    ];
+
+    /// Nothing more will be sent to this participant.
+    #[must_use]
+    pub fn is_settled(self) -> bool {
+        !matches!(self, ParticipantState::Trying | ParticipantState::Reserved)
+    }
+
+    /// The snake-case name used in the API and the log.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantState::Trying => "trying",
+            ParticipantState::Reserved => "reserved",
+            ParticipantState::Confirmed => "confirmed",
+            ParticipantState::Cancelled => "cancelled",
+            ParticipantState::TryFailed => "try_failed",
+            ParticipantState::Gone => "gone",
+            ParticipantState::Refused => "refused",
+            ParticipantState::Expired => "expired",
+            ParticipantState::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One participant of a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    pub name: String,
+    pub try_request: Option<TryRequest>,
+    pub link: Option<ParticipantLink>,
+    pub state: ParticipantState,
+    /// Calls made in the current phase (try, confirm or cancel).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When the next retry is due, while one is scheduled.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the participant reached its current settled state.
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+impl Participant {
+    fn from_new(new: NewParticipant) -> Self {
+        let (try_request, link, state) = match new.source {
+            ParticipantSource::Link(link) => (None, Some(link), ParticipantState::Reserved),
+            ParticipantSource::Try(t) => (Some(t), None, ParticipantState::Trying),
+        };
+        Self {
+            name: new.name,
+            try_request,
+            link,
+            state,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            settled_at: None,
+        }
+    }
+
+    /// Records the outcome of one call: a new state (or `None` to stay and retry) and the
+    /// error text of a failed attempt.
+    pub fn record_attempt(
+        &mut self,
+        now: DateTime<Utc>,
+        settled: Option<ParticipantState>,
+        error: Option<String>,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) {
+        self.attempts += 1;
+        self.last_error = error;
+        self.next_attempt_at = next_attempt_at;
+        if let Some(state) = settled {
+            self.settle(state, now);
+        }
+    }
+
+    /// Moves the participant to `state` and clears its retry schedule.
+    pub fn settle(&mut self, state: ParticipantState, now: DateTime<Utc>) {
+        self.state = state;
+        self.next_attempt_at = None;
+        if state.is_settled() {
+            self.settled_at = Some(now);
+        }
+    }
+
+    /// Starts a new phase (confirm or cancel): attempts count from zero again.
+    pub fn start_phase(&mut self) {
+        self.attempts = 0;
+        self.next_attempt_at = None;
+    }
+}
+
+/// The reservation's deadline: the earlier of `timeout_at` and the earliest link expiry minus
+/// `margin` (a confirmation must be able to land before every link expires).
+#[must_use]
+pub fn deadline_for<'a>(
+    timeout_at: DateTime<Utc>,
+    link_expiries: impl IntoIterator<Item = &'a DateTime<Utc>>,
+    margin: Duration,
+) -> DateTime<Utc> {
+    let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
+    link_expiries
+        .into_iter()
+        .filter_map(|e| e.checked_sub_signed(margin))
+        .fold(timeout_at, DateTime::min)
+}
+
+/// A reservation: a set of participants to confirm or cancel together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub id: ReservationId,
+    pub state: State,
+    pub reason: Option<Reason>,
+    pub created_at: DateTime<Utc>,
+    /// `created_at + timeout_ms`.
+    pub timeout_at: DateTime<Utc>,
+    /// The deadline: `timeout_at`, moved earlier by link expiries (see [`deadline_for`]).
+    pub expires_at: DateTime<Utc>,
+    /// When the decision (confirm or cancel) was taken.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// When a terminal state was reached.
+    pub finished_at: Option<DateTime<Utc>>,
+    pub participants: Vec<Participant>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Reservation {
+    /// A new reservation: `reserved` when every participant is a link, `trying` otherwise.
+    /// The same link given twice is one participant.
+    #[must_use]
+    pub fn new(
+        id: ReservationId,
+        now: DateTime<Utc>,
+        timeout: Duration,
+        participants: Vec<NewParticipant>,
+        metadata: serde_json::Map<String, serde_json::Value>,
+        margin: Duration,
+    ) -> Self {
+        let timeout_at = now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let mut reservation = Self {
+            id,
+            state: State::Reserved,
+            reason: None,
+            created_at: now,
+            timeout_at,
+            expires_at: timeout_at,
+            decided_at: None,
+            finished_at: None,
+            participants: Vec::with_capacity(participants.len()),
+            metadata,
+        };
+        for p in participants {
+            reservation.add_participant(p);
+        }
+        if reservation.has_pending_tries() {
+            reservation.state = State::Trying;
+        }
+        reservation.refresh_deadline(margin);
+        reservation
+    }
+
+    /// Joins one more participant. Returns `Ok(false)` when the same link is already there.
+    ///
+    /// # Errors
+    /// [`Refusal`] once the reservation is decided.
+    pub fn join(&mut self, participant: NewParticipant, margin: Duration) -> Result<bool, Refusal> {
+        let event = match participant.source {
+            ParticipantSource::Link(_) => Event::JoinLink,
+            ParticipantSource::Try(_) => Event::JoinTry,
+        };
+        let next = transition(self.state, self.reason, event)?;
+        if !self.add_participant(participant) {
+            return Ok(false);
+        }
+        if let Some((state, reason)) = next {
+            self.state = state;
+            self.reason = reason;
+        }
+        self.refresh_deadline(margin);
+        Ok(true)
+    }
+
+    fn add_participant(&mut self, new: NewParticipant) -> bool {
+        if let ParticipantSource::Link(link) = &new.source {
+            if self
+                .participants
+                .iter()
+                .any(|p| p.link.as_ref().is_some_and(|l| l.uri == link.uri))
+            {
+                return false;
+            }
+        }
+        self.participants.push(Participant::from_new(new));
+        true
+    }
+
+    /// Moves the deadline earlier when a link expires sooner than the timeout allows.
+    pub fn refresh_deadline(&mut self, margin: Duration) {
+        let expiries = self
+            .participants
+            .iter()
+            .filter(|p| p.state == ParticipantState::Reserved)
+            .filter_map(|p| p.link.as_ref().map(|l| &l.expires));
+        self.expires_at = deadline_for(self.timeout_at, expiries, margin).min(self.expires_at);
+    }
+
+    /// The deadline passed: a confirmation may no longer start.
+    #[must_use]
+    pub fn is_past_deadline(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+
+    /// The event that cancels this reservation at its deadline: `TooCloseToExpiry` when a
+    /// link's expiry set the deadline (and the reservation is reserved), `Expire` otherwise.
+    #[must_use]
+    pub fn deadline_event(&self) -> Event {
+        if self.expires_at < self.timeout_at && self.state == State::Reserved {
+            Event::TooCloseToExpiry
+        } else {
+            Event::Expire
+        }
+    }
+
+    /// Applies an event through the state machine. Returns whether the state changed.
+    ///
+    /// # Errors
+    /// [`Refusal`] from [`transition`]; the reservation is left as it was.
+    pub fn apply(&mut self, event: Event, now: DateTime<Utc>) -> Result<bool, Refusal> {
+        let Some((state, reason)) = transition(self.state, self.reason, event)? else {
+            return Ok(false);
+        };
+        if matches!(state, State::Confirming | State::Cancelling) {
+            self.decided_at = Some(now);
+            for p in &mut self.participants {
+                p.start_phase();
+            }
+        }
+        if state.is_terminal() {
+            self.finished_at = Some(now);
+            self.decided_at.get_or_insert(now);
+        }
+        self.state = state;
+        self.reason = reason;
+        Ok(true)
+    }
+
+    /// Some participant's try has not answered yet.
+    #[must_use]
+    pub fn has_pending_tries(&self) -> bool {
+        self.participants
+            .iter()
+            .any(|p| p.state == ParticipantState::Trying)
+    }
+
+    /// The participants still waiting for a call in the current phase.
+    pub fn unsettled(&self) -> impl Iterator<Item = (usize, &Participant)> {
+        self.participants
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.state.is_settled())
+    }
+
+    fn count(&self, state: ParticipantState) -> usize {
+        self.participants
+            .iter()
+            .filter(|p| p.state == state)
+            .count()
+    }
+
+    /// When the work under way is expected to settle, while the coordinator is working.
+    #[must_use]
+    pub fn eta(&self, now: DateTime<Utc>, call_timeout: Duration) -> Option<DateTime<Utc>> {
+        if !self.state.is_in_progress() {
+            return None;
+        }
+        let call = now + chrono::Duration::from_std(call_timeout).unwrap_or_default();
+        let eta = self
+            .unsettled()
+            .filter_map(|(_, p)| p.next_attempt_at)
+            .map(|at| at + chrono::Duration::from_std(call_timeout).unwrap_or_default())
+            .fold(call, DateTime::max);
+        Some(if self.state == State::Trying {
+            eta.min(self.expires_at.max(now))
+        } else {
+            eta
+        })
+    }
+
+    /// One line saying what is being done, for people reading `GET`.
+    #[must_use]
+    pub fn activity(&self, now: DateTime<Utc>) -> String {
+        use ParticipantState as P;
+        let n = self.participants.len();
+        let reason = self.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        let mut line = match self.state {
+            State::Trying => format!(
+                "trying: {} of {n} participants reserved",
+                n - self.count(P::Trying)
+            ),
+            State::Reserved => format!(
+                "reserved: {n} participants hold their changes; waiting for confirm or cancel \
+                 until {}",
+                self.expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            State::Confirming => {
+                format!(
+                    "confirming: {} of {n} participants confirmed",
+                    self.count(P::Confirmed)
+                )
+            }
+            State::Confirmed => format!("confirmed: all {n} participants confirmed"),
+            State::Cancelling => format!(
+                "cancelling{reason}: {} of {n} participants settled",
+                self.participants
+                    .iter()
+                    .filter(|p| p.state.is_settled())
+                    .count()
+            ),
+            State::Cancelled => format!("cancelled{reason}: every participant is released"),
+            State::Conflict => format!(
+                "conflict: {} confirmed, {} gone, {} refused; reconcile by hand",
+                self.count(P::Confirmed),
+                self.count(P::Gone),
+                self.count(P::Refused)
+            ),
+        };
+        if self.state.is_in_progress() {
+            for (_, p) in self.unsettled() {
+                if let (Some(error), Some(at)) = (&p.last_error, p.next_attempt_at) {
+                    let wait = (at - now).num_milliseconds().max(0);
+                    #[allow(clippy::cast_precision_loss)] // a few seconds, shown to one decimal
+                    let secs = wait as f64 / 1000.0;
+                    line.push_str(&format!(
+                        "; {} retry {} in {secs:.1} s after {error}",
+                        p.name,
+                        p.attempts + 1
+                    ));
+                }
+            }
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn link(uri: &str, expires: DateTime<Utc>) -> NewParticipant {
+        NewParticipant {
+            name: uri.to_owned(),
+            source: ParticipantSource::Link(ParticipantLink {
+                uri: ParticipantUrl::parse(uri).unwrap(),
+                expires,
+            }),
+        }
+    }
+
+    fn try_(url: &str) -> NewParticipant {
+        NewParticipant {
+            name: url.to_owned(),
+            source: ParticipantSource::Try(TryRequest {
+                url: ParticipantUrl::parse(url).unwrap(),
+                body: serde_json::Value::Null,
+                headers: vec![],
+            }),
+        }
+    }
+
+    const MARGIN: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn the_deadline_is_the_timeout_when_links_live_longer() {
+        let r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(600))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.expires_at, at(30));
+        assert_eq!(r.state, State::Reserved);
+    }
+
+    #[test]
+    fn an_early_link_expiry_moves_the_deadline_earlier_by_the_margin() {
+        let r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(20)), link("http://b/1", at(600))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.expires_at, at(15));
+        assert_eq!(r.deadline_event(), Event::TooCloseToExpiry);
+    }
+
+    #[test]
+    fn a_join_only_moves_the_deadline_earlier() {
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        r.join(link("http://a/1", at(900)), MARGIN).unwrap();
+        assert_eq!(r.expires_at, at(30));
+        r.join(link("http://b/1", at(10)), MARGIN).unwrap();
+        assert_eq!(r.expires_at, at(5));
+    }
+
+    #[test]
+    fn the_same_link_twice_is_one_participant() {
+        let r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(60)), link("http://a/1", at(60))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.participants.len(), 1);
+    }
+
+    #[test]
+    fn a_try_makes_the_reservation_trying_and_a_joined_try_takes_it_back_there() {
+        let r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(60)), try_("http://b/holds")],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.state, State::Trying);
+
+        let mut r2 = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r2.state, State::Reserved);
+        r2.join(try_("http://b/holds"), MARGIN).unwrap();
+        assert_eq!(r2.state, State::Trying);
+    }
+
+    #[test]
+    fn a_decision_restarts_attempt_counts_and_a_terminal_state_records_its_time() {
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(60))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        r.participants[0].attempts = 3;
+        assert_eq!(r.apply(Event::Confirm, at(1)), Ok(true));
+        assert_eq!(r.participants[0].attempts, 0);
+        assert_eq!(r.decided_at, Some(at(1)));
+        assert_eq!(r.apply(Event::Confirm, at(2)), Ok(false));
+        assert_eq!(r.apply(Event::Cancel, at(2)), Err(Refusal::Conflict));
+        assert_eq!(r.apply(Event::AllConfirmed, at(3)), Ok(true));
+        assert_eq!(r.finished_at, Some(at(3)));
+    }
+
+    #[test]
+    fn the_eta_of_a_trying_reservation_never_passes_its_deadline() {
+        let r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(2),
+            vec![try_("http://b/holds")],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.eta(at(0), Duration::from_secs(5)), Some(at(2)));
+        assert!(r.activity(at(0)).starts_with("trying: 0 of 1"));
+    }
+}

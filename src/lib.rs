@@ -1,0 +1,50 @@
+//! # tcc-coordinator
+//!
+//! A try/confirm/cancel (TCC) transaction coordinator for REST services.
+//!
+//! ## Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | flags and environment variables into a typed [`Config`] |
+//! | `app` | the composition root: [`App::build`], [`App::run_until_stopped`] |
+//! | `api` | HTTP shape only: routes, request/response types, problem+json |
+//! | `coordinator` | the use cases: create, join, confirm, cancel, expire, drive participants |
+//! | `domain` | ids, links, the state machine, deadlines: pure, no I/O |
+//! | `participant` | one HTTP call per verb, each answer classified |
+//! | `retry` | the backoff policy |
+//! | `store` | the sled log: records, keys, group commit |
+//! | `timers`, `recovery` | deadlines; resuming after a restart |
+//!
+//! Dependencies point one way: `api -> coordinator -> {domain, store, participant}`.
+//!
+//! ## Guarantees
+//!
+//! - **Durable before visible**: a reservation is flushed to the log before `202`, and a
+//!   decision before the first participant call; concurrent writers share one flush.
+//! - **No participant left behind**: after a restart every unfinished reservation resumes;
+//!   deadlines that passed meanwhile fire at once. A link gets `PUT` or `DELETE`, never both.
+//! - **Timeouts from a heap**, not a scan: an expired reservation's cancellation starts at its
+//!   deadline.
+//!
+//! ## Running one inside your tests
+//!
+//! See [`App`]: `App::build(Config::ephemeral())`, `local_addr()`, `run_until_stopped()`.
+
+pub mod api;
+mod app;
+pub mod config;
+mod coordinator;
+pub mod domain;
+mod participant;
+mod recovery;
+mod retry;
+mod store;
+pub mod telemetry;
+mod timers;
+
+pub use app::{App, AppError, StopHandle};
+pub use config::{Cli, Config, Storage};
+pub use coordinator::Limits;
+pub use retry::RetryPolicy;
+pub use store::SyncMode;

@@ -1,0 +1,263 @@
+//! One HTTP call per participant verb (try, confirm, cancel), each answer classified.
+//!
+//! A participant saying "no" is an `Ok` outcome here, not an error: the coordinator decides
+//! what it means. Calls never follow redirects, never use a proxy, and carry a per-call
+//! timeout. Retrying is the caller's business (see `retry`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+};
+use reqwest::{Response, StatusCode};
+
+use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
+
+/// The media type of the TCC participant protocol.
+pub const TCC_JSON: &str = "application/tcc+json";
+
+/// Why the next attempt is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryHint {
+    /// What went wrong, for `last_error` and logs.
+    pub error: String,
+    /// The participant's `Retry-After`, when it gave one.
+    pub retry_after: Option<Duration>,
+}
+
+/// The answer to a try (`POST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TryOutcome {
+    /// 200/201 with a link.
+    Reserved(ParticipantLink),
+    /// A 4xx other than 408/429: the participant will not hold the change.
+    Refused(String),
+    /// 5xx, 408, 429, a network error, or an answer without a usable link.
+    Retry(RetryHint),
+}
+
+/// The answer to a confirm (`PUT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// 200/204.
+    Confirmed,
+    /// 404/410: the participant's reservation is gone.
+    Gone(String),
+    /// 409 or another 4xx.
+    Refused(String),
+    /// 202 (still working), 5xx, 408, 429, a network error, or anything unexpected.
+    Retry(RetryHint),
+}
+
+/// The answer to a cancel (`DELETE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// 200/204/404/410.
+    Cancelled,
+    /// 405: the participant does not cancel explicitly; its link expires on its own.
+    ExpiresOnItsOwn,
+    /// 202, 5xx, a network error, or anything unexpected.
+    Retry(RetryHint),
+}
+
+/// The HTTP client for participants.
+#[derive(Clone)]
+pub struct ParticipantClient {
+    http: reqwest::Client,
+}
+
+/// The client could not be built (TLS roots, for example).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the participant HTTP client: {0}")]
+pub struct ClientError(#[from] reqwest::Error);
+
+impl ParticipantClient {
+    /// A client whose every call ends within `call_timeout`.
+    ///
+    /// # Errors
+    /// [`ClientError`] when reqwest cannot be set up.
+    pub fn new(call_timeout: Duration) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(call_timeout)
+            .connect_timeout(call_timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// `POST`s a try. `expires_if_unsaid` is the link's expiry when the participant gives none.
+    pub async fn try_reserve(
+        &self,
+        request: &TryRequest,
+        reservation_url: &str,
+        idempotency_key: &str,
+        expires_if_unsaid: DateTime<Utc>,
+    ) -> TryOutcome {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &request.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        let sent = self
+            .http
+            .post(request.url.as_url().clone())
+            .headers(headers)
+            .header("TCC-Reservation", reservation_url)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&request.body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return TryOutcome::Retry(network_error(&e)),
+        };
+        let status = response.status();
+        match status.as_u16() {
+            200 | 201 => match read_link(&request.url, response, expires_if_unsaid).await {
+                Ok(link) => TryOutcome::Reserved(link),
+                Err(error) => TryOutcome::Retry(RetryHint {
+                    error,
+                    retry_after: None,
+                }),
+            },
+            408 | 429 | 500..=599 => TryOutcome::Retry(hint(&response)),
+            400..=499 => TryOutcome::Refused(describe(status)),
+            _ => TryOutcome::Retry(RetryHint {
+                error: format!("unexpected answer {} to the try", describe(status)),
+                retry_after: retry_after(&response),
+            }),
+        }
+    }
+
+    /// `PUT`s a confirmation.
+    pub async fn confirm(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
+        let sent = self
+            .http
+            .put(uri.as_url().clone())
+            .header(CONTENT_TYPE, TCC_JSON)
+            .header(ACCEPT, TCC_JSON)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return ConfirmOutcome::Retry(network_error(&e)),
+        };
+        let status = response.status();
+        match status.as_u16() {
+            200 | 204 => ConfirmOutcome::Confirmed,
+            404 | 410 => ConfirmOutcome::Gone(describe(status)),
+            202 => ConfirmOutcome::Retry(RetryHint {
+                error: "still confirming (202)".into(),
+                retry_after: retry_after(&response),
+            }),
+            408 | 429 => ConfirmOutcome::Retry(hint(&response)),
+            400..=499 => ConfirmOutcome::Refused(describe(status)),
+            _ => ConfirmOutcome::Retry(hint(&response)),
+        }
+    }
+
+    /// `DELETE`s the link to cancel.
+    pub async fn cancel(&self, uri: &ParticipantUrl) -> CancelOutcome {
+        let sent = self
+            .http
+            .delete(uri.as_url().clone())
+            .header(ACCEPT, TCC_JSON)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return CancelOutcome::Retry(network_error(&e)),
+        };
+        match response.status().as_u16() {
+            200 | 204 | 404 | 410 => CancelOutcome::Cancelled,
+            405 => CancelOutcome::ExpiresOnItsOwn,
+            202 => CancelOutcome::Retry(RetryHint {
+                error: "still cancelling (202)".into(),
+                retry_after: retry_after(&response),
+            }),
+            _ => CancelOutcome::Retry(hint(&response)),
+        }
+    }
+}
+
+fn describe(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+fn hint(response: &Response) -> RetryHint {
+    RetryHint {
+        error: describe(response.status()),
+        retry_after: retry_after(response),
+    }
+}
+
+fn network_error(error: &reqwest::Error) -> RetryHint {
+    let kind = if error.is_timeout() {
+        "no answer within the participant timeout"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "the connection failed"
+    };
+    RetryHint {
+        error: kind.to_owned(),
+        retry_after: None,
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+#[derive(serde::Deserialize)]
+struct LinkBody {
+    uri: Option<String>,
+    expires: Option<DateTime<Utc>>,
+}
+
+/// The link of a successful try: `Location`, or a body `{"uri", "expires"}`.
+async fn read_link(
+    try_url: &ParticipantUrl,
+    response: Response,
+    expires_if_unsaid: DateTime<Utc>,
+) -> Result<ParticipantLink, String> {
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Option<LinkBody> = response
+        .bytes()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (body_uri, expires) = body.map_or((None, None), |b| (b.uri, b.expires));
+    let uri = body_uri
+        .or(location)
+        .ok_or("the try answered without a link (no Location header and no `uri` in the body)")?;
+    let uri = try_url
+        .join(&uri)
+        .map_err(|e| format!("the try answered with an unusable link `{uri}`: {e}"))?;
+    Ok(ParticipantLink {
+        uri,
+        expires: expires.unwrap_or(expires_if_unsaid),
+    })
+}

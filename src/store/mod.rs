@@ -1,0 +1,117 @@
+//! The transaction log: the only module that imports sled.
+//!
+//! # Layout (format version 1)
+//!
+//! One sled `Db` per process, in the data directory, with these trees:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | `[1]` followed by the JSON of a [`record::ReservationV1`] |
+//!
+//! The first byte of every value is the record's format version; a reader refuses versions it
+//! does not know instead of guessing. Records are separate structs from the domain's, so the
+//! domain can change without rewriting the log.
+//!
+//! # Durability
+//!
+//! [`Store::save`] returns only after the write is flushed by the [`GroupCommit`] task, which
+//! flushes once for every writer waiting at that moment. What a flush survives depends on
+//! [`SyncMode`]. This module never calls sled's `flush_async` (it deadlocks with 7 or more in
+//! flight, spacejam/sled#1308).
+
+mod group_commit;
+mod record;
+
+use std::path::{Path, PathBuf};
+
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{Reservation, ReservationId};
+pub use group_commit::{GroupCommit, SyncMode};
+
+/// The log cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the data directory {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the transaction log failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the transaction log could not be made durable: {0}")]
+    Flush(String),
+    #[error("a blocking task on the log stopped: {0}")]
+    Blocking(String),
+    #[error("record {key} in the log is unreadable: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+/// The transaction log.
+#[derive(Clone)]
+pub struct Store {
+    reservations: sled::Tree,
+    commit: GroupCommit,
+}
+
+impl Store {
+    /// Opens (or creates) the log in `dir` and starts its durability task on `tasks`.
+    /// Blocking: call it from `spawn_blocking` or before the runtime is busy.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the directory cannot be used (permissions, another process
+    /// holds it, an unreadable log).
+    pub fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        sync: SyncMode,
+        tasks: &TaskTracker,
+    ) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(open_error)?;
+        let reservations = db.open_tree("reservations").map_err(open_error)?;
+        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, tasks)
+            .map_err(|e| open_error(sled::Error::Io(e)))?;
+        Ok(Self {
+            reservations,
+            commit,
+        })
+    }
+
+    /// Writes the reservation and returns once it is durable (group-committed flush).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write or the flush fails; the caller must not act on it then.
+    pub async fn save(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        let value = record::encode(reservation);
+        self.reservations.insert(reservation.id.to_bytes(), value)?;
+        self.commit.wait_durable().await
+    }
+
+    /// Reads one reservation.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled fails or the record cannot be decoded.
+    pub fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
+        self.reservations
+            .get(id.to_bytes())?
+            .map(|bytes| record::decode(id, &bytes))
+            .transpose()
+    }
+
+    /// Every reservation in the log, oldest first: for recovery at start only (a full scan).
+    pub fn all(&self) -> impl Iterator<Item = Result<Reservation, StoreError>> + '_ {
+        self.reservations.iter().map(|entry| {
+            let (key, value) = entry?;
+            let key: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                detail: "a key is not 16 bytes".into(),
+            })?;
+            record::decode(ReservationId::from_bytes(key), &value)
+        })
+    }
+}

@@ -1,0 +1,222 @@
+//! Versioned log records, separate from the domain types.
+//!
+//! Version 1: one byte `1`, then JSON. Instants are milliseconds since the Unix epoch;
+//! states and reasons are their API names. Add a `ReservationV2` (and keep decoding v1)
+//! rather than changing these structs.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::domain::{
+    Participant, ParticipantLink, ParticipantState, ParticipantUrl, Reason, Reservation,
+    ReservationId, State, TryRequest,
+};
+
+const VERSION_1: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct ReservationV1 {
+    state: String,
+    reason: Option<String>,
+    created_at: i64,
+    timeout_at: i64,
+    expires_at: i64,
+    decided_at: Option<i64>,
+    finished_at: Option<i64>,
+    participants: Vec<ParticipantV1>,
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ParticipantV1 {
+    name: String,
+    #[serde(rename = "try")]
+    try_request: Option<TryV1>,
+    link: Option<LinkV1>,
+    state: String,
+    attempts: u32,
+    last_error: Option<String>,
+    next_attempt_at: Option<i64>,
+    settled_at: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TryV1 {
+    url: String,
+    body: serde_json::Value,
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LinkV1 {
+    uri: String,
+    expires: i64,
+}
+
+pub(super) fn encode(r: &Reservation) -> Vec<u8> {
+    let record = ReservationV1 {
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.map(|x| x.as_str().to_owned()),
+        created_at: r.created_at.timestamp_millis(),
+        timeout_at: r.timeout_at.timestamp_millis(),
+        expires_at: r.expires_at.timestamp_millis(),
+        decided_at: r.decided_at.map(|t| t.timestamp_millis()),
+        finished_at: r.finished_at.map(|t| t.timestamp_millis()),
+        participants: r.participants.iter().map(encode_participant).collect(),
+        metadata: r.metadata.clone(),
+    };
+    let mut bytes = vec![VERSION_1];
+    serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
+    bytes
+}
+
+fn encode_participant(p: &Participant) -> ParticipantV1 {
+    ParticipantV1 {
+        name: p.name.clone(),
+        try_request: p.try_request.as_ref().map(|t| TryV1 {
+            url: t.url.to_string(),
+            body: t.body.clone(),
+            headers: t.headers.clone(),
+        }),
+        link: p.link.as_ref().map(|l| LinkV1 {
+            uri: l.uri.to_string(),
+            expires: l.expires.timestamp_millis(),
+        }),
+        state: p.state.as_str().to_owned(),
+        attempts: p.attempts,
+        last_error: p.last_error.clone(),
+        next_attempt_at: p.next_attempt_at.map(|t| t.timestamp_millis()),
+        settled_at: p.settled_at.map(|t| t.timestamp_millis()),
+    }
+}
+
+pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: id.to_string(),
+        detail,
+    };
+    let (version, json) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty record".into()))?;
+    if *version != VERSION_1 {
+        return Err(corrupt(format!("unknown record version {version}")));
+    }
+    let r: ReservationV1 = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+    let time = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms)
+            .ok_or_else(|| corrupt(format!("bad instant {ms}")))
+    };
+    let opt_time = |ms: Option<i64>| ms.map(time).transpose();
+    let participants = r
+        .participants
+        .into_iter()
+        .map(|p| {
+            Ok(Participant {
+                name: p.name,
+                try_request: p
+                    .try_request
+                    .map(|t| {
+                        Ok::<_, StoreError>(TryRequest {
+                            url: ParticipantUrl::parse(&t.url)
+                                .map_err(|e| corrupt(e.to_string()))?,
+                            body: t.body,
+                            headers: t.headers,
+                        })
+                    })
+                    .transpose()?,
+                link: p
+                    .link
+                    .map(|l| {
+                        Ok::<_, StoreError>(ParticipantLink {
+                            uri: ParticipantUrl::parse(&l.uri)
+                                .map_err(|e| corrupt(e.to_string()))?,
+                            expires: time(l.expires)?,
+                        })
+                    })
+                    .transpose()?,
+                state: parse_named(&p.state, &ParticipantState::ALL, |s| s.as_str())
+                    .ok_or_else(|| corrupt(format!("unknown participant state {}", p.state)))?,
+                attempts: p.attempts,
+                last_error: p.last_error,
+                next_attempt_at: opt_time(p.next_attempt_at)?,
+                settled_at: opt_time(p.settled_at)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Reservation {
+        id,
+        state: parse_named(&r.state, &State::ALL, |s| s.as_str())
+            .ok_or_else(|| corrupt(format!("unknown state {}", r.state)))?,
+        reason: r
+            .reason
+            .map(|x| {
+                parse_named(&x, &Reason::ALL, |s| s.as_str())
+                    .ok_or_else(|| corrupt(format!("unknown reason {x}")))
+            })
+            .transpose()?,
+        created_at: time(r.created_at)?,
+        timeout_at: time(r.timeout_at)?,
+        expires_at: time(r.expires_at)?,
+        decided_at: opt_time(r.decided_at)?,
+        finished_at: opt_time(r.finished_at)?,
+        participants,
+        metadata: r.metadata,
+    })
+}
+
+fn parse_named<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Option<T> {
+    all.iter().copied().find(|x| name(*x) == text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::{NewParticipant, ParticipantSource};
+
+    #[test]
+    fn a_reservation_survives_encoding_unchanged() {
+        let now = DateTime::from_timestamp_millis(1_800_000_000_123).unwrap();
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            now,
+            Duration::from_secs(30),
+            vec![
+                NewParticipant {
+                    name: "stock".into(),
+                    source: ParticipantSource::Link(ParticipantLink {
+                        uri: ParticipantUrl::parse("http://stock/holds/1").unwrap(),
+                        expires: now + chrono::Duration::seconds(60),
+                    }),
+                },
+                NewParticipant {
+                    name: "payments".into(),
+                    source: ParticipantSource::Try(TryRequest {
+                        url: ParticipantUrl::parse("https://pay/holds").unwrap(),
+                        body: serde_json::json!({"amount": 10}),
+                        headers: vec![("Authorization".into(), "Bearer x".into())],
+                    }),
+                },
+            ],
+            serde_json::json!({"order": "A-17"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            Duration::from_secs(5),
+        );
+        r.participants[1].record_attempt(now, None, Some("503".into()), Some(now));
+        let decoded = decode(r.id, &encode(&r)).unwrap();
+        assert_eq!(decoded, r);
+    }
+
+    #[test]
+    fn an_unknown_record_version_is_refused() {
+        let id = ReservationId::new();
+        assert!(matches!(
+            decode(id, &[9, b'{', b'}']),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! Deadlines: a min-heap of (deadline, reservation) and the task that fires them.
+//!
+//! No periodic scan: the task sleeps until the earliest deadline, pops every due entry and
+//! asks the coordinator to expire it. An entry is a hint, not a fact: `expire` re-reads the
+//! log, so stale entries (a reservation confirmed meanwhile, a deadline moved earlier and
+//! pushed again) cost one lookup and change nothing.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::coordinator::Coordinator;
+use crate::domain::ReservationId;
+
+/// Pending deadlines, earliest first. Pure: the caller says what time it is.
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, ReservationId)>>,
+}
+
+impl Deadlines {
+    pub fn push(&mut self, at: DateTime<Utc>, id: ReservationId) {
+        self.heap.push(Reverse((at, id)));
+    }
+
+    /// The earliest pending deadline.
+    #[must_use]
+    pub fn next(&self) -> Option<DateTime<Utc>> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Removes and returns every entry due at `now`.
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<ReservationId> {
+        let mut due = Vec::new();
+        while let Some(Reverse((at, id))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            due.push(*id);
+            self.heap.pop();
+        }
+        due
+    }
+}
+
+/// Runs the deadline task until `shutdown`: receives deadlines to arm, fires due ones.
+pub async fn run(
+    mut arm: mpsc::UnboundedReceiver<(DateTime<Utc>, ReservationId)>,
+    coordinator: Coordinator,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut deadlines = Deadlines::default();
+    let mut incoming = Vec::new();
+    loop {
+        let sleep = async {
+            match deadlines.next() {
+                Some(at) => {
+                    let wait = (at - coordinator.now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = arm.recv_many(&mut incoming, 4096) => {
+                if received == 0 {
+                    return;
+                }
+                for (at, id) in incoming.drain(..) {
+                    deadlines.push(at, id);
+                }
+            }
+            () = sleep => {
+                for id in deadlines.pop_due(coordinator.now()) {
+                    let coordinator = coordinator.clone();
+                    tasks.spawn(async move {
+                        if let Err(error) = coordinator.expire(id).await {
+                            tracing::error!(reservation_id = %id, %error, "cannot expire the reservation");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn only_due_deadlines_pop_earliest_first() {
+        let mut d = Deadlines::default();
+        let (a, b, c) = (
+            ReservationId::new(),
+            ReservationId::new(),
+            ReservationId::new(),
+        );
+        d.push(at(300), c);
+        d.push(at(100), a);
+        d.push(at(200), b);
+        assert_eq!(d.next(), Some(at(100)));
+        assert_eq!(d.pop_due(at(99)), vec![]);
+        assert_eq!(d.pop_due(at(200)), vec![a, b]);
+        assert_eq!(d.next(), Some(at(300)));
+        assert_eq!(d.pop_due(at(1_000)), vec![c]);
+        assert_eq!(d.next(), None);
+    }
+
+    #[test]
+    fn a_million_deadlines_pop_in_order() {
+        let mut d = Deadlines::default();
+        for i in (0..1_000_000).rev() {
+            d.push(at(i), ReservationId::new());
+        }
+        assert_eq!(d.pop_due(at(9)).len(), 10);
+        assert_eq!(d.next(), Some(at(10)));
+    }
+}
