@@ -214,6 +214,26 @@ impl Coordinator {
             .ok_or(CoordinatorError::NotFound(id))
     }
 
+    /// Up to `limit` reservations, newest first, optionally only those in `state` and only
+    /// those older than `before`; and whether there are more.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Store`].
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        before: Option<ReservationId>,
+        limit: usize,
+    ) -> Result<(Vec<Reservation>, bool), CoordinatorError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.newest_first(before, limit, |r| state.is_none_or(|s| r.state == s))
+        })
+        .await
+        .map_err(|e| StoreError::Blocking(e.to_string()))?
+        .map_err(CoordinatorError::from)
+    }
+
     /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
     /// Past the deadline the reservation is cancelled instead and the answer is `Gone`.
     ///

@@ -2,6 +2,7 @@
 //! errors. Internal failures are logged once here and never leak their details.
 
 use poem::http::StatusCode;
+use poem_openapi::error::ParseParamError;
 
 use super::body::BodyError;
 use super::problem::{GoneProblem, Problem};
@@ -27,12 +28,16 @@ impl ApiError {
                 }
             });
         }
-        Self::Problem(Problem::new(
+        let problem = Problem::new(
             StatusCode::BAD_REQUEST,
             "bad-request",
             "The request cannot be read",
             error.to_string(),
-        ))
+        );
+        Self::Problem(match error.downcast_ref::<ParseParamError>() {
+            Some(param) => problem.with_field(param.name),
+            None => problem,
+        })
     }
 }
 

@@ -1,14 +1,16 @@
 //! `/reservations`: create, read, confirm, cancel, join.
 
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::body::JsonBody;
 use super::error::{problem_response, ApiError};
 use super::problem::{GoneProblem, Problem};
-use super::views::{CreateReservationBody, ParticipantBody, ReservationView};
+use super::views::{
+    CreateReservationBody, ParticipantBody, ReservationPage, ReservationView, StateView,
+};
 use super::ApiTags;
 use crate::coordinator::Coordinator;
 use crate::domain::{Reservation, ReservationId, State};
@@ -192,6 +194,25 @@ fn join_bad_request(error: poem::Error) -> JoinResponse {
     ApiError::from_request_error(&error).into()
 }
 
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "list_bad_request")]
+pub enum ListResponse {
+    /// A page of reservations, newest first; `next` links the following page.
+    #[oai(status = 200)]
+    Ok(Json<ReservationPage>),
+    /// An unknown `state`, a `limit` outside 1..=1000, or an `after` that is not an id.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(ListResponse { 400 => BadRequest, 503 => Unavailable });
+
+fn list_bad_request(error: poem::Error) -> ListResponse {
+    ApiError::from_request_error(&error).into()
+}
+
 /// Answers a cancel (both verbs share it).
 async fn cancel(coordinator: &Coordinator, id: &str) -> CancelResponse {
     let result = async {
@@ -237,6 +258,69 @@ impl ReservationsApi {
                 let retry = retry_after(&v, &coordinator);
                 CreateResponse::Accepted(Json(v), location(&r), retry)
             }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// List reservations
+    ///
+    /// Newest first, optionally only those in one `state`. Follow `next` for older ones.
+    #[oai(path = "/reservations", method = "get")]
+    async fn list(
+        &self,
+        coordinator: Data<&Coordinator>,
+        /// Only reservations in this state.
+        state: Query<Option<StateView>>,
+        /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Only reservations older than this id (the cursor `next` carries).
+        after: Query<Option<String>>,
+    ) -> ListResponse {
+        let result = async {
+            let before = after
+                .0
+                .as_deref()
+                .map(|a| {
+                    a.parse::<ReservationId>().map_err(|e| {
+                        ApiError::Problem(
+                            Problem::new(
+                                poem::http::StatusCode::BAD_REQUEST,
+                                "bad-request",
+                                "The request cannot be read",
+                                e.to_string(),
+                            )
+                            .with_field("after"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let limit = limit.0.unwrap_or(50);
+            let state = state.0;
+            let (items, more) = coordinator
+                .list(
+                    state.map(Into::into),
+                    before,
+                    usize::try_from(limit).unwrap_or(50),
+                )
+                .await?;
+            let next = match (more, items.last()) {
+                (true, Some(last)) => Some(match state {
+                    Some(s) => format!(
+                        "/reservations?state={}&limit={limit}&after={}",
+                        State::from(s),
+                        last.id
+                    ),
+                    None => format!("/reservations?limit={limit}&after={}", last.id),
+                }),
+                _ => None,
+            };
+            let items = items.iter().map(|r| view(&coordinator, r)).collect();
+            Ok::<_, ApiError>(ReservationPage { items, next })
+        }
+        .await;
+        match result {
+            Ok(page) => ListResponse::Ok(Json(page)),
             Err(e) => e.into(),
         }
     }

@@ -164,6 +164,20 @@ impl From<State> for StateView {
     }
 }
 
+impl From<StateView> for State {
+    fn from(s: StateView) -> Self {
+        match s {
+            StateView::Trying => Self::Trying,
+            StateView::Reserved => Self::Reserved,
+            StateView::Confirming => Self::Confirming,
+            StateView::Confirmed => Self::Confirmed,
+            StateView::Cancelling => Self::Cancelling,
+            StateView::Cancelled => Self::Cancelled,
+            StateView::Conflict => Self::Conflict,
+        }
+    }
+}
+
 /// Why a reservation is cancelling or cancelled.
 #[derive(Debug, Clone, Copy, Enum)]
 #[oai(rename = "Reason", rename_all = "snake_case")]
@@ -395,4 +409,13 @@ impl TransactionView {
             metadata: r.metadata.clone().into_iter().collect(),
         }
     }
+}
+
+/// A page of reservations, newest first.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "ReservationPage")]
+pub struct ReservationPage {
+    pub items: Vec<ReservationView>,
+    /// The next page, or null on the last one.
+    pub next: Option<String>,
 }

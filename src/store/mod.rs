@@ -107,11 +107,45 @@ impl Store {
     pub fn all(&self) -> impl Iterator<Item = Result<Reservation, StoreError>> + '_ {
         self.reservations.iter().map(|entry| {
             let (key, value) = entry?;
-            let key: [u8; 16] = key.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                key: format!("{key:?}"),
-                detail: "a key is not 16 bytes".into(),
-            })?;
-            record::decode(ReservationId::from_bytes(key), &value)
+            record::decode(id_of(&key)?, &value)
         })
     }
+
+    /// Up to `limit` reservations matching `keep`, newest first, strictly older than
+    /// `before` when given; and whether more match beyond them. Scans from `before`
+    /// backwards until `limit + 1` match.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled fails or a record cannot be decoded.
+    pub fn newest_first(
+        &self,
+        before: Option<ReservationId>,
+        limit: usize,
+        keep: impl Fn(&Reservation) -> bool,
+    ) -> Result<(Vec<Reservation>, bool), StoreError> {
+        let entries = match before {
+            Some(id) => self.reservations.range(..id.to_bytes()),
+            None => self.reservations.iter(),
+        };
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for entry in entries.rev() {
+            let (key, value) = entry?;
+            let reservation = record::decode(id_of(&key)?, &value)?;
+            if keep(&reservation) {
+                if page.len() == limit {
+                    return Ok((page, true));
+                }
+                page.push(reservation);
+            }
+        }
+        Ok((page, false))
+    }
+}
+
+fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {
+    let bytes: [u8; 16] = key.try_into().map_err(|_| StoreError::Corrupt {
+        key: format!("{key:?}"),
+        detail: "a key is not 16 bytes".into(),
+    })?;
+    Ok(ReservationId::from_bytes(bytes))
 }

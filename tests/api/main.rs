@@ -1,1 +1,7 @@
+//! Integration tests over real HTTP: the real server on a free loopback port, participants
+//! that are real servers recording every call.
 
+mod bad_input;
+mod docs;
+mod helpers;
+mod lifecycle;
