@@ -1,1 +1,252 @@
+//! Crash tests: the real binary, killed with SIGKILL and restarted on the same data
+//! directory. Participants are real servers in this test process, so they outlive the
+//! coordinator and record everything it sent before and after the crash.
 
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use helpers::{client, create, wait_for, Behaviour, Participant};
+use serde_json::json;
+
+/// The real coordinator binary, running.
+struct Binary {
+    child: Child,
+    base: String,
+}
+
+impl Binary {
+    /// Starts the binary on a free port with its log in `data_dir`; returns once it serves.
+    fn start(data_dir: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args([
+                "--participant-timeout",
+                "2s",
+                "--max-retry-interval",
+                "500ms",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("the coordinator printed its address")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("tcc-coordinator listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(base: &str) {
+    let http = client();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(start.elapsed() < helpers::PATIENCE, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_reservation_survives_kill_9() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let p = Participant::start().await;
+
+    // Act: 40 concurrent creates, each acknowledged, then SIGKILL at once.
+    let creates = (0..40).map(|i| {
+        let (http, base, body) = (
+            http.clone(),
+            coordinator.base.clone(),
+            json!({"participants": [p.link(i)]}),
+        );
+        async move { create(&http, &base, &body).await }
+    });
+    let ids = futures_util::future::join_all(creates).await;
+    coordinator.kill_9();
+
+    // Assert
+    let restarted = Binary::start(&data);
+    for id in &ids {
+        let response = http
+            .get(format!("{}/reservations/{id}", restarted.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "reservation {id} was acknowledged but lost"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_cancels_deadlines_that_passed_while_down_and_keeps_later_ones() {
+    // Arrange: one reservation whose deadline passes while the coordinator is down, one
+    // whose deadline is far away.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let p = Participant::start().await;
+    let short = create(
+        &http,
+        &coordinator.base,
+        &json!({"timeout_ms": 1500, "participants": [p.link(1)]}),
+    )
+    .await;
+    let long = create(
+        &http,
+        &coordinator.base,
+        &json!({"timeout_ms": 60_000, "participants": [p.link(2)]}),
+    )
+    .await;
+    coordinator.kill_9();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        p.calls().is_empty(),
+        "nothing was called while down: {:?}",
+        p.summary()
+    );
+
+    // Act
+    let restarted = Binary::start(&data);
+
+    // Assert: the passed deadline fires at once, the later one does not.
+    let (_, gone) = wait_for(&http, &restarted.base, &short, |s, _| s == 410).await;
+    assert_eq!(gone["reason"], "expired");
+    p.wait_until("DELETE of the expired link", |p| {
+        p.paths("DELETE") == ["/holds/1"]
+    })
+    .await;
+    wait_ready(&restarted.base).await;
+    let still = http
+        .get(format!("{}/reservations/{long}", restarted.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status(), 200);
+    let still: serde_json::Value = still.json().await.unwrap();
+    assert_eq!(still["state"], "reserved");
+
+    let confirm = http
+        .post(format!("{}/reservations/{long}/confirm", restarted.base))
+        .send()
+        .await
+        .unwrap();
+    assert!([202, 303].contains(&confirm.status().as_u16()));
+    wait_for(&http, &restarted.base, &long, |s, _| s == 303).await;
+    assert_eq!(p.paths("PUT"), ["/holds/2"]);
+    assert_eq!(
+        p.paths("DELETE"),
+        ["/holds/1"],
+        "no link got both PUT and DELETE"
+    );
+}
+
+#[tokio::test]
+async fn a_logged_confirm_decision_completes_after_kill_9() {
+    // Arrange: a participant slow to confirm, so the crash lands while its PUT is in flight.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let slow = Participant::start_with(Behaviour {
+        delay: Duration::from_millis(500),
+        ..Behaviour::default()
+    })
+    .await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [slow.link(1)]}),
+    )
+    .await;
+    let confirm = http
+        .post(format!("{}/reservations/{id}/confirm", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 202);
+    slow.wait_until("the first PUT", |p| p.count("PUT") == 1)
+        .await;
+
+    // Act
+    coordinator.kill_9();
+    let restarted = Binary::start(&data);
+
+    // Assert: the decision stands; the participant is confirmed, never cancelled.
+    wait_for(&http, &restarted.base, &id, |s, _| s == 303).await;
+    assert!(slow.count("PUT") >= 1);
+    assert_eq!(slow.count("DELETE"), 0);
+}
+
+#[test]
+fn a_bad_flag_or_an_unusable_data_directory_exits_non_zero_with_one_sentence() {
+    let bin = env!("CARGO_BIN_EXE_tcc-coordinator");
+    let out = Command::new(bin)
+        .args(["--default-timeout", "2h"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "tcc-coordinator: --default-timeout (2h) is longer than --max-timeout (1h)"
+    );
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open the data directory"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
