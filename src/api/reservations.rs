@@ -29,11 +29,10 @@ fn transaction_location(r: &Reservation) -> String {
     format!("/transactions/{}", r.id)
 }
 
-/// `Retry-After` in whole seconds (at least 1) while the coordinator is working.
-fn retry_after(view: &ReservationView, coordinator: &Coordinator) -> Option<u64> {
-    let eta = view.eta?;
-    let ms = (eta - coordinator.now()).num_milliseconds().max(0);
-    Some(u64::try_from(ms).unwrap_or(0).div_ceil(1000).max(1))
+/// `Retry-After` in whole seconds while the coordinator is working.
+fn retry_after(r: &Reservation, coordinator: &Coordinator) -> Option<u64> {
+    r.poll_after(coordinator.now())
+        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 fn view(coordinator: &Coordinator, r: &Reservation) -> ReservationView {
@@ -226,7 +225,7 @@ async fn cancel(coordinator: &Coordinator, id: &str) -> CancelResponse {
     match result {
         Ok(r) => {
             let v = view(coordinator, &r);
-            let retry = retry_after(&v, coordinator);
+            let retry = retry_after(&r, coordinator);
             CancelResponse::Accepted(Json(v), location(&r), retry)
         }
         Err(e) => e.into(),
@@ -258,7 +257,7 @@ impl ReservationsApi {
         match result {
             Ok(r) => {
                 let v = view(&coordinator, &r);
-                let retry = retry_after(&v, &coordinator);
+                let retry = retry_after(&r, &coordinator);
                 CreateResponse::Accepted(Json(v), location(&r), retry)
             }
             Err(e) => e.into(),
@@ -341,7 +340,7 @@ impl ReservationsApi {
                 State::Cancelled => GetResponse::Gone(Json(GoneProblem::of(&r))),
                 _ => {
                     let v = view(&coordinator, &r);
-                    let retry = retry_after(&v, &coordinator);
+                    let retry = retry_after(&r, &coordinator);
                     GetResponse::Ok(Json(v), retry)
                 }
             },
@@ -366,7 +365,7 @@ impl ReservationsApi {
             }
             Ok(r) => {
                 let v = view(&coordinator, &r);
-                let retry = retry_after(&v, &coordinator);
+                let retry = retry_after(&r, &coordinator);
                 ConfirmResponse::Accepted(Json(v), location(&r), retry)
             }
             Err(e) => e.into(),
@@ -412,7 +411,7 @@ impl ReservationsApi {
         match result {
             Ok(r) => {
                 let v = view(&coordinator, &r);
-                let retry = retry_after(&v, &coordinator);
+                let retry = retry_after(&r, &coordinator);
                 JoinResponse::Accepted(Json(v), location(&r), retry)
             }
             Err(e) => e.into(),

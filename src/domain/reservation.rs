@@ -356,6 +356,23 @@ impl Reservation {
         })
     }
 
+    /// How long a client should wait before asking again, while the coordinator is working:
+    /// a second while calls are in flight, until just after the last scheduled retry
+    /// otherwise.
+    #[must_use]
+    pub fn poll_after(&self, now: DateTime<Utc>) -> Option<Duration> {
+        if !self.state.is_in_progress() {
+            return None;
+        }
+        let until_last_retry = self
+            .unsettled()
+            .filter_map(|(_, p)| p.next_attempt_at)
+            .map(|at| (at - now).to_std().unwrap_or_default())
+            .max()
+            .unwrap_or_default();
+        Some(until_last_retry + Duration::from_secs(1))
+    }
+
     /// One line saying what is being done, for people reading `GET`.
     #[must_use]
     pub fn activity(&self, now: DateTime<Utc>) -> String {
@@ -364,12 +381,13 @@ impl Reservation {
         let reason = self.reason.map(|r| format!(" ({r})")).unwrap_or_default();
         let mut line = match self.state {
             State::Trying => format!(
-                "trying: {} of {n} participants reserved",
-                n - self.count(P::Trying)
+                "trying: {} of {} reserved",
+                n - self.count(P::Trying),
+                participants(n)
             ),
             State::Reserved => format!(
-                "reserved: {n} participants hold their changes; waiting for confirm or cancel \
-                 until {}",
+                "reserved: {} holding; waiting for confirm or cancel until {}",
+                participants(n),
                 self.expires_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ),
@@ -379,7 +397,7 @@ impl Reservation {
                     self.count(P::Confirmed)
                 )
             }
-            State::Confirmed => format!("confirmed: all {n} participants confirmed"),
+            State::Confirmed => format!("confirmed: {} confirmed", participants(n)),
             State::Cancelling => format!(
                 "cancelling{reason}: {} of {n} participants settled",
                 self.participants
@@ -410,6 +428,14 @@ impl Reservation {
             }
         }
         line
+    }
+}
+
+fn participants(n: usize) -> String {
+    if n == 1 {
+        "1 participant".to_owned()
+    } else {
+        format!("{n} participants")
     }
 }
 
@@ -557,6 +583,7 @@ mod tests {
             MARGIN,
         );
         assert_eq!(r.eta(at(0), Duration::from_secs(5)), Some(at(2)));
-        assert!(r.activity(at(0)).starts_with("trying: 0 of 1"));
+        assert_eq!(r.activity(at(0)), "trying: 0 of 1 participant reserved");
+        assert_eq!(r.poll_after(at(0)), Some(Duration::from_secs(1)));
     }
 }
