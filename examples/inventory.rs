@@ -89,13 +89,19 @@ fn try_hold(req: &Request, body: Json<TryBody>, inventory: Data<&Shared>) -> Res
     let key = req.header("Idempotency-Key").map(str::to_owned);
     if let Some(&n) = key.as_ref().and_then(|k| inv.by_key.get(k)) {
         let hold = inv.holds[n - 1].clone();
-        return Json(link(req, n, &hold)).with_header("Location", format!("/holds/{n}")).into_response();
+        return Json(link(req, n, &hold))
+            .with_header("Location", format!("/holds/{n}"))
+            .into_response();
     }
     let available = inv.available.get(&body.sku).copied().unwrap_or(0);
     if available < body.quantity {
-        return problem(StatusCode::CONFLICT, format!("only {available} of {} available", body.sku));
+        return problem(
+            StatusCode::CONFLICT,
+            format!("only {available} of {} available", body.sku),
+        );
     }
-    inv.available.insert(body.sku.clone(), available - body.quantity);
+    inv.available
+        .insert(body.sku.clone(), available - body.quantity);
     let hold = Hold {
         sku: body.sku.clone(),
         quantity: body.quantity,
@@ -107,7 +113,10 @@ fn try_hold(req: &Request, body: Json<TryBody>, inventory: Data<&Shared>) -> Res
     if let Some(key) = key {
         inv.by_key.insert(key, n);
     }
-    tracing_line(&format!("held {} x {} as /holds/{n}", hold.quantity, hold.sku));
+    tracing_line(&format!(
+        "held {} x {} as /holds/{n}",
+        hold.quantity, hold.sku
+    ));
     Json(link(req, n, &hold))
         .with_status(StatusCode::CREATED)
         .with_header("Location", format!("/holds/{n}"))
@@ -123,11 +132,17 @@ fn confirm_hold(Path(n): Path<usize>, inventory: Data<&Shared>) -> Response {
     };
     match hold.state {
         HoldState::Sold => StatusCode::NO_CONTENT.into_response(),
-        HoldState::Released => problem(StatusCode::GONE, format!("hold {n} expired or was cancelled")),
+        HoldState::Released => problem(
+            StatusCode::GONE,
+            format!("hold {n} expired or was cancelled"),
+        ),
         HoldState::Held => {
             inv.holds[n - 1].state = HoldState::Sold;
             *inv.sold.entry(hold.sku.clone()).or_default() += hold.quantity;
-            tracing_line(&format!("sold {} x {} (/holds/{n})", hold.quantity, hold.sku));
+            tracing_line(&format!(
+                "sold {} x {} (/holds/{n})",
+                hold.quantity, hold.sku
+            ));
             StatusCode::NO_CONTENT.into_response()
         }
     }
@@ -146,7 +161,10 @@ fn cancel_hold(Path(n): Path<usize>, inventory: Data<&Shared>) -> Response {
         HoldState::Held => {
             inv.holds[n - 1].state = HoldState::Released;
             *inv.available.entry(hold.sku.clone()).or_default() += hold.quantity;
-            tracing_line(&format!("released {} x {} (/holds/{n})", hold.quantity, hold.sku));
+            tracing_line(&format!(
+                "released {} x {} (/holds/{n})",
+                hold.quantity, hold.sku
+            ));
             StatusCode::NO_CONTENT.into_response()
         }
     }
@@ -179,7 +197,9 @@ async fn main() -> std::io::Result<()> {
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--listen", Some(v)) => listen = v,
-            ("--hold-ttl-secs", Some(v)) => ttl_secs = v.parse().expect("--hold-ttl-secs takes seconds"),
+            ("--hold-ttl-secs", Some(v)) => {
+                ttl_secs = v.parse().expect("--hold-ttl-secs takes seconds")
+            }
             _ => {
                 eprintln!("usage: inventory [--listen ADDR] [--hold-ttl-secs N]");
                 std::process::exit(2);
@@ -201,4 +221,3 @@ async fn main() -> std::io::Result<()> {
     println!("inventory participant on http://{listen} (holds expire after {ttl_secs} s)");
     Server::new(TcpListener::bind(listen)).run(app).await
 }
-
