@@ -7,7 +7,21 @@ use tcc_coordinator::{telemetry, App, Cli, Storage};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Cli::parse().into_config() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            // clap's first line says what is wrong; its usage text follows in --help.
+            let rendered = error.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!(
+                "tcc-coordinator: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match cli.into_config() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("tcc-coordinator: {error}");

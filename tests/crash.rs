@@ -236,6 +236,15 @@ fn a_bad_flag_or_an_unusable_data_directory_exits_non_zero_with_one_sentence() {
         "tcc-coordinator: --default-timeout (2h) is longer than --max-timeout (1h)"
     );
 
+    let out = Command::new(bin)
+        .args(["--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+
     let file = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -31,6 +32,7 @@ type Waiter = oneshot::Sender<Result<(), Arc<String>>>;
 #[derive(Clone)]
 pub struct GroupCommit {
     waiters: mpsc::UnboundedSender<Waiter>,
+    flushes: Arc<AtomicU64>,
 }
 
 impl GroupCommit {
@@ -46,6 +48,8 @@ impl GroupCommit {
             SyncMode::Fdatasync => Some(Arc::new(File::open(&data_file)?)),
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
         tasks.spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, usize::MAX).await > 0 {
@@ -62,6 +66,7 @@ impl GroupCommit {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
                 .map_err(Arc::new);
+                counter.fetch_add(1, Ordering::Relaxed);
                 if let Err(error) = &result {
                     tracing::error!(%error, "flushing the transaction log failed");
                 }
@@ -70,7 +75,15 @@ impl GroupCommit {
                 }
             }
         });
-        Ok(Self { waiters: tx })
+        Ok(Self {
+            waiters: tx,
+            flushes,
+        })
+    }
+
+    /// Flushes run since the start.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Waits until everything written before this call is durable.

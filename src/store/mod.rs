@@ -92,6 +92,12 @@ impl Store {
         self.commit.wait_durable().await
     }
 
+    /// Group-committed flushes run since the log was opened.
+    #[must_use]
+    pub fn flushes(&self) -> u64 {
+        self.commit.flushes()
+    }
+
     /// Reads one reservation.
     ///
     /// # Errors
@@ -148,4 +154,51 @@ fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {
         detail: "a key is not 16 bytes".into(),
     })?;
     Ok(ReservationId::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::Reservation;
+
+    fn reservation() -> Reservation {
+        Reservation::new(
+            ReservationId::new(),
+            // The log keeps milliseconds.
+            chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap(),
+            Duration::from_secs(30),
+            vec![],
+            serde_json::Map::new(),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_saves_share_flushes_and_are_all_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = TaskTracker::new();
+        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync, &tasks).unwrap();
+
+        let saves = (0..200).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let r = reservation();
+                store.save(&r).await.unwrap();
+                r
+            })
+        });
+        let saved = futures_util::future::join_all(saves).await;
+
+        for r in saved {
+            let r = r.unwrap();
+            assert_eq!(store.load(r.id).unwrap(), Some(r));
+        }
+        let flushes = store.flushes();
+        assert!(
+            flushes >= 1 && flushes < 200,
+            "{flushes} flushes for 200 saves"
+        );
+    }
 }
