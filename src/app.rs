@@ -210,6 +210,7 @@ impl App {
             .run_with_graceful_shutdown(routes, shutdown.clone().cancelled_owned(), Some(GRACE))
             .await;
         shutdown.cancel();
+        let flushes = coordinator.store().flushes();
         drop(coordinator);
         tasks.close();
         if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
