@@ -217,6 +217,8 @@ impl App {
             tracing::warn!(
                 "background tasks did not stop in time; the log may not be closed cleanly"
             );
+        } else {
+            tracing::info!(flushes, "stopped; the transaction log is closed");
         }
         served.map_err(AppError::Serve)
     }

@@ -197,7 +197,7 @@ mod tests {
         }
         let flushes = store.flushes();
         assert!(
-            flushes >= 1 && flushes < 200,
+            (1..200).contains(&flushes),
             "{flushes} flushes for 200 saves"
         );
     }
