@@ -654,19 +654,16 @@ impl Coordinator {
                 ConfirmOutcome::Retry(hint) => (None, Some(hint.error), Some(hint.retry_after)),
             };
             let delay = retry_after.map(|ra| schedule.next_delay(ra));
-            let next =
-                delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
-            if let (Some(error), Some(delay)) = (&error, delay) {
-                tracing::warn!(reservation_id = %id, participant = name, %error, ?delay,
-                    "confirm failed; retrying");
-            }
-            self.record(id, index, |r, i, now| {
-                r.participants[i].record_attempt(now, settled, error, next);
-            })
-            .await?;
-            match delay {
-                Some(delay) if self.pause(delay, None).await => {}
-                _ => return Ok(()),
+            let attempt = Attempt {
+                settled,
+                error,
+                delay,
+            };
+            if !self
+                .finish_attempt(id, index, "confirm", name, attempt)
+                .await?
+            {
+                return Ok(());
             }
         }
     }
@@ -731,22 +728,58 @@ impl Coordinator {
                     }
                 }
             };
-            let next =
-                delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
-            if let (Some(error), Some(delay)) = (&error, delay) {
-                tracing::warn!(reservation_id = %id, participant = name, %error, ?delay,
-                    "cancel failed; retrying");
-            }
-            self.record(id, index, |r, i, now| {
-                r.participants[i].record_attempt(now, settled, error, next);
-            })
-            .await?;
-            match delay {
-                Some(delay) if self.pause(delay, None).await => {}
-                _ => return Ok(()),
+            let attempt = Attempt {
+                settled,
+                error,
+                delay,
+            };
+            if !self
+                .finish_attempt(id, index, "cancel", name, attempt)
+                .await?
+            {
+                return Ok(());
             }
         }
     }
+
+    /// Records one confirm or cancel call and, when a retry is due, waits for it. Returns
+    /// whether to call again.
+    async fn finish_attempt(
+        &self,
+        id: ReservationId,
+        index: usize,
+        verb: &'static str,
+        name: &str,
+        attempt: Attempt,
+    ) -> Result<bool, CoordinatorError> {
+        let Attempt {
+            settled,
+            error,
+            delay,
+        } = attempt;
+        let next = delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
+        if let (Some(error), Some(delay)) = (&error, delay) {
+            tracing::warn!(reservation_id = %id, participant = name, verb, %error, ?delay,
+                "participant call failed; retrying");
+        }
+        self.record(id, index, |r, i, now| {
+            r.participants[i].record_attempt(now, settled, error, next);
+        })
+        .await?;
+        Ok(match delay {
+            Some(delay) => self.pause(delay, None).await,
+            None => false,
+        })
+    }
+}
+
+/// The outcome of one participant call, ready to record.
+struct Attempt {
+    /// The participant's new settled state, or `None` to retry.
+    settled: Option<ParticipantState>,
+    error: Option<String>,
+    /// When to call again, if at all.
+    delay: Option<Duration>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> CoordinatorError {
