@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use helpers::{client, create, wait_for, Behaviour, Participant};
+use helpers::{client, create, wait_for, Behaviour, Participant, Reply};
 use serde_json::json;
 
 /// The real coordinator binary, running.
@@ -193,7 +193,7 @@ async fn a_logged_confirm_decision_completes_after_kill_9() {
     let coordinator = Binary::start(&data);
     let http = client();
     let slow = Participant::start_with(Behaviour {
-        delay: Duration::from_millis(500),
+        confirm_reply: Reply::Slow(Duration::from_millis(500)),
         ..Behaviour::default()
     })
     .await;

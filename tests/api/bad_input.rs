@@ -211,7 +211,7 @@ async fn an_unknown_id_is_404_for_every_verb() {
 async fn confirm_while_trying_is_409_and_calls_no_participant() {
     let app = spawn_app().await;
     let slow = Participant::start_with(crate::helpers::Behaviour {
-        delay: std::time::Duration::from_millis(800),
+        try_reply: crate::helpers::Reply::Slow(std::time::Duration::from_millis(800)),
         ..Default::default()
     })
     .await;

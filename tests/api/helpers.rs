@@ -6,9 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use poem::http::StatusCode;
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{handler, web::Data, EndpointExt, Request, Response, Route};
 use serde_json::{json, Value};
 use tcc_coordinator::{App, Config, StopHandle};
 
@@ -155,99 +152,183 @@ pub fn in_secs(secs: i64) -> String {
 pub struct Call {
     pub method: String,
     pub path: String,
-    pub headers: poem::http::HeaderMap,
+    pub headers: hyper::HeaderMap,
     pub body: Vec<u8>,
     pub at: Instant,
 }
 
-/// How a participant answers.
+/// One scripted answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The verb's usual success (try: 201 with a link; confirm and cancel: 204).
+    Ok,
+    /// This status, empty body.
+    Status(u16),
+    /// This status with `Retry-After: secs`.
+    RetryAfter(u16, u64),
+    /// This status and this raw body (for answers that break the contract).
+    Body(u16, String),
+    /// Close the connection without answering.
+    Close,
+    /// The usual success, after this delay.
+    Slow(Duration),
+}
+
+/// How a participant answers: scripted replies first, then the defaults.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
-    pub try_status: u16,
-    pub confirm_status: u16,
-    pub cancel_status: u16,
+    pub try_reply: Reply,
+    pub confirm_reply: Reply,
+    pub cancel_reply: Reply,
     /// How long the links handed out by tries live.
     pub link_ttl: chrono::Duration,
-    /// How long every answer waits.
-    pub delay: Duration,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
         Self {
-            try_status: 201,
-            confirm_status: 204,
-            cancel_status: 204,
+            try_reply: Reply::Ok,
+            confirm_reply: Reply::Ok,
+            cancel_reply: Reply::Ok,
             link_ttl: chrono::Duration::seconds(600),
-            delay: Duration::ZERO,
         }
     }
 }
 
 #[derive(Default)]
-struct State {
+struct Shared {
     calls: Mutex<Vec<Call>>,
     behaviour: Mutex<Behaviour>,
+    scripts: Mutex<std::collections::HashMap<&'static str, std::collections::VecDeque<Reply>>>,
+    /// Hold numbers by `Idempotency-Key`, so a repeated try gets the same link.
+    holds_by_key: Mutex<std::collections::HashMap<String, u32>>,
     next_hold: Mutex<u32>,
 }
 
-/// A participant service on loopback: tries at `POST /holds`, links at `/holds/{n}`.
+/// A participant service on loopback: tries at `POST /holds`, links at `/holds/{n}`. It can
+/// be stopped and started again on the same port.
 pub struct Participant {
     pub base: String,
-    state: Arc<State>,
-    server: tokio::task::JoinHandle<()>,
+    addr: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Participant {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.abort();
+        }
     }
 }
 
-#[handler]
-async fn participant_endpoint(req: &Request, body: Vec<u8>, state: Data<&Arc<State>>) -> Response {
-    let behaviour = state.behaviour.lock().unwrap().clone();
-    state.calls.lock().unwrap().push(Call {
-        method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
-        headers: req.headers().clone(),
+fn verb(method: &hyper::Method) -> &'static str {
+    match method.as_str() {
+        "POST" => "try",
+        "PUT" => "confirm",
+        "DELETE" => "cancel",
+        _ => "other",
+    }
+}
+
+type Answer = Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::io::Error>;
+
+async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incoming>) -> Answer {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    shared.calls.lock().unwrap().push(Call {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
         body,
         at: Instant::now(),
     });
-    if !behaviour.delay.is_zero() {
-        tokio::time::sleep(behaviour.delay).await;
-    }
-    let status = |code: u16| StatusCode::from_u16(code).unwrap();
-    match req.method().as_str() {
-        "POST" => {
-            if behaviour.try_status >= 300 {
-                return Response::builder()
-                    .status(status(behaviour.try_status))
-                    .finish();
-            }
-            let n = {
-                let mut next = state.next_hold.lock().unwrap();
-                *next += 1;
-                *next
-            };
-            let host = req.header("host").unwrap_or("127.0.0.1");
-            let uri = format!("http://{host}/holds/{n}");
-            let expires = (Utc::now() + behaviour.link_ttl).to_rfc3339();
-            Response::builder()
-                .status(status(behaviour.try_status))
-                .header("Location", format!("/holds/{n}"))
-                .content_type("application/json")
-                .body(json!({"uri": uri, "expires": expires}).to_string())
+    let verb = verb(&parts.method);
+    let behaviour = shared.behaviour.lock().unwrap().clone();
+    let scripted = shared
+        .scripts
+        .lock()
+        .unwrap()
+        .get_mut(verb)
+        .and_then(std::collections::VecDeque::pop_front);
+    let reply = scripted.unwrap_or(match verb {
+        "try" => behaviour.try_reply.clone(),
+        "confirm" => behaviour.confirm_reply.clone(),
+        "cancel" => behaviour.cancel_reply.clone(),
+        _ => Reply::Status(405),
+    });
+    let respond = |status: u16, body: String| {
+        Ok(hyper::Response::builder()
+            .status(status)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap())
+    };
+    match reply {
+        Reply::Close => Err(std::io::Error::other("closing the connection without an answer")),
+        Reply::Status(code) => respond(code, String::new()),
+        Reply::RetryAfter(code, secs) => {
+            let mut response = respond(code, String::new())?;
+            response.headers_mut().insert("retry-after", secs.into());
+            Ok(response)
         }
-        "PUT" => Response::builder()
-            .status(status(behaviour.confirm_status))
-            .finish(),
-        "DELETE" => Response::builder()
-            .status(status(behaviour.cancel_status))
-            .finish(),
-        _ => Response::builder()
-            .status(StatusCode::METHOD_NOT_ALLOWED)
-            .finish(),
+        Reply::Body(code, body) => respond(code, body),
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            success(&shared, &parts, verb, &behaviour)
+        }
+        Reply::Ok => success(&shared, &parts, verb, &behaviour),
+    }
+}
+
+fn success(shared: &Shared, parts: &hyper::http::request::Parts, verb: &str, behaviour: &Behaviour) -> Answer {
+    if verb != "try" {
+        return Ok(hyper::Response::builder()
+            .status(204)
+            .body(http_body_util::Full::default())
+            .unwrap());
+    }
+    let key = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let n = *shared.holds_by_key.lock().unwrap().entry(key).or_insert_with(|| {
+        let mut next = shared.next_hold.lock().unwrap();
+        *next += 1;
+        *next
+    });
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let uri = format!("http://{host}/holds/{n}");
+    let expires = (Utc::now() + behaviour.link_ttl).to_rfc3339();
+    Ok(hyper::Response::builder()
+        .status(201)
+        .header("location", format!("/holds/{n}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            json!({"uri": uri, "expires": expires}).to_string(),
+        )))
+        .unwrap())
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req| answer(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
@@ -257,28 +338,46 @@ impl Participant {
     }
 
     pub async fn start_with(behaviour: Behaviour) -> Self {
-        let state = Arc::new(State::default());
-        *state.behaviour.lock().unwrap() = behaviour;
-        let acceptor = TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .unwrap();
-        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-        let app = Route::new()
-            .at("/*path", participant_endpoint)
-            .data(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
-        });
+        let shared = Arc::new(Shared::default());
+        *shared.behaviour.lock().unwrap() = behaviour;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(listener, shared.clone()));
         Self {
             base: format!("http://{addr}"),
-            state,
-            server,
+            addr,
+            shared,
+            server: Mutex::new(Some(server)),
         }
     }
 
+    /// Stops answering: the port refuses connections, open connections are closed.
+    pub fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.abort();
+        }
+    }
+
+    /// Serves again on the same port, with the same holds and records.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.shared.clone())));
+    }
+
     pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
-        change(&mut self.state.behaviour.lock().unwrap());
+        change(&mut self.shared.behaviour.lock().unwrap());
+    }
+
+    /// Answers the next calls of `verb` ("try", "confirm" or "cancel") with `replies`, in
+    /// order, before the defaults apply again.
+    pub fn script(&self, verb: &'static str, replies: impl IntoIterator<Item = Reply>) {
+        self.shared
+            .scripts
+            .lock()
+            .unwrap()
+            .entry(verb)
+            .or_default()
+            .extend(replies);
     }
 
     /// A participant entry with a link the client already holds (hold `n`).
@@ -300,7 +399,7 @@ impl Participant {
     }
 
     pub fn calls(&self) -> Vec<Call> {
-        self.state.calls.lock().unwrap().clone()
+        self.shared.calls.lock().unwrap().clone()
     }
 
     /// The paths that received `method`, in order.
@@ -316,15 +415,20 @@ impl Participant {
         self.paths(method).len()
     }
 
+    /// When each call of `method` arrived.
+    pub fn times(&self, method: &str) -> Vec<Instant> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method)
+            .map(|c| c.at)
+            .collect()
+    }
+
     /// Polls until `done` holds for this participant's calls.
     pub async fn wait_until(&self, what: &str, done: impl Fn(&Participant) -> bool) {
         let start = Instant::now();
         while !done(self) {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "{what}: calls were {:?}",
-                self.summary()
-            );
+            assert!(start.elapsed() < PATIENCE, "{what}: calls were {:?}", self.summary());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

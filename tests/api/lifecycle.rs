@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{in_secs, is_settled, spawn_app, Behaviour, Participant};
+use crate::helpers::{in_secs, is_settled, spawn_app, Behaviour, Participant, Reply};
 
 /// The three ways a test gives participants.
 #[derive(Clone, Copy, Debug)]
@@ -267,7 +267,7 @@ async fn a_try_answering_4xx_cancels_everything_tried_so_far_with_reason_try_fai
     let linked = Participant::start().await;
     let tried = Participant::start().await;
     let refusing = Participant::start_with(Behaviour {
-        try_status: 409,
+        try_reply: Reply::Status(409),
         ..Behaviour::default()
     })
     .await;
@@ -365,7 +365,7 @@ async fn a_join_with_an_early_expiry_moves_the_deadline_earlier_never_later() {
 async fn a_reservation_in_progress_answers_with_retry_after_and_an_eta() {
     let app = spawn_app().await;
     let slow = Participant::start_with(Behaviour {
-        delay: std::time::Duration::from_millis(800),
+        try_reply: Reply::Slow(std::time::Duration::from_millis(800)),
         ..Behaviour::default()
     })
     .await;
