@@ -33,6 +33,10 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// stripes that unrelated reservations rarely wait for each other.
 const LOCK_STRIPES: usize = 1024;
 
+/// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
+/// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
+const LINK_RECOVERY_CALLS: u32 = 3;
+
 /// How long a driver waits before re-reading the log after the log failed.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -274,6 +278,16 @@ impl Coordinator {
                 reservation: Box::new(reservation),
             }),
         }
+    }
+
+    /// An operator has reconciled a conflict by hand: the reservation is forgotten and answers
+    /// 410 from now on. Idempotent.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Refused`] (`Conflict`) for any state but `conflict`; `NotFound`;
+    /// `Store`.
+    pub async fn forget(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Forget).await
     }
 
     /// Adds a participant while the reservation is `trying` or `reserved`. A link already
@@ -671,15 +685,27 @@ impl Coordinator {
     // ---- cancels -----------------------------------------------------------------------
 
     async fn run_cancels(&self, r: &Reservation) -> Result<(), CoordinatorError> {
-        // Tries that never produced a link leave nothing to cancel.
-        self.update(r.id, |r, now| {
-            for p in &mut r.participants {
-                if p.state == ParticipantState::Trying {
-                    p.settle(ParticipantState::Abandoned, now);
-                }
-            }
-        })
-        .await?;
+        // A try whose answer never arrived (a timeout, a crash) may hold a change: ask again
+        // with the same Idempotency-Key to learn its link, so it can be cancelled.
+        let unanswered: Vec<_> = r
+            .unsettled()
+            .filter(|(_, p)| p.state == ParticipantState::Trying)
+            .filter_map(|(i, p)| p.try_request.clone().map(|t| (i, t)))
+            .collect();
+        let reloaded;
+        let r = if unanswered.is_empty() {
+            r
+        } else {
+            let calls = unanswered
+                .into_iter()
+                .map(|(i, t)| self.recover_link(r, i, t));
+            join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<(), _>>()?;
+            reloaded = self.get(r.id)?;
+            &reloaded
+        };
         let calls = r
             .unsettled()
             .filter_map(|(i, p)| p.link.clone().map(|l| (i, l)))
@@ -698,6 +724,63 @@ impl Coordinator {
         })
         .await?;
         Ok(())
+    }
+
+    /// Repeats a try (same `Idempotency-Key`) whose answer was lost, to learn the link of
+    /// what the participant may hold. Gives up after [`LINK_RECOVERY_CALLS`]: the
+    /// participant's own expiry then releases whatever it holds.
+    async fn recover_link(
+        &self,
+        r: &Reservation,
+        index: usize,
+        request: TryRequest,
+    ) -> Result<(), CoordinatorError> {
+        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
+        let key = format!("{}/{index}", r.id);
+        let mut schedule = self.inner.retry.schedule();
+        let mut last_error = String::from("the try never answered");
+        for call in 1..=LINK_RECOVERY_CALLS {
+            let outcome = self
+                .inner
+                .client
+                .try_reserve(&request, &reservation_url, &key, r.timeout_at)
+                .await;
+            let (link, settled, error) = match outcome {
+                TryOutcome::Reserved(link) => (Some(link), Some(ParticipantState::Reserved), None),
+                TryOutcome::Refused(e) => (
+                    None,
+                    Some(ParticipantState::Abandoned),
+                    Some(format!("try refused: {e}; nothing to cancel")),
+                ),
+                TryOutcome::Retry(hint) if call == LINK_RECOVERY_CALLS => {
+                    last_error = hint.error;
+                    break;
+                }
+                TryOutcome::Retry(hint) => (None, None, Some(hint.error)),
+            };
+            let done = settled.is_some();
+            self.record(r.id, index, |r, i, now| {
+                let p = &mut r.participants[i];
+                if p.state == ParticipantState::Trying {
+                    if link.is_some() {
+                        p.link = link;
+                    }
+                    p.record_attempt(now, settled, error, None);
+                }
+            })
+            .await?;
+            if done || !self.pause(schedule.next_delay(None), None).await {
+                return Ok(());
+            }
+        }
+        self.record(r.id, index, |r, i, now| {
+            let p = &mut r.participants[i];
+            if p.state == ParticipantState::Trying {
+                let error = format!("{last_error}; whatever it holds expires on its own");
+                p.record_attempt(now, Some(ParticipantState::Abandoned), Some(error), None);
+            }
+        })
+        .await
     }
 
     async fn cancel_one(

@@ -129,6 +129,10 @@ impl ParticipantClient {
                     retry_after: None,
                 }),
             },
+            202 => TryOutcome::Retry(RetryHint {
+                error: "still trying (202)".into(),
+                retry_after: retry_after(&response),
+            }),
             408 | 429 | 500..=599 => TryOutcome::Retry(hint(&response)),
             400..=499 => TryOutcome::Refused(describe(status)),
             _ => TryOutcome::Retry(RetryHint {

@@ -67,6 +67,9 @@ impl From<CoordinatorError> for ApiError {
                     .unwrap_or_default(),
                 match reservation.state {
                     crate::domain::State::Trying => "wait until it is reserved",
+                    crate::domain::State::Reserved =>
+                        "only a reservation in conflict can be forgotten",
+                    crate::domain::State::Conflict => "an operator must resolve it, then forget it",
                     _ => "the decision was already taken",
                 }
             ))),

@@ -4,7 +4,7 @@ use poem::http::StatusCode;
 use poem_openapi::Object;
 
 use super::views::ParticipantView;
-use crate::domain::Reservation;
+use crate::domain::{Reservation, State};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -113,8 +113,9 @@ pub struct GoneProblem {
     pub problem: Problem,
     /// The reservation's id.
     pub id: String,
-    /// The reservation's state: `cancelled`, or `cancelling` while an expired reservation's
-    /// participants are still being released.
+    /// The reservation's state: `cancelled`; `cancelling` while an expired reservation's
+    /// participants are still being released; `forgotten` after an operator resolved a
+    /// conflict.
     pub state: super::views::StateView,
     /// Why it was cancelled.
     pub reason: Option<super::views::ReasonView>,
@@ -129,16 +130,24 @@ impl GoneProblem {
             .reason
             .map(|x| format!(" ({})", x.as_str()))
             .unwrap_or_default();
-        Self {
-            problem: Problem::new(
-                StatusCode::GONE,
-                "gone",
+        let (title, detail) = match r.state {
+            State::Forgotten => (
+                "The reservation is forgotten",
+                format!(
+                    "reservation {} ended in conflict and an operator resolved it by hand",
+                    r.id
+                ),
+            ),
+            _ => (
                 "The reservation is cancelled",
                 format!(
                     "reservation {} is {}{why}; it can no longer be confirmed",
                     r.id, r.state
                 ),
             ),
+        };
+        Self {
+            problem: Problem::new(StatusCode::GONE, "gone", title, detail),
             id: r.id.to_string(),
             state: r.state.into(),
             reason: r.reason.map(Into::into),

@@ -197,6 +197,23 @@ fn join_bad_request(error: poem::Error) -> JoinResponse {
 }
 
 #[derive(ApiResponse)]
+pub enum ForgetResponse {
+    /// Forgotten: the reservation answers 410 from now on. Repeating it answers 204 again.
+    #[oai(status = 204)]
+    Forgotten,
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Only a reservation in `conflict` can be forgotten.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(ForgetResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable });
+
+#[derive(ApiResponse)]
 #[oai(bad_request_handler = "list_bad_request")]
 pub enum ListResponse {
     /// A page of reservations, newest first; `next` links the following page.
@@ -337,7 +354,7 @@ impl ReservationsApi {
         match result {
             Ok(r) => match r.state {
                 State::Confirmed => GetResponse::SeeOther(transaction_location(&r)),
-                State::Cancelled => GetResponse::Gone(Json(GoneProblem::of(&r))),
+                State::Cancelled | State::Forgotten => GetResponse::Gone(Json(GoneProblem::of(&r))),
                 _ => {
                     let v = view(&coordinator, &r);
                     let retry = retry_after(&r, &coordinator);
@@ -385,6 +402,23 @@ impl ReservationsApi {
     #[oai(path = "/reservations/:id", method = "delete")]
     async fn delete(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> CancelResponse {
         cancel(&coordinator, &id).await
+    }
+
+    /// Forget a conflict
+    ///
+    /// For a reservation in `conflict` only, once an operator has reconciled its
+    /// participants by hand. Afterwards the reservation answers 410.
+    #[oai(path = "/reservations/:id/forget", method = "post")]
+    async fn forget(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> ForgetResponse {
+        let result = async {
+            let id = parse_id(&id)?;
+            Ok::<_, ApiError>(coordinator.forget(id).await?)
+        }
+        .await;
+        match result {
+            Ok(_) => ForgetResponse::Forgotten,
+            Err(e) => e.into(),
+        }
     }
 
     /// Join a participant

@@ -148,6 +148,7 @@ pub enum StateView {
     Cancelling,
     Cancelled,
     Conflict,
+    Forgotten,
 }
 
 impl From<State> for StateView {
@@ -160,6 +161,7 @@ impl From<State> for StateView {
             State::Cancelling => Self::Cancelling,
             State::Cancelled => Self::Cancelled,
             State::Conflict => Self::Conflict,
+            State::Forgotten => Self::Forgotten,
         }
     }
 }
@@ -174,6 +176,7 @@ impl From<StateView> for State {
             StateView::Cancelling => Self::Cancelling,
             StateView::Cancelled => Self::Cancelled,
             StateView::Conflict => Self::Conflict,
+            StateView::Forgotten => Self::Forgotten,
         }
     }
 }

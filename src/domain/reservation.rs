@@ -412,6 +412,7 @@ impl Reservation {
                 self.count(P::Gone),
                 self.count(P::Refused)
             ),
+            State::Forgotten => "forgotten: an operator resolved the conflict by hand".to_owned(),
         };
         if self.state.is_in_progress() {
             for (_, p) in self.unsettled() {

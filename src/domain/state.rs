@@ -21,10 +21,12 @@ pub enum State {
     /// Confirming ended with some participants confirmed and others gone or refusing: an
     /// operator must reconcile by hand.
     Conflict,
+    /// An operator reconciled a conflict by hand and told the coordinator to forget it.
+    Forgotten,
 }
 
 impl State {
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Trying,
         State::Reserved,
         State::Confirming,
@@ -32,12 +34,16 @@ impl State {
         State::Cancelling,
         State::Cancelled,
         State::Conflict,
+        State::Forgotten,
     ];
 
-    /// No event leaves a terminal state.
+    /// No event leaves a terminal state (but an operator's forget leaves a conflict).
     #[must_use]
     pub fn is_terminal(self) -> bool {
-        matches!(self, State::Confirmed | State::Cancelled | State::Conflict)
+        matches!(
+            self,
+            State::Confirmed | State::Cancelled | State::Conflict | State::Forgotten
+        )
     }
 
     /// The coordinator is working on it (calling participants) right now.
@@ -57,6 +63,7 @@ impl State {
             State::Cancelling => "cancelling",
             State::Cancelled => "cancelled",
             State::Conflict => "conflict",
+            State::Forgotten => "forgotten",
         }
     }
 }
@@ -147,10 +154,12 @@ pub enum Event {
     MixedOutcome,
     /// Every participant is cancelled.
     AllCancelled,
+    /// An operator resolved a conflict by hand.
+    Forget,
 }
 
 impl Event {
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 13] = [
         Event::JoinLink,
         Event::JoinTry,
         Event::AllTriesAnswered,
@@ -163,6 +172,7 @@ impl Event {
         Event::AllGone,
         Event::MixedOutcome,
         Event::AllCancelled,
+        Event::Forget,
     ];
 }
 
@@ -206,7 +216,9 @@ pub fn transition(
     match (state, event) {
         (S::Trying | S::Reserved, E::JoinLink) | (S::Trying, E::JoinTry) => Ok(None),
         (S::Reserved, E::JoinTry) => Ok(Some((S::Trying, None))),
-        (S::Cancelling | S::Cancelled, E::JoinLink | E::JoinTry) => Err(Refusal::Gone),
+        (S::Cancelling | S::Cancelled | S::Forgotten, E::JoinLink | E::JoinTry) => {
+            Err(Refusal::Gone)
+        }
         (_, E::JoinLink | E::JoinTry) => Err(Refusal::Conflict),
 
         (S::Trying, E::AllTriesAnswered) => Ok(Some((S::Reserved, None))),
@@ -216,13 +228,13 @@ pub fn transition(
 
         (S::Reserved, E::Confirm) => Ok(Some((S::Confirming, None))),
         (S::Confirming | S::Confirmed, E::Confirm) => Ok(None),
-        (S::Cancelled, E::Confirm) => Err(Refusal::Gone),
+        (S::Cancelled | S::Forgotten, E::Confirm) => Err(Refusal::Gone),
         (S::Cancelling, E::Confirm) => Err(cancelled_gone(reason)),
         (S::Trying | S::Conflict, E::Confirm) => Err(Refusal::Conflict),
 
         (S::Trying | S::Reserved, E::Cancel) => Ok(Some((S::Cancelling, Some(Reason::Client)))),
         (S::Cancelling, E::Cancel) => Ok(None),
-        (S::Cancelled, E::Cancel) => Err(Refusal::Gone),
+        (S::Cancelled | S::Forgotten, E::Cancel) => Err(Refusal::Gone),
         (S::Confirming | S::Confirmed | S::Conflict, E::Cancel) => Err(Refusal::Conflict),
 
         (S::Trying | S::Reserved, E::Expire) => Ok(Some((S::Cancelling, Some(Reason::Expired)))),
@@ -240,6 +252,10 @@ pub fn transition(
 
         (S::Cancelling, E::AllCancelled) => Ok(Some((S::Cancelled, reason))),
         (_, E::AllCancelled) => Err(Refusal::Conflict),
+
+        (S::Conflict, E::Forget) => Ok(Some((S::Forgotten, None))),
+        (S::Forgotten, E::Forget) => Ok(None),
+        (_, E::Forget) => Err(Refusal::Conflict),
     }
 }
 
@@ -256,12 +272,14 @@ mod tests {
         match (state, event) {
             (S::Trying, E::JoinLink | E::JoinTry) | (S::Reserved, E::JoinLink) => Ok(None),
             (S::Reserved, E::JoinTry) => Ok(Some((S::Trying, None))),
-            (S::Cancelling | S::Cancelled, E::JoinLink | E::JoinTry) => Err(Refusal::Gone),
+            (S::Cancelling | S::Cancelled | S::Forgotten, E::JoinLink | E::JoinTry) => {
+                Err(Refusal::Gone)
+            }
             (S::Trying, E::AllTriesAnswered) => Ok(Some((S::Reserved, None))),
             (S::Trying, E::TryFailed) => cancel(Reason::TryFailed),
             (S::Reserved, E::Confirm) => Ok(Some((S::Confirming, None))),
             (S::Confirming | S::Confirmed, E::Confirm) => Ok(None),
-            (S::Cancelled, E::Confirm | E::Cancel) => Err(Refusal::Gone),
+            (S::Cancelled | S::Forgotten, E::Confirm | E::Cancel) => Err(Refusal::Gone),
             (S::Trying | S::Reserved, E::Cancel) => cancel(Reason::Client),
             (S::Cancelling, E::Cancel) => Ok(None),
             (S::Trying | S::Reserved, E::Expire) => cancel(Reason::Expired),
@@ -272,6 +290,8 @@ mod tests {
             }
             (S::Confirming, E::MixedOutcome) => Ok(Some((S::Conflict, None))),
             (S::Cancelling, E::AllCancelled) => Ok(Some((S::Cancelled, Some(Reason::Client)))),
+            (S::Conflict, E::Forget) => Ok(Some((S::Forgotten, None))),
+            (S::Forgotten, E::Forget) => Ok(None),
             (_, E::AllTriesAnswered | E::TryFailed | E::Expire) => Ok(None),
             // Cancelling at the client's request: a confirm lost the race.
             _ => Err(Refusal::Conflict),
@@ -293,11 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn terminal_states_are_never_left() {
+    fn terminal_states_are_never_left_but_by_an_operator_forgetting_a_conflict() {
         for state in S::ALL.into_iter().filter(|s| s.is_terminal()) {
             for event in E::ALL {
-                if let Ok(Some((next, _))) = transition(state, None, event) {
-                    panic!("{state} left for {next} on {event:?}");
+                match transition(state, None, event) {
+                    Ok(Some((S::Forgotten, _))) if state == S::Conflict && event == E::Forget => {}
+                    Ok(Some((next, _))) => panic!("{state} left for {next} on {event:?}"),
+                    _ => {}
                 }
             }
         }

@@ -236,7 +236,11 @@ type Answer = Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::i
 async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incoming>) -> Answer {
     use http_body_util::BodyExt;
     let (parts, body) = request.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
     shared.calls.lock().unwrap().push(Call {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -265,7 +269,9 @@ async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incomi
             .unwrap())
     };
     match reply {
-        Reply::Close => Err(std::io::Error::other("closing the connection without an answer")),
+        Reply::Close => Err(std::io::Error::other(
+            "closing the connection without an answer",
+        )),
         Reply::Status(code) => respond(code, String::new()),
         Reply::RetryAfter(code, secs) => {
             let mut response = respond(code, String::new())?;
@@ -281,7 +287,12 @@ async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incomi
     }
 }
 
-fn success(shared: &Shared, parts: &hyper::http::request::Parts, verb: &str, behaviour: &Behaviour) -> Answer {
+fn success(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    verb: &str,
+    behaviour: &Behaviour,
+) -> Answer {
     if verb != "try" {
         return Ok(hyper::Response::builder()
             .status(204)
@@ -294,11 +305,16 @@ fn success(shared: &Shared, parts: &hyper::http::request::Parts, verb: &str, beh
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let n = *shared.holds_by_key.lock().unwrap().entry(key).or_insert_with(|| {
-        let mut next = shared.next_hold.lock().unwrap();
-        *next += 1;
-        *next
-    });
+    let n = *shared
+        .holds_by_key
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_insert_with(|| {
+            let mut next = shared.next_hold.lock().unwrap();
+            *next += 1;
+            *next
+        });
     let host = parts
         .headers
         .get("host")
@@ -428,7 +444,11 @@ impl Participant {
     pub async fn wait_until(&self, what: &str, done: impl Fn(&Participant) -> bool) {
         let start = Instant::now();
         while !done(self) {
-            assert!(start.elapsed() < PATIENCE, "{what}: calls were {:?}", self.summary());
+            assert!(
+                start.elapsed() < PATIENCE,
+                "{what}: calls were {:?}",
+                self.summary()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

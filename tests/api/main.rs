@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod docs;
+mod failures;
 mod helpers;
 mod lifecycle;

@@ -1,0 +1,576 @@
+//! The participant answer matrix: every answer to try, confirm and cancel ends in a known,
+//! visible state, and each participant receives exactly the calls it should.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{in_secs, is_settled, spawn_app, spawn_app_with, Participant, Reply, TestApp};
+
+// ---- confirm -----------------------------------------------------------------------------
+
+/// Confirms a reservation over `p` and a well-behaved second participant; returns the
+/// terminal answer and the well-behaved participant.
+async fn confirm_with(app: &TestApp, p: &Participant) -> ((u16, Value), Participant) {
+    let other = Participant::start().await;
+    let id = app
+        .create(&json!({"participants": [p.link(1), other.link(1)]}))
+        .await;
+    let confirm = app.post(&format!("/reservations/{id}/confirm")).await;
+    assert_eq!(confirm.status(), 202);
+    (app.wait_for(&id, is_settled).await, other)
+}
+
+async fn confirm_answer_ends_in(
+    reply: Reply,
+    puts: usize,
+    expected_state: &str,
+    participant_state: &str,
+) {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("confirm", [reply.clone()]);
+
+    let ((status, body), other) = confirm_with(&app, &p).await;
+
+    let state = if status == 303 {
+        "confirmed"
+    } else {
+        body["state"].as_str().unwrap()
+    };
+    assert_eq!(state, expected_state, "{reply:?}: {status} {body}");
+    assert_eq!(p.count("PUT"), puts, "{reply:?}: {:?}", p.summary());
+    assert_eq!(p.count("DELETE"), 0, "{reply:?}: {:?}", p.summary());
+    assert_eq!(other.count("DELETE"), 0);
+    if status != 303 {
+        assert_eq!(
+            body["participants"][0]["state"], participant_state,
+            "{body}"
+        );
+        assert!(body["participants"][0]["last_error"].is_string(), "{body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_answered_200_is_confirmed() {
+    confirm_answer_ends_in(Reply::Status(200), 1, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_204_is_confirmed() {
+    confirm_answer_ends_in(Reply::Ok, 1, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_202_is_asked_again_until_confirmed() {
+    confirm_answer_ends_in(Reply::Status(202), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_404_while_others_confirmed_is_a_conflict() {
+    confirm_answer_ends_in(Reply::Status(404), 1, "conflict", "gone").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_410_while_others_confirmed_is_a_conflict() {
+    confirm_answer_ends_in(Reply::Status(410), 1, "conflict", "gone").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_409_is_refused_and_a_conflict() {
+    confirm_answer_ends_in(Reply::Status(409), 1, "conflict", "refused").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_another_4xx_is_refused_and_a_conflict() {
+    confirm_answer_ends_in(Reply::Status(400), 1, "conflict", "refused").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_5xx_is_retried_until_confirmed() {
+    confirm_answer_ends_in(Reply::Status(503), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_408_is_retried_until_confirmed() {
+    confirm_answer_ends_in(Reply::Status(408), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_429_without_retry_after_is_retried() {
+    confirm_answer_ends_in(Reply::Status(429), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_on_a_reset_connection_is_retried() {
+    confirm_answer_ends_in(Reply::Close, 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_with_a_redirect_is_not_followed_but_retried() {
+    confirm_answer_ends_in(Reply::Status(307), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_201_is_not_the_contract_and_is_retried() {
+    confirm_answer_ends_in(Reply::Status(201), 2, "confirmed", "confirmed").await;
+}
+
+#[tokio::test]
+async fn confirm_answered_202_then_410_is_gone() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("confirm", [Reply::Status(202), Reply::Status(410)]);
+    let ((_, body), _) = confirm_with(&app, &p).await;
+    assert_eq!(body["state"], "conflict");
+    assert_eq!(body["participants"][0]["state"], "gone");
+    assert_eq!(p.count("PUT"), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_answered_429_with_retry_after_waits_that_long() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("confirm", [Reply::RetryAfter(429, 1)]);
+
+    let ((status, _), _) = confirm_with(&app, &p).await;
+
+    assert_eq!(status, 303);
+    let times = p.times("PUT");
+    assert_eq!(times.len(), 2);
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= Duration::from_millis(900),
+        "waited only {waited:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_slower_than_the_call_timeout_is_retried() {
+    let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;
+    let p = Participant::start().await;
+    p.script("confirm", [Reply::Slow(Duration::from_secs(2))]);
+
+    let ((status, _), _) = confirm_with(&app, &p).await;
+
+    assert_eq!(status, 303);
+    assert_eq!(p.count("PUT"), 2, "{:?}", p.summary());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_to_a_refused_connection_is_retried_until_the_participant_is_back() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+    p.stop();
+
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    let (_, body) = app
+        .wait_for(&id, |_, b| {
+            b["participants"][0]["attempts"].as_u64() >= Some(2)
+        })
+        .await;
+    assert_eq!(body["state"], "confirming");
+    assert_eq!(body["participants"][0]["last_error"], "cannot connect");
+    p.restart().await;
+
+    app.wait_for(&id, |s, _| s == 303).await;
+    assert_eq!(p.paths("PUT"), ["/holds/1"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_participant_answering_gone_ends_cancelled_participants_expired() {
+    let app = spawn_app().await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+    a.set(|x| x.confirm_reply = Reply::Status(404));
+    b.set(|x| x.confirm_reply = Reply::Status(410));
+    let id = app
+        .create(&json!({"participants": [a.link(1), b.link(1)]}))
+        .await;
+
+    app.post(&format!("/reservations/{id}/confirm")).await;
+
+    let (status, body) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["reason"], "participants_expired");
+    assert_eq!(a.count("DELETE") + b.count("DELETE"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_participant_that_keeps_failing_stays_visible_and_is_never_given_up() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.set(|x| x.confirm_reply = Reply::Status(503));
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+
+    app.post(&format!("/reservations/{id}/confirm")).await;
+
+    let (status, body) = app
+        .wait_for(&id, |_, b| {
+            b["participants"][0]["attempts"].as_u64() >= Some(5)
+        })
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "confirming");
+    let participant = &body["participants"][0];
+    assert_eq!(participant["last_error"], "503 Service Unavailable");
+    assert!(participant["next_attempt_at"].is_string(), "{body}");
+    let activity = body["activity"].as_str().unwrap();
+    assert!(
+        activity.contains("after 503 Service Unavailable"),
+        "{activity}"
+    );
+    p.set(|x| x.confirm_reply = Reply::Ok);
+    app.wait_for(&id, |s, _| s == 303).await;
+    assert_eq!(p.count("DELETE"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_exponentially_up_to_the_cap() {
+    let app = spawn_app_with(|c| c.retry.max_interval = Duration::from_millis(800)).await;
+    let p = Participant::start().await;
+    p.script("confirm", std::iter::repeat_n(Reply::Status(503), 7));
+
+    let ((status, _), _) = confirm_with(&app, &p).await;
+
+    assert_eq!(status, 303);
+    let times = p.times("PUT");
+    assert_eq!(times.len(), 8);
+    let gaps: Vec<_> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps[0] < Duration::from_millis(400),
+        "the first retry is quick: {gaps:?}"
+    );
+    assert!(gaps[5] > gaps[0], "the spacing grows: {gaps:?}");
+    assert!(
+        gaps.iter()
+            .all(|g| *g < Duration::from_millis(800 * 3 / 2 + 500)),
+        "the spacing is capped: {gaps:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forget_ends_a_conflict_and_only_a_conflict() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.set(|x| x.confirm_reply = Reply::Status(409));
+    let ((_, body), _) = confirm_with(&app, &p).await;
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["state"], "conflict");
+    let before = p.calls().len();
+
+    let reserved = app.create(&json!({"participants": []})).await;
+    assert_eq!(
+        app.post(&format!("/reservations/{reserved}/forget"))
+            .await
+            .status(),
+        409
+    );
+
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/forget"))
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/forget"))
+            .await
+            .status(),
+        204
+    );
+    let gone = app.get(&format!("/reservations/{id}")).await;
+    assert_eq!(gone.status(), 410);
+    let gone: Value = gone.json().await.unwrap();
+    assert_eq!(gone["state"], "forgotten");
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/confirm"))
+            .await
+            .status(),
+        410
+    );
+    assert_eq!(p.calls().len(), before, "forgetting calls no participant");
+    app.stop().await;
+}
+
+// ---- cancel ------------------------------------------------------------------------------
+
+async fn cancel_answer_ends_in(reply: Reply, deletes: usize, participant_state: &str) {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("cancel", [reply.clone()]);
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+
+    app.post(&format!("/reservations/{id}/cancel")).await;
+
+    let (status, body) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 410, "{reply:?}: {body}");
+    assert_eq!(
+        body["participants"][0]["state"], participant_state,
+        "{reply:?}: {body}"
+    );
+    assert_eq!(p.count("DELETE"), deletes, "{reply:?}: {:?}", p.summary());
+    assert_eq!(p.count("PUT"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_answered_200_is_cancelled() {
+    cancel_answer_ends_in(Reply::Status(200), 1, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_204_is_cancelled() {
+    cancel_answer_ends_in(Reply::Ok, 1, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_404_is_cancelled() {
+    cancel_answer_ends_in(Reply::Status(404), 1, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_410_is_cancelled() {
+    cancel_answer_ends_in(Reply::Status(410), 1, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_405_leaves_the_link_to_expire_on_its_own() {
+    cancel_answer_ends_in(Reply::Status(405), 1, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_202_is_asked_again() {
+    cancel_answer_ends_in(Reply::Status(202), 2, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_5xx_is_retried() {
+    cancel_answer_ends_in(Reply::Status(500), 2, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_409_is_retried() {
+    cancel_answer_ends_in(Reply::Status(409), 2, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_answered_429_with_retry_after_is_retried() {
+    cancel_answer_ends_in(Reply::RetryAfter(429, 1), 2, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_on_a_reset_connection_is_retried() {
+    cancel_answer_ends_in(Reply::Close, 2, "cancelled").await;
+}
+
+#[tokio::test]
+async fn cancel_slower_than_the_call_timeout_is_retried() {
+    let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;
+    let p = Participant::start().await;
+    p.script("cancel", [Reply::Slow(Duration::from_secs(2))]);
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+    app.post(&format!("/reservations/{id}/cancel")).await;
+    app.wait_for(&id, |s, _| s == 410).await;
+    assert_eq!(p.count("DELETE"), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_retries_stop_once_the_link_has_expired_on_its_own() {
+    let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;
+    let p = Participant::start().await;
+    p.set(|x| x.cancel_reply = Reply::Status(503));
+    let id = app
+        .create(&json!({"participants": [p.link_expiring(1, &in_secs(2))]}))
+        .await;
+
+    app.post(&format!("/reservations/{id}/cancel")).await;
+
+    let (_, body) = app.wait_for(&id, |s, _| s == 410).await;
+    assert_eq!(body["participants"][0]["state"], "expired");
+    assert_eq!(
+        body["participants"][0]["last_error"],
+        "503 Service Unavailable"
+    );
+    let deletes = p.count("DELETE");
+    assert!(deletes >= 2, "{deletes}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.count("DELETE"), deletes, "no DELETE after giving up");
+    app.stop().await;
+}
+
+// ---- try ---------------------------------------------------------------------------------
+
+/// Creates a reservation whose only participant `p` is tried; returns its id.
+async fn tried(app: &TestApp, p: &Participant) -> String {
+    app.create(&json!({"timeout_ms": 10_000, "participants": [p.try_("stock")]}))
+        .await
+}
+
+async fn try_answer_reserves_after(reply: Reply, posts: usize) {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("try", [reply.clone()]);
+
+    let id = tried(&app, &p).await;
+
+    let (_, body) = app.wait_for(&id, |_, b| b["state"] != "trying").await;
+    assert_eq!(body["state"], "reserved", "{reply:?}: {body}");
+    assert_eq!(p.count("POST"), posts, "{reply:?}: {:?}", p.summary());
+    let keys: Vec<_> = p
+        .calls()
+        .iter()
+        .map(|c| c.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert!(keys.iter().all(|k| *k == format!("{id}/0")), "{keys:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_answered_201_with_a_link_reserves() {
+    try_answer_reserves_after(Reply::Ok, 1).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_200_with_the_link_in_the_body_reserves() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let uri = p.hold_uri(42);
+    p.script(
+        "try",
+        [Reply::Body(
+            200,
+            json!({"uri": uri, "expires": in_secs(300)}).to_string(),
+        )],
+    );
+    let id = tried(&app, &p).await;
+    let (_, body) = app.wait_for(&id, |_, b| b["state"] != "trying").await;
+    assert_eq!(body["state"], "reserved");
+    assert_eq!(body["participants"][0]["uri"], uri);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_answered_202_is_asked_again_with_the_same_key() {
+    try_answer_reserves_after(Reply::Status(202), 2).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_5xx_is_retried_with_the_same_key() {
+    try_answer_reserves_after(Reply::Status(503), 2).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_408_is_retried_with_the_same_key() {
+    try_answer_reserves_after(Reply::Status(408), 2).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_429_is_retried_with_the_same_key() {
+    try_answer_reserves_after(Reply::RetryAfter(429, 1), 2).await;
+}
+
+#[tokio::test]
+async fn a_try_on_a_reset_connection_is_retried_with_the_same_key() {
+    try_answer_reserves_after(Reply::Close, 2).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_without_a_link_is_retried_with_the_same_key() {
+    try_answer_reserves_after(Reply::Body(201, "held, trust me".into()), 2).await;
+}
+
+#[tokio::test]
+async fn a_try_slower_than_the_call_timeout_is_retried_and_gets_the_same_link() {
+    let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;
+    let p = Participant::start().await;
+    p.script("try", [Reply::Slow(Duration::from_secs(1))]);
+    let id = tried(&app, &p).await;
+    let (_, body) = app.wait_for(&id, |_, b| b["state"] != "trying").await;
+    assert_eq!(body["state"], "reserved");
+    assert_eq!(body["participants"][0]["uri"], p.hold_uri(1));
+    app.stop().await;
+}
+
+async fn try_answer_fails(code: u16) {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("try", [Reply::Status(code)]);
+    let id = tried(&app, &p).await;
+    let (status, body) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 410);
+    assert_eq!(body["reason"], "try_failed");
+    assert_eq!(body["participants"][0]["state"], "try_failed");
+    assert_eq!(p.count("POST"), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_answered_400_fails() {
+    try_answer_fails(400).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_404_fails() {
+    try_answer_fails(404).await;
+}
+
+#[tokio::test]
+async fn a_try_answered_409_fails() {
+    try_answer_fails(409).await;
+}
+
+#[tokio::test]
+async fn a_try_to_a_refused_connection_is_retried_until_the_deadline_then_cancelled() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let other = Participant::start().await;
+    p.stop();
+    let id = app
+        .create(&json!({"timeout_ms": 1000, "participants": [other.link(1), p.try_("down")]}))
+        .await;
+
+    let (_, body) = app.wait_for(&id, |s, _| s == 410).await;
+
+    assert_eq!(body["reason"], "expired");
+    assert_eq!(body["participants"][1]["state"], "abandoned");
+    assert_eq!(
+        body["participants"][1]["last_error"]
+            .as_str()
+            .unwrap()
+            .split(';')
+            .next(),
+        Some("cannot connect")
+    );
+    assert_eq!(other.paths("DELETE"), ["/holds/1"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_whose_answer_is_lost_is_asked_again_to_cancel_what_it_holds() {
+    // The try answers after the call timeout; meanwhile the client cancels.
+    let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;
+    let p = Participant::start().await;
+    p.set(|x| x.try_reply = Reply::Slow(Duration::from_secs(1)));
+    let id = tried(&app, &p).await;
+    p.wait_until("the first try", |p| p.count("POST") == 1)
+        .await;
+    app.post(&format!("/reservations/{id}/cancel")).await;
+    p.set(|x| x.try_reply = Reply::Ok);
+
+    let (_, body) = app.wait_for(&id, |s, _| s == 410).await;
+
+    assert_eq!(body["participants"][0]["state"], "cancelled", "{body}");
+    assert_eq!(p.paths("DELETE"), ["/holds/1"], "{:?}", p.summary());
+    assert_eq!(p.count("PUT"), 0);
+    app.stop().await;
+}
