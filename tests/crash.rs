@@ -259,3 +259,159 @@ fn a_bad_flag_or_an_unusable_data_directory_exits_non_zero_with_one_sentence() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn kill_9_after_the_confirm_decision_and_before_any_put_lands() {
+    // Arrange: the participant is down, so the logged decision reaches nobody.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+    p.stop();
+    let confirm = http
+        .post(format!("{}/reservations/{id}/confirm", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 202);
+    wait_for(&http, &coordinator.base, &id, |_, b| {
+        b["participants"][0]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+
+    // Act
+    coordinator.kill_9();
+    p.restart().await;
+    let restarted = Binary::start(&data);
+
+    // Assert
+    wait_for(&http, &restarted.base, &id, |s, _| s == 303).await;
+    assert_eq!(p.paths("PUT"), ["/holds/1"]);
+    assert_eq!(p.count("DELETE"), 0);
+}
+
+#[tokio::test]
+async fn kill_9_while_some_puts_landed_and_others_not() {
+    // Arrange: `up` confirms at once, `down` cannot be reached.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let (up, down) = (Participant::start().await, Participant::start().await);
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [up.link(1), down.link(1)]}),
+    )
+    .await;
+    down.stop();
+    http.post(format!("{}/reservations/{id}/confirm", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    wait_for(&http, &coordinator.base, &id, |_, b| {
+        b["participants"][0]["state"] == "confirmed"
+            && b["participants"][1]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+
+    // Act
+    coordinator.kill_9();
+    down.restart().await;
+    let restarted = Binary::start(&data);
+
+    // Assert: the logged confirmation is not repeated; the unknown one is.
+    wait_for(&http, &restarted.base, &id, |s, _| s == 303).await;
+    assert_eq!(
+        up.paths("PUT"),
+        ["/holds/1"],
+        "a logged outcome is not called again"
+    );
+    assert_eq!(down.paths("PUT"), ["/holds/1"]);
+    assert_eq!(up.count("DELETE") + down.count("DELETE"), 0);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let (up, down) = (Participant::start().await, Participant::start().await);
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [up.link(1), down.link(1)]}),
+    )
+    .await;
+    down.stop();
+    http.post(format!("{}/reservations/{id}/cancel", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    wait_for(&http, &coordinator.base, &id, |_, b| {
+        b["participants"][0]["state"] == "cancelled"
+            && b["participants"][1]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+
+    coordinator.kill_9();
+    down.restart().await;
+    let restarted = Binary::start(&data);
+
+    let (_, body) = wait_for(&http, &restarted.base, &id, |s, _| s == 410).await;
+    assert_eq!(body["reason"], "client");
+    assert_eq!(up.paths("DELETE"), ["/holds/1"]);
+    assert_eq!(down.paths("DELETE"), ["/holds/1"]);
+    assert_eq!(up.count("PUT") + down.count("PUT"), 0);
+}
+
+#[tokio::test]
+async fn kill_9_during_a_coordinator_driven_try() {
+    // Arrange: a slow try is in flight when the coordinator dies; the participant holds
+    // stock the coordinator never heard about, and the deadline passes while it is down.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    let http = client();
+    let p = Participant::start_with(Behaviour {
+        try_reply: Reply::Slow(Duration::from_millis(800)),
+        ..Behaviour::default()
+    })
+    .await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"timeout_ms": 1500, "participants": [p.try_("stock")]}),
+    )
+    .await;
+    p.wait_until("the try", |p| p.count("POST") == 1).await;
+
+    // Act
+    coordinator.kill_9();
+    p.set(|b| b.try_reply = Reply::Ok);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let restarted = Binary::start(&data);
+
+    // Assert: the try is repeated with the same key, the same link comes back, and it is
+    // cancelled.
+    let (_, body) = wait_for(&http, &restarted.base, &id, |s, _| s == 410).await;
+    assert_eq!(body["reason"], "expired");
+    let keys: Vec<_> = p
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| c.headers["idempotency-key"].to_str().unwrap().to_owned())
+        .collect();
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert!(keys.iter().all(|k| *k == format!("{id}/0")), "{keys:?}");
+    assert_eq!(p.paths("DELETE"), ["/holds/1"]);
+    assert_eq!(p.count("PUT"), 0);
+}

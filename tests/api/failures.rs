@@ -574,3 +574,27 @@ async fn a_try_whose_answer_is_lost_is_asked_again_to_cancel_what_it_holds() {
     assert_eq!(p.count("PUT"), 0);
     app.stop().await;
 }
+
+// ---- the near-expiry rule ----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_confirm_too_close_to_a_link_expiry_cancels_instead() {
+    // The per-call timeout (2 s in tests) is the margin: a link expiring in 3 s must be
+    // confirmed within 1 s, or never.
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let id = app
+        .create(&json!({"timeout_ms": 30_000, "participants": [p.link_expiring(1, &in_secs(3))]}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let confirm = app.post(&format!("/reservations/{id}/confirm")).await;
+
+    assert_eq!(confirm.status(), 410);
+    let body: Value = confirm.json().await.unwrap();
+    assert_eq!(body["reason"], "too_close_to_expiry", "{body}");
+    app.wait_for(&id, |s, _| s == 410).await;
+    assert_eq!(p.count("PUT"), 0);
+    assert_eq!(p.paths("DELETE"), ["/holds/1"]);
+    app.stop().await;
+}
