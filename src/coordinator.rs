@@ -59,6 +59,14 @@ pub struct CreateReservation {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A client's `Idempotency-Key` and the fingerprint of the body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request body: the same key with another body is refused.
+    pub fingerprint: [u8; 32],
+}
+
 /// Why a use case did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -172,7 +180,13 @@ impl Coordinator {
     pub async fn create(
         &self,
         request: CreateReservation,
+        idempotency: Option<IdempotencyKey>,
     ) -> Result<Reservation, CoordinatorError> {
+        if let Some(key) = &idempotency {
+            if let Some(existing) = self.inner.store.idempotency_key(&key.key)? {
+                return self.replay(key, existing);
+            }
+        }
         let limits = &self.inner.limits;
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
@@ -189,7 +203,7 @@ impl Coordinator {
         for (i, p) in request.participants.iter().enumerate() {
             check_link_expiry(p, now, &format!("participants[{i}]"))?;
         }
-        let reservation = Reservation::new(
+        let mut reservation = Reservation::new(
             ReservationId::new(),
             now,
             timeout,
@@ -197,7 +211,20 @@ impl Coordinator {
             request.metadata,
             limits.participant_timeout,
         );
-        self.inner.store.save(&reservation).await?;
+        match &idempotency {
+            None => self.inner.store.save(&reservation).await?,
+            Some(key) => {
+                reservation.idempotency_key = Some(key.key.clone());
+                let store = &self.inner.store;
+                if let Some(existing) = store
+                    .save_new_with_key(&reservation, &key.key, key.fingerprint)
+                    .await?
+                {
+                    // Another request with the same key won the race.
+                    return self.replay(key, existing);
+                }
+            }
+        }
         tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
             participants = reservation.participants.len(), "reservation created");
         self.arm_deadline(&reservation);
@@ -205,6 +232,24 @@ impl Coordinator {
             self.ensure_driven(reservation.id);
         }
         Ok(reservation)
+    }
+
+    /// The answer to a repeated create: the original reservation when the body is the same.
+    fn replay(
+        &self,
+        key: &IdempotencyKey,
+        (id, fingerprint): (ReservationId, [u8; 32]),
+    ) -> Result<Reservation, CoordinatorError> {
+        if fingerprint != key.fingerprint {
+            return Err(invalid(
+                "Idempotency-Key",
+                format!(
+                    "was first used with another request body (reservation {id}); \
+                     use a new key for a new reservation"
+                ),
+            ));
+        }
+        self.get(id)
     }
 
     /// Reads a reservation.

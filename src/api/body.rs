@@ -16,9 +16,54 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON request body of type `T`.
+/// A JSON request body of type `T`, with the bytes it was parsed from.
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Vec<u8>,
+}
+
+impl<T> JsonBody<T> {
+    /// SHA-256 of the body's canonical form (object keys sorted, no insignificant white
+    /// space): two bodies that mean the same JSON have the same fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let value: serde_json::Value = serde_json::from_slice(&self.raw).unwrap_or_default();
+        let mut canonical = String::new();
+        write_canonical(&value, &mut canonical);
+        sha2::Sha256::digest(canonical.as_bytes()).into()
+    }
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
 
 /// Why a body was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +165,10 @@ where
                     "the request body could not be read: {other}"
                 ))),
             })?;
-        Ok(Self(parse(&bytes)?))
+        Ok(Self {
+            value: parse(&bytes)?,
+            raw: bytes.to_vec(),
+        })
     }
 }
 
@@ -140,6 +188,19 @@ mod tests {
     #[allow(dead_code)]
     struct Inner {
         n: u64,
+    }
+
+    #[test]
+    fn bodies_meaning_the_same_json_share_a_fingerprint() {
+        let body = |raw: &str| JsonBody {
+            value: (),
+            raw: raw.as_bytes().to_vec(),
+        };
+        let a = body(r#"{"a": 1, "b": [true, {"y": null, "x": "s"}]}"#);
+        let b = body(r#"{ "b":[true,{"x":"s","y":null}],"a":1 }"#);
+        let c = body(r#"{"a": 2, "b": [true, {"y": null, "x": "s"}]}"#);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
     }
 
     #[test]

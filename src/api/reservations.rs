@@ -4,7 +4,7 @@
 #![allow(clippy::large_enum_variant)]
 
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
@@ -15,7 +15,7 @@ use super::views::{
     CreateReservationBody, ParticipantBody, ReservationPage, ReservationView, StateView,
 };
 use super::ApiTags;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, IdempotencyKey};
 use crate::domain::{Reservation, ReservationId, State};
 
 /// The reservation operations.
@@ -262,13 +262,35 @@ impl ReservationsApi {
         &self,
         coordinator: Data<&Coordinator>,
         body: JsonBody<CreateReservationBody>,
+        /// Makes retries safe: the same key with the same body returns the reservation the
+        /// first request created; the same key with another body is refused (422). At most
+        /// 255 visible ASCII characters.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
     ) -> CreateResponse {
         let result = async {
+            let idempotency = match idempotency_key.0 {
+                Some(key)
+                    if key.is_empty()
+                        || key.len() > 255
+                        || !key.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    return Err(ApiError::Problem(Problem::invalid(
+                        "Idempotency-Key",
+                        "must be 1 to 255 visible ASCII characters",
+                    )));
+                }
+                Some(key) => Some(IdempotencyKey {
+                    key,
+                    fingerprint: body.fingerprint(),
+                }),
+                None => None,
+            };
             let request = body
-                .0
+                .value
                 .into_domain()
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
-            Ok::<_, ApiError>(coordinator.create(request).await?)
+            Ok::<_, ApiError>(coordinator.create(request, idempotency).await?)
         }
         .await;
         match result {
@@ -436,7 +458,7 @@ impl ReservationsApi {
         let result = async {
             let id = parse_id(&id)?;
             let participant = body
-                .0
+                .value
                 .into_domain("")
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
             Ok::<_, ApiError>(coordinator.join(id, participant).await?)

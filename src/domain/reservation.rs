@@ -192,6 +192,8 @@ pub struct Reservation {
     pub finished_at: Option<DateTime<Utc>>,
     pub participants: Vec<Participant>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's `Idempotency-Key` on create, kept so it is released with the record.
+    pub idempotency_key: Option<String>,
 }
 
 impl Reservation {
@@ -218,6 +220,7 @@ impl Reservation {
             finished_at: None,
             participants: Vec::with_capacity(participants.len()),
             metadata,
+            idempotency_key: None,
         };
         for p in participants {
             reservation.add_participant(p);

@@ -7,6 +7,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | `[1]` followed by the JSON of a [`record::ReservationV1`] |
+//! | `idempotency` | the client's `Idempotency-Key`, UTF-8 | `[1]`, the reservation id (16 bytes), the SHA-256 of the canonical request body (32 bytes) |
 //!
 //! The first byte of every value is the record's format version; a reader refuses versions it
 //! does not know instead of guessing. Records are separate structs from the domain's, so the
@@ -48,6 +49,7 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     reservations: sled::Tree,
+    idempotency: sled::Tree,
     commit: GroupCommit,
 }
 
@@ -74,10 +76,12 @@ impl Store {
             .open()
             .map_err(open_error)?;
         let reservations = db.open_tree("reservations").map_err(open_error)?;
+        let idempotency = db.open_tree("idempotency").map_err(open_error)?;
         let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, tasks)
             .map_err(|e| open_error(sled::Error::Io(e)))?;
         Ok(Self {
             reservations,
+            idempotency,
             commit,
         })
     }
@@ -90,6 +94,61 @@ impl Store {
         let value = record::encode(reservation);
         self.reservations.insert(reservation.id.to_bytes(), value)?;
         self.commit.wait_durable().await
+    }
+
+    /// Writes a new reservation created under an `Idempotency-Key` together with the key's
+    /// entry (atomically: both or neither), and returns once both are durable. When the key
+    /// is already taken, writes nothing and returns what it maps to.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write or the flush fails.
+    pub async fn save_new_with_key(
+        &self,
+        reservation: &Reservation,
+        key: &str,
+        fingerprint: [u8; 32],
+    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+
+        let value = record::encode(reservation);
+        let mut entry = Vec::with_capacity(49);
+        entry.push(VERSION_1);
+        entry.extend_from_slice(&reservation.id.to_bytes());
+        entry.extend_from_slice(&fingerprint);
+        let taken = (&self.reservations, &self.idempotency)
+            .transaction(|(reservations, keys)| {
+                if let Some(existing) = keys.get(key.as_bytes())? {
+                    return Ok(Some(existing));
+                }
+                keys.insert(key.as_bytes(), entry.as_slice())?;
+                reservations.insert(&reservation.id.to_bytes(), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(None)
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
+            })?;
+        if let Some(existing) = taken {
+            return decode_key_entry(key, &existing).map(Some);
+        }
+        self.commit.wait_durable().await?;
+        Ok(None)
+    }
+
+    /// What an `Idempotency-Key` maps to: the reservation and the fingerprint of the body it
+    /// was created with.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled fails or the entry is unreadable.
+    pub fn idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
+        self.idempotency
+            .get(key.as_bytes())?
+            .map(|v| decode_key_entry(key, &v))
+            .transpose()
     }
 
     /// Group-committed flushes run since the log was opened.
@@ -145,6 +204,23 @@ impl Store {
             }
         }
         Ok((page, false))
+    }
+}
+
+const VERSION_1: u8 = 1;
+
+fn decode_key_entry(key: &str, value: &[u8]) -> Result<(ReservationId, [u8; 32]), StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        key: format!("idempotency key {key:?}"),
+        detail: "not a version 1 entry of 49 bytes".into(),
+    };
+    match value {
+        [VERSION_1, rest @ ..] if rest.len() == 48 => {
+            let id: [u8; 16] = rest[..16].try_into().map_err(|_| corrupt())?;
+            let fingerprint: [u8; 32] = rest[16..].try_into().map_err(|_| corrupt())?;
+            Ok((ReservationId::from_bytes(id), fingerprint))
+        }
+        _ => Err(corrupt()),
     }
 }
 

@@ -26,6 +26,8 @@ pub(super) struct ReservationV1 {
     finished_at: Option<i64>,
     participants: Vec<ParticipantV1>,
     metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,6 +67,7 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
         finished_at: r.finished_at.map(|t| t.timestamp_millis()),
         participants: r.participants.iter().map(encode_participant).collect(),
         metadata: r.metadata.clone(),
+        idempotency_key: r.idempotency_key.clone(),
     };
     let mut bytes = vec![VERSION_1];
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
@@ -162,6 +165,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         finished_at: opt_time(r.finished_at)?,
         participants,
         metadata: r.metadata,
+        idempotency_key: r.idempotency_key,
     })
 }
 
@@ -206,6 +210,7 @@ mod tests {
                 .clone(),
             Duration::from_secs(5),
         );
+        r.idempotency_key = Some("order-A-17".into());
         r.participants[1].record_attempt(now, None, Some("503".into()), Some(now));
         let decoded = decode(r.id, &encode(&r)).unwrap();
         assert_eq!(decoded, r);

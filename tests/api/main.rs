@@ -6,3 +6,4 @@ mod docs;
 mod failures;
 mod helpers;
 mod lifecycle;
+mod repeats;
