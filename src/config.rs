@@ -97,6 +97,10 @@ pub struct Cli {
     #[arg(long, env = "TCC_MAX_PARTICIPANTS", default_value_t = 64)]
     max_participants: usize,
 
+    /// Longest time a `Prefer: wait=N` request is held before answering.
+    #[arg(long, env = "TCC_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    max_wait: Duration,
+
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = "TCC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
@@ -169,6 +173,7 @@ impl Cli {
                 max_timeout: self.max_timeout,
                 max_participants: self.max_participants,
                 participant_timeout: self.participant_timeout,
+                max_wait: self.max_wait,
             },
             max_body_bytes: self.max_body_bytes,
             public_url: self.public_url,

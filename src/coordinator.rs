@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,6 +48,8 @@ pub struct Limits {
     pub max_participants: usize,
     /// The per-call timeout; also the safety margin before a link's expiry.
     pub participant_timeout: Duration,
+    /// The longest `Prefer: wait` honoured.
+    pub max_wait: Duration,
 }
 
 /// A request to create a reservation, parsed at the API edge.
@@ -104,6 +106,8 @@ struct Inner {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// The live driver of each reservation and the token that wakes it.
     drivers: Mutex<HashMap<ReservationId, CancellationToken>>,
+    /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
+    watchers: Mutex<HashMap<ReservationId, watch::Sender<State>>>,
     deadlines: DeadlineSender,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -139,6 +143,7 @@ impl Coordinator {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 drivers: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
                 deadlines: parts.deadlines,
                 tasks: parts.tasks,
                 shutdown: parts.shutdown,
@@ -232,6 +237,47 @@ impl Coordinator {
             self.ensure_driven(reservation.id);
         }
         Ok(reservation)
+    }
+
+    /// Waits up to `limit` (capped by `--max-wait`) until `settled` holds for the
+    /// reservation; returns it as it then stands, and whether `settled` held.
+    ///
+    /// # Errors
+    /// `NotFound`; `Store`.
+    pub async fn wait_until(
+        &self,
+        id: ReservationId,
+        settled: impl Fn(&Reservation) -> bool,
+        limit: Duration,
+    ) -> Result<(Reservation, bool), CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + limit.min(self.inner.limits.max_wait);
+        let mut changes = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .entry(id)
+            .or_insert_with(|| watch::channel(State::Trying).0)
+            .subscribe();
+        let result = loop {
+            let reservation = match self.get(id) {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            if settled(&reservation) {
+                break Ok((reservation, true));
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break Ok((reservation, false)),
+            }
+        };
+        drop(changes);
+        let mut watchers = self.inner.watchers.lock().expect("watchers lock");
+        if watchers.get(&id).is_some_and(|w| w.receiver_count() == 0) {
+            watchers.remove(&id);
+        }
+        result
     }
 
     /// The answer to a repeated create: the original reservation when the body is the same.
@@ -440,6 +486,9 @@ impl Coordinator {
             if after.state != before.state {
                 tracing::info!(reservation_id = %id, from = %before.state, to = %after.state,
                     reason = ?after.reason, "state changed");
+                if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
+                    watcher.send_replace(after.state);
+                }
                 if after.state.is_in_progress() {
                     self.ensure_driven(id);
                 }

@@ -87,16 +87,26 @@ impl From<CoordinatorError> for ApiError {
 /// `gone => Variant` for the reservation's 410. A status the operation does not declare
 /// becomes its `Unavailable` (503) after logging: it would be a bug.
 macro_rules! problem_response {
-    ($ty:ident { $($status:literal => $variant:ident),* $(,)? } $(gone => $gone:ident)?) => {
+    ($ty:ident { $($status:literal => $variant:ident),* $(,)? } gone_with_preference => $gone:ident) => {
+        $crate::api::error::problem_response!(@impl $ty { $($status => $variant),* } |gone| $ty::$gone(Json(*gone), None));
+    };
+    ($ty:ident { $($status:literal => $variant:ident),* $(,)? } gone => $gone:ident) => {
+        $crate::api::error::problem_response!(@impl $ty { $($status => $variant),* } |gone| $ty::$gone(Json(*gone)));
+    };
+    ($ty:ident { $($status:literal => $variant:ident),* $(,)? }) => {
+        $crate::api::error::problem_response!(@impl $ty { $($status => $variant),* } |gone| {
+            let gone: Box<$crate::api::problem::GoneProblem> = gone;
+            $ty::from($crate::api::error::ApiError::Problem(gone.problem))
+        });
+    };
+    (@impl $ty:ident { $($status:literal => $variant:ident),* } |$g:ident| $make_gone:expr) => {
         impl From<$crate::api::error::ApiError> for $ty {
             fn from(error: $crate::api::error::ApiError) -> Self {
                 use poem_openapi::payload::Json;
                 #[allow(unused_imports)]
                 use $crate::api::error::ApiError as E;
                 let problem = match error {
-                    $(E::Gone(gone) => return $ty::$gone(Json(*gone)),)?
-                    #[allow(unreachable_patterns)]
-                    E::Gone(gone) => gone.problem,
+                    E::Gone($g) => return $make_gone,
                     E::Problem(problem) => problem,
                 };
                 match problem.status {

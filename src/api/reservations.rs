@@ -61,6 +61,19 @@ pub enum CreateResponse {
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
+    /// With `Prefer: wait`: every try answered and the reservation is `reserved`.
+    #[oai(status = 200)]
+    Settled(
+        Json<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Preference-Applied")] String,
+    ),
+    /// With `Prefer: wait`: a try failed and every participant is cancelled.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(
+        Json<GoneProblem>,
+        #[oai(header = "Preference-Applied")] Option<String>,
+    ),
     /// The body is not JSON.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
@@ -74,7 +87,7 @@ pub enum CreateResponse {
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
 }
-problem_response!(CreateResponse { 400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable });
+problem_response!(CreateResponse { 400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable } gone_with_preference => Gone);
 
 fn create_bad_request(error: poem::Error) -> CreateResponse {
     ApiError::from_request_error(&error).into()
@@ -113,9 +126,18 @@ pub enum ConfirmResponse {
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
-    /// Already confirmed: the transaction is at `Location`.
+    /// Confirmed (already, or within `Prefer: wait`): the transaction is at `Location`.
     #[oai(status = 303)]
-    SeeOther(#[oai(header = "Location")] String),
+    SeeOther(
+        #[oai(header = "Location")] String,
+        #[oai(header = "Preference-Applied")] Option<String>,
+    ),
+    /// With `Prefer: wait`: confirming ended in `conflict`.
+    #[oai(status = 200)]
+    Settled(
+        Json<ReservationView>,
+        #[oai(header = "Preference-Applied")] String,
+    ),
     /// No reservation has this id.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -124,13 +146,17 @@ pub enum ConfirmResponse {
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
     /// Cancelled, or past its deadline: nothing was confirmed and no participant was called.
+    /// With `Prefer: wait`, also when every participant answered that it was gone.
     #[oai(status = 410, content_type = "application/problem+json")]
-    Gone(Json<GoneProblem>),
+    Gone(
+        Json<GoneProblem>,
+        #[oai(header = "Preference-Applied")] Option<String>,
+    ),
     /// The transaction log is unavailable; nothing was decided.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
 }
-problem_response!(ConfirmResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone => Gone);
+problem_response!(ConfirmResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone_with_preference => Gone);
 
 #[derive(ApiResponse)]
 pub enum CancelResponse {
@@ -147,14 +173,17 @@ pub enum CancelResponse {
     /// Confirming, confirmed or in conflict: too late to cancel.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
-    /// Already cancelled.
+    /// Cancelled (already, or within `Prefer: wait`).
     #[oai(status = 410, content_type = "application/problem+json")]
-    Gone(Json<GoneProblem>),
+    Gone(
+        Json<GoneProblem>,
+        #[oai(header = "Preference-Applied")] Option<String>,
+    ),
     /// The transaction log is unavailable; nothing was decided.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
 }
-problem_response!(CancelResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone => Gone);
+problem_response!(CancelResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone_with_preference => Gone);
 
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "join_bad_request")]
@@ -233,20 +262,58 @@ fn list_bad_request(error: poem::Error) -> ListResponse {
 }
 
 /// Answers a cancel (both verbs share it).
-async fn cancel(coordinator: &Coordinator, id: &str) -> CancelResponse {
+async fn cancel(coordinator: &Coordinator, id: &str, prefer: Option<&str>) -> CancelResponse {
     let result = async {
         let id = parse_id(id)?;
-        Ok::<_, ApiError>(coordinator.cancel(id).await?)
+        let r = coordinator.cancel(id).await?;
+        hold_answer(coordinator, r, prefer, |r| r.state.is_terminal()).await
     }
     .await;
     match result {
-        Ok(r) => {
+        Ok((r, Some(applied))) if r.state == State::Cancelled => {
+            CancelResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
+        }
+        Ok((r, _)) => {
             let v = view(coordinator, &r);
             let retry = retry_after(&r, coordinator);
             CancelResponse::Accepted(Json(v), location(&r), retry)
         }
         Err(e) => e.into(),
     }
+}
+
+/// The seconds of a `Prefer: wait=N` (RFC 7240), when the header asks for it.
+fn wait_preference(prefer: Option<&str>) -> Option<u64> {
+    prefer?.split(',').find_map(|preference| {
+        let (name, value) = preference.split(';').next()?.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("wait") {
+            value.trim().trim_matches('"').parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Honours `Prefer: wait=N`: holds the answer until `settled` holds or N seconds (capped by
+/// `--max-wait`) pass. Returns the reservation as it then stands, and the
+/// `Preference-Applied` value when it settled in time.
+async fn hold_answer(
+    coordinator: &Coordinator,
+    reservation: Reservation,
+    prefer: Option<&str>,
+    settled: impl Fn(&Reservation) -> bool,
+) -> Result<(Reservation, Option<String>), ApiError> {
+    let Some(secs) = wait_preference(prefer) else {
+        return Ok((reservation, None));
+    };
+    if settled(&reservation) {
+        return Ok((reservation, Some(format!("wait={secs}"))));
+    }
+    let limit = std::time::Duration::from_secs(secs);
+    let (reservation, done) = coordinator
+        .wait_until(reservation.id, settled, limit)
+        .await?;
+    Ok((reservation, done.then(|| format!("wait={secs}"))))
 }
 
 #[OpenApi(tag = "ApiTags::Reservations")]
@@ -267,6 +334,10 @@ impl ReservationsApi {
         /// 255 visible ASCII characters.
         #[oai(name = "Idempotency-Key")]
         idempotency_key: Header<Option<String>>,
+        /// `wait=N`: answer once every try has answered (200 when `reserved`, 410 when a try
+        /// failed), or after N seconds (capped by `--max-wait`) with the usual 202.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
     ) -> CreateResponse {
         let result = async {
             let idempotency = match idempotency_key.0 {
@@ -290,11 +361,20 @@ impl ReservationsApi {
                 .value
                 .into_domain()
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
-            Ok::<_, ApiError>(coordinator.create(request, idempotency).await?)
+            let r = coordinator.create(request, idempotency).await?;
+            let settled = |r: &Reservation| r.state == State::Reserved || r.state.is_terminal();
+            hold_answer(&coordinator, r, prefer.0.as_deref(), settled).await
         }
         .await;
         match result {
-            Ok(r) => {
+            Ok((r, Some(applied))) if r.state == State::Reserved => {
+                let v = view(&coordinator, &r);
+                CreateResponse::Settled(Json(v), location(&r), applied)
+            }
+            Ok((r, Some(applied))) if r.state == State::Cancelled => {
+                CreateResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
+            }
+            Ok((r, _)) => {
                 let v = view(&coordinator, &r);
                 let retry = retry_after(&r, &coordinator);
                 CreateResponse::Accepted(Json(v), location(&r), retry)
@@ -392,17 +472,35 @@ impl ReservationsApi {
     /// Decides to confirm: the decision is logged, then every participant gets `PUT`.
     /// Repeating it is harmless. Past the deadline the answer is 410 and nobody is called.
     #[oai(path = "/reservations/:id/confirm", method = "post")]
-    async fn confirm(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> ConfirmResponse {
+    async fn confirm(
+        &self,
+        coordinator: Data<&Coordinator>,
+        id: Path<String>,
+        /// `wait=N`: answer once confirming has ended (303, or 200 in `conflict`, or 410 when
+        /// every participant was gone), or after N seconds with the usual 202.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+    ) -> ConfirmResponse {
         let result = async {
             let id = parse_id(&id)?;
-            Ok::<_, ApiError>(coordinator.confirm(id).await?)
+            let r = coordinator.confirm(id).await?;
+            hold_answer(&coordinator, r, prefer.0.as_deref(), |r| {
+                r.state.is_terminal()
+            })
+            .await
         }
         .await;
         match result {
-            Ok(r) if r.state == State::Confirmed => {
-                ConfirmResponse::SeeOther(transaction_location(&r))
+            Ok((r, applied)) if r.state == State::Confirmed => {
+                ConfirmResponse::SeeOther(transaction_location(&r), applied)
             }
-            Ok(r) => {
+            Ok((r, Some(applied))) if r.state == State::Cancelled => {
+                ConfirmResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
+            }
+            Ok((r, Some(applied))) if r.state == State::Conflict => {
+                ConfirmResponse::Settled(Json(view(&coordinator, &r)), applied)
+            }
+            Ok((r, _)) => {
                 let v = view(&coordinator, &r);
                 let retry = retry_after(&r, &coordinator);
                 ConfirmResponse::Accepted(Json(v), location(&r), retry)
@@ -416,14 +514,29 @@ impl ReservationsApi {
     /// Decides to cancel: the decision is logged, then every participant gets `DELETE`.
     /// Repeating it is harmless.
     #[oai(path = "/reservations/:id/cancel", method = "post")]
-    async fn cancel(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> CancelResponse {
-        cancel(&coordinator, &id).await
+    async fn cancel(
+        &self,
+        coordinator: Data<&Coordinator>,
+        id: Path<String>,
+        /// `wait=N`: answer once every participant is cancelled (410), or after N seconds
+        /// with the usual 202.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+    ) -> CancelResponse {
+        cancel(&coordinator, &id, prefer.0.as_deref()).await
     }
 
     /// Cancel a reservation (same as `POST /reservations/{id}/cancel`)
     #[oai(path = "/reservations/:id", method = "delete")]
-    async fn delete(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> CancelResponse {
-        cancel(&coordinator, &id).await
+    async fn delete(
+        &self,
+        coordinator: Data<&Coordinator>,
+        id: Path<String>,
+        /// As for `POST /reservations/{id}/cancel`.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+    ) -> CancelResponse {
+        cancel(&coordinator, &id, prefer.0.as_deref()).await
     }
 
     /// Forget a conflict

@@ -7,3 +7,4 @@ mod failures;
 mod helpers;
 mod lifecycle;
 mod repeats;
+mod waiting;
