@@ -590,4 +590,60 @@ mod tests {
         assert_eq!(r.activity(at(0)), "trying: 0 of 1 participant reserved");
         assert_eq!(r.poll_after(at(0)), Some(Duration::from_secs(1)));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn events() -> impl Strategy<Value = Vec<Event>> {
+            prop::collection::vec(prop::sample::select(Event::ALL.to_vec()), 0..48)
+        }
+
+        proptest! {
+            #[test]
+            fn random_event_sequences_keep_every_invariant(events in events()) {
+                let mut r = Reservation::new(
+                    ReservationId::new(),
+                    at(0),
+                    Duration::from_secs(30),
+                    vec![link("http://a/1", at(60)), try_("http://b/holds")],
+                    serde_json::Map::new(),
+                    MARGIN,
+                );
+                let mut confirmed_once = false;
+                let mut cancelled_once = false;
+                for (i, event) in events.into_iter().enumerate() {
+                    let before = r.clone();
+                    let result = r.apply(event, at(i64::try_from(i).unwrap()));
+
+                    if result.is_err() {
+                        prop_assert_eq!(&r, &before, "a refused event changes nothing");
+                    }
+                    if before.state.is_terminal() && r.state != before.state {
+                        prop_assert!(
+                            before.state == State::Conflict && r.state == State::Forgotten,
+                            "{} left for {}", before.state, r.state
+                        );
+                    }
+                    confirmed_once |= r.state == State::Confirming;
+                    cancelled_once |= r.state == State::Cancelling;
+                    prop_assert!(
+                        !(confirmed_once && cancelled_once),
+                        "both confirming and cancelling were decided"
+                    );
+                    prop_assert_eq!(
+                        r.reason.is_some(),
+                        matches!(r.state, State::Cancelling | State::Cancelled),
+                        "a reason exactly while cancelling or cancelled: {:?}", r
+                    );
+                    prop_assert_eq!(r.finished_at.is_some(), r.state.is_terminal());
+                    prop_assert_eq!(
+                        r.decided_at.is_some(),
+                        !matches!(r.state, State::Trying | State::Reserved)
+                    );
+                }
+            }
+        }
+    }
 }

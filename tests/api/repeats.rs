@@ -176,3 +176,136 @@ async fn repeated_confirms_and_cancels_give_the_same_answer_and_no_extra_call() 
     assert_eq!(p.paths("DELETE"), ["/holds/2"]);
     app.stop().await;
 }
+
+/// The calls each link received, as "PUT" / "DELETE" strings.
+fn verbs_for(p: &Participant, n: u32) -> Vec<String> {
+    let path = format!("/holds/{n}");
+    p.calls()
+        .into_iter()
+        .filter(|c| c.path == path)
+        .map(|c| c.method)
+        .collect()
+}
+
+#[tokio::test]
+async fn confirm_and_cancel_racing_have_one_winner_and_participants_see_only_its_calls() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut ids = Vec::new();
+    for n in 1..=20 {
+        ids.push(app.create(&json!({"participants": [p.link(n)]})).await);
+    }
+
+    let app_ref = &app;
+    let races = ids.iter().map(|id| async move {
+        let (confirm, cancel) = (
+            format!("/reservations/{id}/confirm"),
+            format!("/reservations/{id}/cancel"),
+        );
+        let (c, x) = tokio::join!(app_ref.post(&confirm), app_ref.post(&cancel));
+        (c.status().as_u16(), x.status().as_u16())
+    });
+    let answers = futures_util::future::join_all(races).await;
+
+    for ((id, (confirm, cancel)), n) in ids.iter().zip(answers).zip(1..) {
+        let (status, _) = app.wait_for(id, is_settled).await;
+        match status {
+            303 => {
+                assert!([202, 303].contains(&confirm), "{id}: confirm {confirm}");
+                assert_eq!(cancel, 409, "{id}");
+                p.wait_until("the PUT", |p| verbs_for(p, n) == ["PUT"])
+                    .await;
+            }
+            410 => {
+                assert_eq!(confirm, 409, "{id}: confirm lost to a client cancel");
+                assert!([202, 410].contains(&cancel), "{id}: cancel {cancel}");
+                p.wait_until("the DELETE", |p| verbs_for(p, n) == ["DELETE"])
+                    .await;
+            }
+            other => panic!("{id} ended {other}"),
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_confirm_racing_the_timeout_either_confirms_or_finds_it_gone() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut ids = Vec::new();
+    for n in 1..=20 {
+        ids.push(
+            app.create(&json!({"timeout_ms": 400, "participants": [p.link(n)]}))
+                .await,
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+
+    let confirms = ids.iter().enumerate().map(|(i, id)| {
+        let app = &app;
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5 * i as u64)).await;
+            app.post(&format!("/reservations/{id}/confirm"))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let answers = futures_util::future::join_all(confirms).await;
+
+    for ((id, confirm), n) in ids.iter().zip(answers).zip(1..) {
+        let (status, body) = app.wait_for(id, is_settled).await;
+        match status {
+            303 => {
+                assert!([202, 303].contains(&confirm), "{id}: {confirm}");
+                p.wait_until("the PUT", |p| verbs_for(p, n) == ["PUT"])
+                    .await;
+            }
+            410 => {
+                assert_eq!(confirm, 410, "{id}");
+                assert_eq!(body["reason"], "expired");
+                p.wait_until("the DELETE", |p| verbs_for(p, n) == ["DELETE"])
+                    .await;
+            }
+            other => panic!("{id} ended {other}"),
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_join_racing_a_cancel_is_cancelled_with_the_rest_or_refused() {
+    let app = spawn_app().await;
+    let (first, joined) = (Participant::start().await, Participant::start().await);
+    let mut ids = Vec::new();
+    for n in 1..=10 {
+        ids.push(app.create(&json!({"participants": [first.link(n)]})).await);
+    }
+
+    let (app_ref, joined_ref) = (&app, &joined);
+    let races = ids.iter().zip(1..).map(|(id, n)| async move {
+        let (cancel, join, link) = (
+            format!("/reservations/{id}/cancel"),
+            format!("/reservations/{id}/participants"),
+            joined_ref.link(n),
+        );
+        let (_, j) = tokio::join!(app_ref.post(&cancel), app_ref.post_json(&join, &link));
+        j.status().as_u16()
+    });
+    let joins = futures_util::future::join_all(races).await;
+
+    for ((id, join), n) in ids.iter().zip(joins).zip(1..) {
+        app.wait_for(id, |s, _| s == 410).await;
+        match join {
+            202 => {
+                joined
+                    .wait_until("the DELETE", |p| verbs_for(p, n) == ["DELETE"])
+                    .await
+            }
+            410 => assert!(verbs_for(&joined, n).is_empty(), "{id}"),
+            other => panic!("{id}: join answered {other}"),
+        }
+        assert!(!verbs_for(&joined, n).contains(&"PUT".to_owned()));
+    }
+    app.stop().await;
+}
