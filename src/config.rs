@@ -101,6 +101,15 @@ pub struct Cli {
     #[arg(long, env = "TCC_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     max_wait: Duration,
 
+    /// How long a finished reservation stays readable (303/410 with its details); then it
+    /// answers 410 and its record is dropped.
+    #[arg(long, env = "TCC_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    retention: Duration,
+
+    /// How long a confirmed transaction stays at /transactions/{id}.
+    #[arg(long, env = "TCC_TRANSACTION_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    transaction_retention: Duration,
+
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, env = "TCC_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
@@ -174,6 +183,8 @@ impl Cli {
                 max_participants: self.max_participants,
                 participant_timeout: self.participant_timeout,
                 max_wait: self.max_wait,
+                retention: self.retention,
+                transaction_retention: self.transaction_retention,
             },
             max_body_bytes: self.max_body_bytes,
             public_url: self.public_url,
@@ -201,6 +212,11 @@ mod tests {
         assert_eq!(config.limits.participant_timeout, Duration::from_secs(5));
         assert_eq!(config.limits.max_participants, 64);
         assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.limits.retention, Duration::from_secs(24 * 3600));
+        assert_eq!(
+            config.limits.transaction_retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct Limits {
     pub participant_timeout: Duration,
     /// The longest `Prefer: wait` honoured.
     pub max_wait: Duration,
+    /// How long a finished reservation stays readable (then 410).
+    pub retention: Duration,
+    /// How long a confirmed transaction stays at `/transactions/{id}`.
+    pub transaction_retention: Duration,
 }
 
 /// A request to create a reservation, parsed at the API edge.
@@ -77,6 +81,9 @@ pub enum CoordinatorError {
     Invalid { field: String, message: String },
     #[error("no reservation with id {0}")]
     NotFound(ReservationId),
+    /// The reservation's retention ended and its record was dropped.
+    #[error("reservation {0} is no longer kept")]
+    Purged(ReservationId),
     /// The state machine refused the event; the reservation as it now stands.
     #[error("the reservation is {}", .reservation.state)]
     Refused {
@@ -87,8 +94,17 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
 }
 
-/// Arms deadlines: the sending half of the timer queue (see `timers`).
-pub type DeadlineSender = mpsc::UnboundedSender<(DateTime<Utc>, ReservationId)>;
+/// What is due at a timer's instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Due {
+    /// The reservation's deadline: cancel it if still undecided.
+    Deadline,
+    /// The end of its retention: drop the record.
+    Purge,
+}
+
+/// Arms timers: the sending half of the timer queue (see `timers`).
+pub type DeadlineSender = mpsc::UnboundedSender<(DateTime<Utc>, ReservationId, Due)>;
 
 /// The coordinator. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -303,10 +319,62 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
     pub fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
-        self.inner
-            .store
-            .load(id)?
-            .ok_or(CoordinatorError::NotFound(id))
+        let retention = self.inner.limits.retention;
+        match self.inner.store.load(id)? {
+            Some(r) if r.is_past_retention(self.now(), retention) => {
+                Err(CoordinatorError::Refused {
+                    refusal: Refusal::Gone,
+                    reservation: Box::new(r),
+                })
+            }
+            Some(r) => Ok(r),
+            // Ids carry their creation time: one older than the retention was most likely
+            // purged (an id never issued answers the same; nothing tells the two apart).
+            None if id.created_at().is_some_and(|t| {
+                t + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+                    <= self.now()
+            }) =>
+            {
+                Err(CoordinatorError::Purged(id))
+            }
+            None => Err(CoordinatorError::NotFound(id)),
+        }
+    }
+
+    /// A confirmed transaction, while `--transaction-retention` keeps it.
+    ///
+    /// # Errors
+    /// `NotFound` for anything else; `Store`.
+    pub fn transaction(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        let retention = self.inner.limits.transaction_retention;
+        match self.inner.store.load(id)? {
+            Some(r)
+                if r.state == State::Confirmed && !r.is_past_retention(self.now(), retention) =>
+            {
+                Ok(r)
+            }
+            _ => Err(CoordinatorError::NotFound(id)),
+        }
+    }
+
+    /// Drops the record of a reservation whose retention has ended. Called by the timers.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn purge(&self, id: ReservationId) -> Result<(), CoordinatorError> {
+        let limits = self.inner.limits;
+        let _guard = self.lock_for(id).lock().await;
+        let Some(r) = self.inner.store.load(id)? else {
+            return Ok(());
+        };
+        if r.purge_at(limits.retention, limits.transaction_retention)
+            .is_some_and(|at| at <= self.now())
+        {
+            // Not flushed here: a purge lost in a crash is simply done again at recovery.
+            self.inner.store.remove(&r)?;
+            tracing::debug!(reservation_id = %id, "retention ended: record purged");
+        }
+        Ok(())
     }
 
     /// Up to `limit` reservations, newest first, optionally only those in `state` and only
@@ -446,6 +514,7 @@ impl Coordinator {
     /// restarts its driver.
     pub(crate) fn resume(&self, reservation: &Reservation) {
         self.arm_deadline(reservation);
+        self.arm_purge(reservation);
         if reservation.state.is_in_progress() {
             self.ensure_driven(reservation.id);
         }
@@ -463,10 +532,17 @@ impl Coordinator {
         if matches!(reservation.state, State::Trying | State::Reserved) {
             // The timer task only stops at shutdown; a deadline lost then is re-armed by
             // recovery at the next start.
-            let _ = self
-                .inner
-                .deadlines
-                .send((reservation.expires_at, reservation.id));
+            let _ =
+                self.inner
+                    .deadlines
+                    .send((reservation.expires_at, reservation.id, Due::Deadline));
+        }
+    }
+
+    fn arm_purge(&self, reservation: &Reservation) {
+        let limits = &self.inner.limits;
+        if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
+            let _ = self.inner.deadlines.send((at, reservation.id, Due::Purge));
         }
     }
 
@@ -495,6 +571,9 @@ impl Coordinator {
             }
             if after.expires_at != before.expires_at || after.state != before.state {
                 self.arm_deadline(&after);
+            }
+            if after.state != before.state {
+                self.arm_purge(&after);
             }
         }
         Ok((after, out))

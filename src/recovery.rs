@@ -21,24 +21,30 @@ pub struct Recovered {
 /// [`StoreError`] when the scan itself cannot run.
 pub async fn recover(coordinator: &Coordinator) -> Result<Recovered, StoreError> {
     let store = coordinator.store().clone();
-    let (pending, unreadable) = tokio::task::spawn_blocking(move || {
+    let (pending, finished, unreadable) = tokio::task::spawn_blocking(move || {
         let mut pending: Vec<Reservation> = Vec::new();
+        let mut finished: Vec<Reservation> = Vec::new();
         let mut unreadable = 0;
         for entry in store.all() {
             match entry {
                 Ok(r) if !r.state.is_terminal() => pending.push(r),
-                Ok(_) => {}
+                // Only what `resume` needs of a finished one, to arm its purge.
+                Ok(mut r) => {
+                    r.participants = Vec::new();
+                    r.metadata = serde_json::Map::new();
+                    finished.push(r);
+                }
                 Err(error) => {
                     unreadable += 1;
                     tracing::error!(%error, "skipping an unreadable record during recovery");
                 }
             }
         }
-        (pending, unreadable)
+        (pending, finished, unreadable)
     })
     .await
     .map_err(|e| StoreError::Blocking(e.to_string()))?;
-    for reservation in &pending {
+    for reservation in pending.iter().chain(&finished) {
         coordinator.resume(reservation);
     }
     Ok(Recovered {

@@ -13,34 +13,42 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, Due};
 use crate::domain::ReservationId;
 
-/// Pending deadlines, earliest first. Pure: the caller says what time it is.
-#[derive(Debug, Default)]
-pub struct Deadlines {
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, ReservationId)>>,
+/// Pending timers, earliest first. Pure: the caller says what time it is.
+#[derive(Debug)]
+pub struct Deadlines<T = Due> {
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, ReservationId, T)>>,
 }
 
-impl Deadlines {
-    pub fn push(&mut self, at: DateTime<Utc>, id: ReservationId) {
-        self.heap.push(Reverse((at, id)));
+impl<T: Ord> Default for Deadlines<T> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Deadlines<T> {
+    pub fn push(&mut self, at: DateTime<Utc>, id: ReservationId, what: T) {
+        self.heap.push(Reverse((at, id, what)));
     }
 
-    /// The earliest pending deadline.
+    /// The earliest pending instant.
     #[must_use]
     pub fn next(&self) -> Option<DateTime<Utc>> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Removes and returns every entry due at `now`.
-    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<ReservationId> {
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<(ReservationId, T)> {
         let mut due = Vec::new();
-        while let Some(Reverse((at, id))) = self.heap.peek() {
+        while let Some(Reverse((at, id, what))) = self.heap.peek() {
             if *at > now {
                 break;
             }
-            due.push(*id);
+            due.push((*id, *what));
             self.heap.pop();
         }
         due
@@ -49,12 +57,12 @@ impl Deadlines {
 
 /// Runs the deadline task until `shutdown`: receives deadlines to arm, fires due ones.
 pub async fn run(
-    mut arm: mpsc::UnboundedReceiver<(DateTime<Utc>, ReservationId)>,
+    mut arm: mpsc::UnboundedReceiver<(DateTime<Utc>, ReservationId, Due)>,
     coordinator: Coordinator,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let mut deadlines = Deadlines::default();
+    let mut deadlines = Deadlines::<Due>::default();
     let mut incoming = Vec::new();
     loop {
         let sleep = async {
@@ -72,16 +80,20 @@ pub async fn run(
                 if received == 0 {
                     return;
                 }
-                for (at, id) in incoming.drain(..) {
-                    deadlines.push(at, id);
+                for (at, id, what) in incoming.drain(..) {
+                    deadlines.push(at, id, what);
                 }
             }
             () = sleep => {
-                for id in deadlines.pop_due(coordinator.now()) {
+                for (id, what) in deadlines.pop_due(coordinator.now()) {
                     let coordinator = coordinator.clone();
                     tasks.spawn(async move {
-                        if let Err(error) = coordinator.expire(id).await {
-                            tracing::error!(reservation_id = %id, %error, "cannot expire the reservation");
+                        let done = match what {
+                            Due::Deadline => coordinator.expire(id).await,
+                            Due::Purge => coordinator.purge(id).await,
+                        };
+                        if let Err(error) = done {
+                            tracing::error!(reservation_id = %id, ?what, %error, "a timer's work failed");
                         }
                     });
                 }
@@ -106,14 +118,17 @@ mod tests {
             ReservationId::new(),
             ReservationId::new(),
         );
-        d.push(at(300), c);
-        d.push(at(100), a);
-        d.push(at(200), b);
+        d.push(at(300), c, Due::Purge);
+        d.push(at(100), a, Due::Deadline);
+        d.push(at(200), b, Due::Deadline);
         assert_eq!(d.next(), Some(at(100)));
         assert_eq!(d.pop_due(at(99)), vec![]);
-        assert_eq!(d.pop_due(at(200)), vec![a, b]);
+        assert_eq!(
+            d.pop_due(at(200)),
+            vec![(a, Due::Deadline), (b, Due::Deadline)]
+        );
         assert_eq!(d.next(), Some(at(300)));
-        assert_eq!(d.pop_due(at(1_000)), vec![c]);
+        assert_eq!(d.pop_due(at(1_000)), vec![(c, Due::Purge)]);
         assert_eq!(d.next(), None);
     }
 
@@ -121,7 +136,7 @@ mod tests {
     fn a_million_deadlines_pop_in_order() {
         let mut d = Deadlines::default();
         for i in (0..1_000_000).rev() {
-            d.push(at(i), ReservationId::new());
+            d.push(at(i), ReservationId::new(), Due::Deadline);
         }
         assert_eq!(d.pop_due(at(9)).len(), 10);
         assert_eq!(d.next(), Some(at(10)));

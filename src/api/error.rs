@@ -47,6 +47,7 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::Invalid { field, message } => {
                 Self::Problem(Problem::invalid(field, message))
             }
+            CoordinatorError::Purged(id) => Self::Gone(Box::new(GoneProblem::purged(id))),
             CoordinatorError::NotFound(id) => Self::Problem(Problem::not_found(format!(
                 "no reservation has the id {id}"
             ))),

@@ -4,7 +4,7 @@ use poem::http::StatusCode;
 use poem_openapi::Object;
 
 use super::views::ParticipantView;
-use crate::domain::{Reservation, State};
+use crate::domain::{Reservation, ReservationId, State};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -115,8 +115,9 @@ pub struct GoneProblem {
     pub id: String,
     /// The reservation's state: `cancelled`; `cancelling` while an expired reservation's
     /// participants are still being released; `forgotten` after an operator resolved a
-    /// conflict.
-    pub state: super::views::StateView,
+    /// conflict; any terminal state once `--retention` has passed. Absent once the record
+    /// itself was dropped.
+    pub state: Option<super::views::StateView>,
     /// Why it was cancelled.
     pub reason: Option<super::views::ReasonView>,
     /// Each participant and how it ended.
@@ -124,13 +125,38 @@ pub struct GoneProblem {
 }
 
 impl GoneProblem {
+    /// The 410 of a reservation whose record was dropped when its retention ended.
+    #[must_use]
+    pub fn purged(id: ReservationId) -> Self {
+        Self {
+            problem: Problem::new(
+                StatusCode::GONE,
+                "gone",
+                "The reservation is no longer kept",
+                format!("reservation {id} ended longer ago than the coordinator's --retention"),
+            ),
+            id: id.to_string(),
+            state: None,
+            reason: None,
+            participants: Vec::new(),
+        }
+    }
+
     #[must_use]
     pub fn of(r: &Reservation) -> Self {
         let why = r
             .reason
             .map(|x| format!(" ({})", x.as_str()))
             .unwrap_or_default();
+        let retained = "The reservation ended longer ago than the coordinator keeps it";
         let (title, detail) = match r.state {
+            State::Confirmed | State::Conflict => (
+                retained,
+                format!(
+                    "reservation {} ended {} and its retention has passed",
+                    r.id, r.state
+                ),
+            ),
             State::Forgotten => (
                 "The reservation is forgotten",
                 format!(
@@ -149,7 +175,7 @@ impl GoneProblem {
         Self {
             problem: Problem::new(StatusCode::GONE, "gone", title, detail),
             id: r.id.to_string(),
-            state: r.state.into(),
+            state: Some(r.state.into()),
             reason: r.reason.map(Into::into),
             participants: r.participants.iter().map(ParticipantView::from).collect(),
         }

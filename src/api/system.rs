@@ -10,7 +10,7 @@ use super::problem::Problem;
 use super::views::TransactionView;
 use super::ApiTags;
 use crate::coordinator::{Coordinator, CoordinatorError};
-use crate::domain::{ReservationId, State};
+use crate::domain::ReservationId;
 
 /// The transaction records.
 pub struct TransactionsApi;
@@ -46,9 +46,9 @@ impl TransactionsApi {
         let found = id
             .parse::<ReservationId>()
             .map_err(|_| not_found())
-            .and_then(|id| match coordinator.get(id) {
-                Ok(r) if r.state == State::Confirmed => Ok(r),
-                Ok(_) | Err(CoordinatorError::NotFound(_)) => Err(not_found()),
+            .and_then(|id| match coordinator.transaction(id) {
+                Ok(r) => Ok(r),
+                Err(CoordinatorError::NotFound(_)) => Err(not_found()),
                 Err(e) => Err(e.into()),
             });
         match found {

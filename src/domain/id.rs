@@ -26,6 +26,13 @@ impl ReservationId {
         Self(Uuid::from_bytes(bytes))
     }
 
+    /// When the id was made (UUIDv7 carries its creation time, to the millisecond).
+    #[must_use]
+    pub fn created_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+        chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+    }
+
     /// The id as a [`Uuid`].
     #[must_use]
     pub fn as_uuid(&self) -> &Uuid {

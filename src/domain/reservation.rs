@@ -294,6 +294,34 @@ impl Reservation {
         }
     }
 
+    /// When the record may be dropped from the log: `retention` after it ended, or
+    /// `transaction_retention` for a confirmed one if that is longer (its transaction record
+    /// lives on). Never while unfinished, nor for a conflict (kept until forgotten).
+    #[must_use]
+    pub fn purge_at(
+        &self,
+        retention: Duration,
+        transaction_retention: Duration,
+    ) -> Option<DateTime<Utc>> {
+        let keep = match self.state {
+            State::Confirmed => retention.max(transaction_retention),
+            State::Cancelled | State::Forgotten => retention,
+            _ => return None,
+        };
+        let finished = self.finished_at?;
+        Some(finished + chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX))
+    }
+
+    /// The reservation ended more than `retention` ago: it answers 410 whatever its state.
+    #[must_use]
+    pub fn is_past_retention(&self, now: DateTime<Utc>, retention: Duration) -> bool {
+        self.state != State::Conflict
+            && self.finished_at.is_some_and(|finished| {
+                finished + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+                    <= now
+            })
+    }
+
     /// Applies an event through the state machine. Returns whether the state changed.
     ///
     /// # Errors
@@ -574,6 +602,30 @@ mod tests {
         assert_eq!(r.apply(Event::Cancel, at(2)), Err(Refusal::Conflict));
         assert_eq!(r.apply(Event::AllConfirmed, at(3)), Ok(true));
         assert_eq!(r.finished_at, Some(at(3)));
+    }
+
+    #[test]
+    fn a_finished_reservation_is_kept_for_its_retention_and_a_conflict_until_forgotten() {
+        let hour = Duration::from_secs(3600);
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(600))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        assert_eq!(r.purge_at(hour, 2 * hour), None);
+        r.apply(Event::Confirm, at(1)).unwrap();
+        r.apply(Event::AllConfirmed, at(2)).unwrap();
+        assert_eq!(r.purge_at(hour, 2 * hour), Some(at(2 + 7200)));
+        assert!(!r.is_past_retention(at(2 + 3599), hour));
+        assert!(r.is_past_retention(at(2 + 3600), hour));
+
+        let mut conflict = r.clone();
+        conflict.state = State::Conflict;
+        assert_eq!(conflict.purge_at(hour, hour), None);
+        assert!(!conflict.is_past_retention(at(1_000_000), hour));
     }
 
     #[test]

@@ -151,6 +151,30 @@ impl Store {
             .transpose()
     }
 
+    /// Drops a reservation and its `Idempotency-Key` entry, atomically. Not flushed: the
+    /// next group flush (or sled's own, within 500 ms) makes it durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled fails.
+    pub fn remove(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+
+        let key = reservation.idempotency_key.as_deref();
+        (&self.reservations, &self.idempotency)
+            .transaction(|(reservations, keys)| {
+                reservations.remove(&reservation.id.to_bytes())?;
+                if let Some(key) = key {
+                    keys.remove(key.as_bytes())?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
+            })
+    }
+
     /// Group-committed flushes run since the log was opened.
     #[must_use]
     pub fn flushes(&self) -> u64 {

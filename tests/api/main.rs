@@ -7,4 +7,5 @@ mod failures;
 mod helpers;
 mod lifecycle;
 mod repeats;
+mod retention;
 mod waiting;
