@@ -439,6 +439,48 @@ impl Coordinator {
         }
     }
 
+    /// A reservation over links that is decided as it is created (`Event::Confirm` or
+    /// `Event::Cancel`), in one durable write: the Atomikos-style synchronous API. Links
+    /// that expire too soon to be confirmed turn a confirm into a cancel
+    /// (`too_close_to_expiry`), as for any reservation.
+    ///
+    /// # Errors
+    /// `Invalid` (too many participants); `Store`.
+    pub async fn create_decided(
+        &self,
+        links: Vec<NewParticipant>,
+        event: Event,
+    ) -> Result<Reservation, CoordinatorError> {
+        self.check_participant_count(links.len())?;
+        let limits = &self.inner.limits;
+        let now = self.now();
+        let mut reservation = Reservation::new(
+            ReservationId::new(),
+            now,
+            limits.default_timeout,
+            links,
+            serde_json::Map::new(),
+            limits.participant_timeout,
+        );
+        let event = if reservation.is_past_deadline(now) {
+            reservation.deadline_event()
+        } else {
+            event
+        };
+        if let Err(refusal) = reservation.apply(event, now) {
+            // Only links were given, so the reservation is `reserved` and both apply.
+            return Err(CoordinatorError::Refused {
+                refusal,
+                reservation: Box::new(reservation),
+            });
+        }
+        self.inner.store.save(&reservation).await?;
+        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
+            participants = reservation.participants.len(), "reservation created decided");
+        self.ensure_driven(reservation.id);
+        Ok(reservation)
+    }
+
     /// An operator has reconciled a conflict by hand: the reservation is forgotten and answers
     /// 410 from now on. Idempotent.
     ///

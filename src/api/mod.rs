@@ -3,6 +3,7 @@
 //! Handlers parse input into domain types, call the coordinator, and map its answers to
 //! status codes. No business rule lives here.
 
+mod atomikos;
 mod body;
 mod error;
 mod problem;
@@ -29,6 +30,8 @@ enum ApiTags {
     Transactions,
     /// Liveness and readiness for orchestrators.
     Health,
+    /// The synchronous API of Atomikos "TCC for REST", for existing clients.
+    Atomikos,
 }
 
 const DESCRIPTION: &str = "\
@@ -46,6 +49,7 @@ names it by its JSON path. The participant side of the protocol is in `openapi/p
 type Apis = (
     reservations::ReservationsApi,
     system::TransactionsApi,
+    atomikos::AtomikosApi,
     system::HealthApi,
 );
 
@@ -54,6 +58,7 @@ fn service() -> OpenApiService<Apis, ()> {
         (
             reservations::ReservationsApi,
             system::TransactionsApi,
+            atomikos::AtomikosApi,
             system::HealthApi,
         ),
         "tcc-coordinator",

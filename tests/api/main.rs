@@ -1,6 +1,7 @@
 //! Integration tests over real HTTP: the real server on a free loopback port, participants
 //! that are real servers recording every call.
 
+mod atomikos;
 mod bad_input;
 mod docs;
 mod failures;

@@ -1,0 +1,168 @@
+//! The Atomikos-compatible synchronous API, on the same engine and log.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{in_secs, Participant, Reply, TestApp};
+
+fn links(links: &[(&Participant, u32, String)]) -> Value {
+    json!({"participantLinks": links
+        .iter()
+        .map(|(p, n, expires)| json!({"uri": p.hold_uri(*n), "expires": expires}))
+        .collect::<Vec<_>>()})
+}
+
+async fn put(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
+    app.http
+        .put(app.url(path))
+        .header("content-type", "application/tcc+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn confirm_answers_204_once_every_link_confirmed() {
+    let app = crate::helpers::spawn_app().await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+
+    let response = put(
+        &app,
+        "/coordinator/confirm",
+        &links(&[(&a, 1, in_secs(60)), (&b, 7, in_secs(60))]),
+    )
+    .await;
+
+    assert_eq!(response.status(), 204);
+    assert_eq!(a.paths("PUT"), ["/holds/1"]);
+    assert_eq!(b.paths("PUT"), ["/holds/7"]);
+    let page: Value = app
+        .get("/reservations?state=confirmed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["items"].as_array().unwrap().len(),
+        1,
+        "kept as a reservation"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_answers_404_when_every_participant_is_gone() {
+    let app = crate::helpers::spawn_app().await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+    a.set(|x| x.confirm_reply = Reply::Status(404));
+    b.set(|x| x.confirm_reply = Reply::Status(410));
+
+    let response = put(
+        &app,
+        "/coordinator/confirm",
+        &links(&[(&a, 1, in_secs(60)), (&b, 1, in_secs(60))]),
+    )
+    .await;
+
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_of_expired_links_answers_404_and_cancels_without_any_put() {
+    let app = crate::helpers::spawn_app().await;
+    let a = Participant::start().await;
+
+    let response = put(
+        &app,
+        "/coordinator/confirm",
+        &links(&[(&a, 1, in_secs(-1))]),
+    )
+    .await;
+
+    assert_eq!(response.status(), 404);
+    a.wait_until("the DELETE", |p| p.paths("DELETE") == ["/holds/1"])
+        .await;
+    assert_eq!(a.count("PUT"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn confirm_answers_409_with_a_report_per_link_on_a_mixed_outcome() {
+    let app = crate::helpers::spawn_app().await;
+    let (ok, refusing) = (Participant::start().await, Participant::start().await);
+    refusing.set(|x| x.confirm_reply = Reply::Status(409));
+
+    let response = put(
+        &app,
+        "/coordinator/confirm",
+        &links(&[(&ok, 1, in_secs(60)), (&refusing, 1, in_secs(60))]),
+    )
+    .await;
+
+    assert_eq!(response.status(), 409);
+    let report: Value = response.json().await.unwrap();
+    let states: Vec<_> = report["participantLinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["uri"].as_str().unwrap().to_owned(),
+                l["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (ok.hold_uri(1), "confirmed".to_owned()),
+            (refusing.hold_uri(1), "refused".to_owned())
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_answers_204_and_every_link_gets_delete() {
+    let app = crate::helpers::spawn_app().await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+
+    let response = app
+        .http
+        .put(app.url("/coordinator/cancel"))
+        .json(&links(&[(&a, 1, in_secs(60)), (&b, 2, in_secs(60))]))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 204);
+    a.wait_until("the DELETE", |p| p.paths("DELETE") == ["/holds/1"])
+        .await;
+    b.wait_until("the DELETE", |p| p.paths("DELETE") == ["/holds/2"])
+        .await;
+    assert_eq!(a.count("PUT") + b.count("PUT"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_link_is_422_naming_it_and_nothing_is_called() {
+    let app = crate::helpers::spawn_app().await;
+    let a = Participant::start().await;
+    let body = json!({"participantLinks": [
+        {"uri": a.hold_uri(1), "expires": in_secs(60)},
+        {"uri": "ftp://x/1", "expires": in_secs(60)},
+    ]});
+
+    let response = put(&app, "/coordinator/confirm", &body).await;
+
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["field"], "participantLinks[1].uri");
+    assert!(a.calls().is_empty());
+    app.stop().await;
+}
