@@ -552,13 +552,32 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Resumes a reservation read back from the log at start: arms its deadline and
-    /// restarts its driver.
-    pub(crate) fn resume(&self, reservation: &Reservation) {
-        self.arm_deadline(reservation);
-        self.arm_purge(reservation);
-        if reservation.state.is_in_progress() {
-            self.ensure_driven(reservation.id);
+    /// What recovery keeps of a record read back from the log: enough to re-arm its timers
+    /// and restart its driver, small enough to hold for millions.
+    pub(crate) fn resumption(&self, reservation: &Reservation) -> Resumption {
+        let limits = &self.inner.limits;
+        Resumption {
+            id: reservation.id,
+            state: reservation.state,
+            expires_at: reservation.expires_at,
+            purge_at: reservation.purge_at(limits.retention, limits.transaction_retention),
+        }
+    }
+
+    /// Resumes a reservation read back from the log at start: arms its deadline or its
+    /// purge, and restarts its driver.
+    pub(crate) fn resume(&self, r: &Resumption) {
+        if matches!(r.state, State::Trying | State::Reserved) {
+            let _ = self
+                .inner
+                .deadlines
+                .send((r.expires_at, r.id, Due::Deadline));
+        }
+        if let Some(at) = r.purge_at {
+            let _ = self.inner.deadlines.send((at, r.id, Due::Purge));
+        }
+        if r.state.is_in_progress() {
+            self.ensure_driven(r.id);
         }
     }
 
@@ -1068,6 +1087,21 @@ impl Coordinator {
             Some(delay) => self.pause(delay, None).await,
             None => false,
         })
+    }
+}
+
+/// A reservation as recovery remembers it (see [`Coordinator::resumption`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resumption {
+    id: ReservationId,
+    state: State,
+    expires_at: DateTime<Utc>,
+    purge_at: Option<DateTime<Utc>>,
+}
+
+impl Resumption {
+    pub(crate) fn is_unfinished(&self) -> bool {
+        !self.state.is_terminal()
     }
 }
 

@@ -3,7 +3,6 @@
 //! pops it immediately); a later one waits for its time.
 
 use crate::coordinator::Coordinator;
-use crate::domain::Reservation;
 use crate::store::StoreError;
 
 /// What recovery found.
@@ -20,35 +19,30 @@ pub struct Recovered {
 /// # Errors
 /// [`StoreError`] when the scan itself cannot run.
 pub async fn recover(coordinator: &Coordinator) -> Result<Recovered, StoreError> {
-    let store = coordinator.store().clone();
-    let (pending, finished, unreadable) = tokio::task::spawn_blocking(move || {
-        let mut pending: Vec<Reservation> = Vec::new();
-        let mut finished: Vec<Reservation> = Vec::new();
+    let scanning = coordinator.clone();
+    let (found, unreadable) = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
         let mut unreadable = 0;
-        for entry in store.all() {
+        for entry in scanning.store().all() {
             match entry {
-                Ok(r) if !r.state.is_terminal() => pending.push(r),
-                // Only what `resume` needs of a finished one, to arm its purge.
-                Ok(mut r) => {
-                    r.participants = Vec::new();
-                    r.metadata = serde_json::Map::new();
-                    finished.push(r);
-                }
+                Ok(r) => found.push(scanning.resumption(&r)),
                 Err(error) => {
                     unreadable += 1;
                     tracing::error!(%error, "skipping an unreadable record during recovery");
                 }
             }
         }
-        (pending, finished, unreadable)
+        (found, unreadable)
     })
     .await
     .map_err(|e| StoreError::Blocking(e.to_string()))?;
-    for reservation in pending.iter().chain(&finished) {
-        coordinator.resume(reservation);
+    let mut resumed = 0;
+    for r in &found {
+        coordinator.resume(r);
+        resumed += usize::from(r.is_unfinished());
     }
     Ok(Recovered {
-        resumed: pending.len(),
+        resumed,
         unreadable,
     })
 }
