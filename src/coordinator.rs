@@ -704,7 +704,8 @@ impl Coordinator {
         }
     }
 
-    /// Records one participant's outcome under the reservation's lock.
+    /// Records one participant's outcome under the reservation's lock; durable before anyone
+    /// can read it, so an outcome once shown is never called for again after a crash.
     async fn record(
         &self,
         id: ReservationId,
@@ -851,30 +852,7 @@ impl Coordinator {
         if self.inner.shutdown.is_cancelled() {
             return Ok(());
         }
-        self.update(r.id, |r, now| {
-            if r.state != State::Confirming || r.unsettled().next().is_some() {
-                return;
-            }
-            let confirmed = r
-                .participants
-                .iter()
-                .filter(|p| p.state == ParticipantState::Confirmed)
-                .count();
-            let gone = r
-                .participants
-                .iter()
-                .filter(|p| p.state == ParticipantState::Gone)
-                .count();
-            let event = if confirmed == r.participants.len() {
-                Event::AllConfirmed
-            } else if gone == r.participants.len() {
-                Event::AllGone
-            } else {
-                Event::MixedOutcome
-            };
-            let _ = r.apply(event, now);
-        })
-        .await?;
+        self.update(r.id, |r, now| r.finish_phase(now)).await?;
         Ok(())
     }
 
@@ -951,12 +929,7 @@ impl Coordinator {
         if self.inner.shutdown.is_cancelled() {
             return Ok(());
         }
-        self.update(r.id, |r, now| {
-            if r.state == State::Cancelling && r.unsettled().next().is_none() {
-                let _ = r.apply(Event::AllCancelled, now);
-            }
-        })
-        .await?;
+        self.update(r.id, |r, now| r.finish_phase(now)).await?;
         Ok(())
     }
 
@@ -1081,6 +1054,8 @@ impl Coordinator {
         }
         self.record(id, index, |r, i, now| {
             r.participants[i].record_attempt(now, settled, error, next);
+            // The last answer ends the phase in the same write.
+            r.finish_phase(now);
         })
         .await?;
         Ok(match delay {

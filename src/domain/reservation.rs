@@ -345,6 +345,30 @@ impl Reservation {
         Ok(true)
     }
 
+    /// Ends the current phase once every participant is settled: `confirming` becomes
+    /// `confirmed` (all confirmed), `cancelled` with `participants_expired` (all gone) or
+    /// `conflict` (anything else); `cancelling` becomes `cancelled`. Returns whether it did.
+    pub fn finish_phase(&mut self, now: DateTime<Utc>) -> bool {
+        if self.unsettled().next().is_some() {
+            return false;
+        }
+        let event = match self.state {
+            State::Confirming => {
+                let all = |s| self.participants.iter().all(|p| p.state == s);
+                if all(ParticipantState::Confirmed) {
+                    Event::AllConfirmed
+                } else if all(ParticipantState::Gone) {
+                    Event::AllGone
+                } else {
+                    Event::MixedOutcome
+                }
+            }
+            State::Cancelling => Event::AllCancelled,
+            _ => return false,
+        };
+        self.apply(event, now) == Ok(true)
+    }
+
     /// Some participant's try has not answered yet.
     #[must_use]
     pub fn has_pending_tries(&self) -> bool {
@@ -626,6 +650,40 @@ mod tests {
         conflict.state = State::Conflict;
         assert_eq!(conflict.purge_at(hour, hour), None);
         assert!(!conflict.is_past_retention(at(1_000_000), hour));
+    }
+
+    #[test]
+    fn a_phase_finishes_only_once_every_participant_is_settled() {
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(600)), link("http://b/1", at(600))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        r.apply(Event::Confirm, at(1)).unwrap();
+        r.participants[0].settle(ParticipantState::Confirmed, at(2));
+        assert!(!r.finish_phase(at(2)));
+        r.participants[1].settle(ParticipantState::Gone, at(3));
+        assert!(r.finish_phase(at(3)));
+        assert_eq!(r.state, State::Conflict);
+
+        let mut gone = Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            vec![link("http://a/1", at(600))],
+            serde_json::Map::new(),
+            MARGIN,
+        );
+        gone.apply(Event::Confirm, at(1)).unwrap();
+        gone.participants[0].settle(ParticipantState::Gone, at(2));
+        assert!(gone.finish_phase(at(2)));
+        assert_eq!(
+            (gone.state, gone.reason),
+            (State::Cancelled, Some(Reason::ParticipantsExpired))
+        );
     }
 
     #[test]

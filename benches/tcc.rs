@@ -1,0 +1,727 @@
+//! The benchmark: the coordinator against the same work done directly, side by side.
+//!
+//! ```sh
+//! cargo bench --bench tcc -- confirm                 # one scenario
+//! cargo bench --bench tcc -- confirm try fanout      # several
+//! cargo bench --bench tcc -- all --json bench.json   # every scenario, and a JSON report
+//! ```
+//!
+//! Options: `--rounds N` (pairs of direct and coordinator rounds, default 5), `--seconds S`
+//! (length of a round, default 5), `--count N` (reservations for `timeout-storm` and
+//! `pending`), `--json FILE`.
+//!
+//! It starts, on loopback, the real coordinator binary (release build, fresh data directory,
+//! durable log) and a participant service with K participants in a separate process (this
+//! program again), then drives C transactions in flight from this process. Rounds alternate
+//! the direct baseline (tries and confirms sent straight to the participants, no coordinator,
+//! no log) and the coordinator, because this machine's speed drifts.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+// ---- options -----------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Options {
+    scenarios: Vec<String>,
+    rounds: usize,
+    seconds: f64,
+    count: Option<usize>,
+    json: Option<String>,
+}
+
+const SCENARIOS: [&str; 5] = ["confirm", "try", "fanout", "timeout-storm", "pending"];
+
+fn options() -> Options {
+    let mut o = Options {
+        scenarios: Vec::new(),
+        rounds: 5,
+        seconds: 5.0,
+        count: None,
+        json: None,
+    };
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        match arg.as_str() {
+            "--rounds" => {
+                o.rounds = value("--rounds")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--rounds takes a number"))
+            }
+            "--seconds" => {
+                o.seconds = value("--seconds")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--seconds takes a number"))
+            }
+            "--count" => {
+                o.count = Some(
+                    value("--count")
+                        .parse()
+                        .unwrap_or_else(|_| usage("--count takes a number")),
+                )
+            }
+            "--json" => o.json = Some(value("--json")),
+            "all" => o.scenarios.extend(SCENARIOS.map(String::from)),
+            name if SCENARIOS.contains(&name) => o.scenarios.push(name.to_owned()),
+            other => usage(&format!("unknown argument `{other}`")),
+        }
+    }
+    if o.scenarios.is_empty() {
+        o.scenarios.push("confirm".into());
+    }
+    o
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!(
+        "tcc bench: {problem}\nusage: cargo bench --bench tcc -- [confirm|try|fanout|timeout-storm|pending|all]... \
+         [--rounds N] [--seconds S] [--count N] [--json FILE]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("participant-server") {
+        let k = args.get(2).and_then(|k| k.parse().ok()).unwrap_or(2);
+        return participant_server(k);
+    }
+    let options = options();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reports = Vec::new();
+    for scenario in &options.scenarios {
+        let report = runtime.block_on(run_scenario(scenario, &options));
+        let line: Vec<String> = report
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| !v.is_array())
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                )
+            })
+            .collect();
+        println!("{}", line.join(" "));
+        reports.push(report);
+    }
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
+
+async fn run_scenario(name: &str, o: &Options) -> Value {
+    match name {
+        "confirm" => throughput(name, 2, 64, Style::Links, o).await,
+        "try" => throughput(name, 2, 64, Style::Tries, o).await,
+        "fanout" => throughput(name, 8, 64, Style::Links, o).await,
+        "timeout-storm" => timeout_storm(o.count.unwrap_or(100_000)).await,
+        "pending" => pending(o.count.unwrap_or(1_000_000)).await,
+        _ => unreachable!(),
+    }
+}
+
+// ---- processes ---------------------------------------------------------------------------
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Process {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// Reads lines from the child's stdout until `prefix`; returns the rest of that line.
+fn read_until(child: &mut Child, prefix: &str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let found = loop {
+        let line = lines
+            .next()
+            .expect("the process printed what it serves")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix(prefix) {
+            break rest.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    found
+}
+
+fn start_participants(k: usize) -> (Process, Vec<String>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["participant-server", &k.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ports = read_until(&mut child, "participants on ");
+    let bases = ports
+        .split(',')
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    (Process(child), bases)
+}
+
+fn start_coordinator(data: &std::path::Path) -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--max-timeout",
+            "2h",
+            "--max-wait",
+            "60s",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = read_until(&mut child, "tcc-coordinator listening on ");
+    (Process(child), base)
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                return start.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn client(c: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .pool_max_idle_per_host(c * 2)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+// ---- throughput scenarios ----------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq)]
+enum Style {
+    /// The client tries, then hands the links to the coordinator.
+    Links,
+    /// The coordinator tries.
+    Tries,
+}
+
+/// One transaction sent straight to the participants: K tries, then K confirms.
+async fn direct(http: &reqwest::Client, participants: &[String]) {
+    let tries = participants.iter().map(|p| try_hold(http, p));
+    let links = futures_util::future::join_all(tries).await;
+    let puts = links.iter().map(|l| async move {
+        let r = http.put(l["uri"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+    });
+    futures_util::future::join_all(puts).await;
+}
+
+async fn try_hold(http: &reqwest::Client, participant: &str) -> Value {
+    let r = http
+        .post(format!("{participant}/holds"))
+        .json(&json!({"sku": "apple", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+/// One transaction through the coordinator: created, then confirmed with `Prefer: wait`.
+async fn coordinated(
+    http: &reqwest::Client,
+    base: &str,
+    participants: &[String],
+    style: Style,
+) -> Duration {
+    let entries: Vec<Value> = match style {
+        Style::Links => {
+            let tries = participants.iter().map(|p| try_hold(http, p));
+            futures_util::future::join_all(tries)
+                .await
+                .into_iter()
+                .map(|link| json!({"link": link}))
+                .collect()
+        }
+        Style::Tries => participants
+            .iter()
+            .map(|p| json!({"try": {"url": format!("{p}/holds"), "body": {"sku": "apple", "quantity": 1}}}))
+            .collect(),
+    };
+    let start = Instant::now();
+    let mut create = http
+        .post(format!("{base}/reservations"))
+        .json(&json!({"timeout_ms": 60_000, "participants": entries}));
+    if style == Style::Tries {
+        create = create.header("Prefer", "wait=30");
+    }
+    let created = create.send().await.unwrap();
+    assert!(
+        [200, 202].contains(&created.status().as_u16()),
+        "create: {}",
+        created.status()
+    );
+    let body: Value = created.json().await.unwrap();
+    let id = body["id"].as_str().unwrap();
+    let confirmed = http
+        .post(format!("{base}/reservations/{id}/confirm"))
+        .header("Prefer", "wait=30")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 303, "confirm of {id}");
+    start.elapsed()
+}
+
+/// Runs `c` workers repeating `work` for `seconds`; returns transactions per second and
+/// each transaction's latency.
+async fn round<F, Fut>(c: usize, seconds: f64, work: F) -> (f64, Vec<Duration>)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Duration> + Send,
+{
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let workers = (0..c).map(|_| {
+        let work = work.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < stop {
+                latencies.push(work().await);
+            }
+            latencies
+        })
+    });
+    let latencies: Vec<Duration> = futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let tps = latencies.len() as f64 / elapsed;
+    (tps, latencies)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn round2(x: f64) -> Value {
+    json!((x * 100.0).round() / 100.0)
+}
+
+async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -> Value {
+    let (_participants, bases) = start_participants(k);
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, base) = start_coordinator(&dir.path().join("data"));
+    let http = client(c);
+    wait_ready(&http, &base).await;
+    let bases = Arc::new(bases);
+
+    // Warm up both paths (connections, caches) before measuring.
+    let _ = round(c, 0.5, {
+        let (http, bases) = (http.clone(), bases.clone());
+        move || {
+            let (http, bases) = (http.clone(), bases.clone());
+            async move {
+                let t = Instant::now();
+                direct(&http, &bases).await;
+                t.elapsed()
+            }
+        }
+    })
+    .await;
+    let _ = round(c, 0.5, {
+        let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
+        move || {
+            let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
+            async move { coordinated(&http, &base, &bases, style).await }
+        }
+    })
+    .await;
+
+    let exchanges = 2.0 * k as f64;
+    let mut ratios = Vec::new();
+    let mut rounds = Vec::new();
+    let (mut direct_latency, mut coordinated_latency) = (Vec::new(), Vec::new());
+    let (mut direct_tps_all, mut coordinator_tps_all) = (Vec::new(), Vec::new());
+    for i in 1..=o.rounds {
+        let (direct_tps, mut dl) = round(c, o.seconds, {
+            let (http, bases) = (http.clone(), bases.clone());
+            move || {
+                let (http, bases) = (http.clone(), bases.clone());
+                async move {
+                    let t = Instant::now();
+                    direct(&http, &bases).await;
+                    t.elapsed()
+                }
+            }
+        })
+        .await;
+        let (coordinator_tps, mut cl) = round(c, o.seconds, {
+            let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
+            move || {
+                let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
+                async move { coordinated(&http, &base, &bases, style).await }
+            }
+        })
+        .await;
+        let ratio = coordinator_tps / (direct_tps * exchanges / (exchanges + 2.0));
+        eprintln!(
+            "{name} round {i}: direct {direct_tps:.0} tx/s, coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2}"
+        );
+        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio)}));
+        ratios.push(ratio);
+        direct_tps_all.push(direct_tps);
+        coordinator_tps_all.push(coordinator_tps);
+        direct_latency.append(&mut dl);
+        coordinated_latency.append(&mut cl);
+    }
+    direct_latency.sort();
+    coordinated_latency.sort();
+    let (min, max) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(*r), b.max(*r)));
+    json!({
+        "scenario": name,
+        "k": k,
+        "c": c,
+        "rounds": o.rounds,
+        "seconds": o.seconds,
+        "ratio_median": round2(median(&mut ratios)),
+        "ratio_min": round2(min),
+        "ratio_max": round2(max),
+        "coordinator_tps_median": round2(median(&mut coordinator_tps_all)),
+        "direct_tps_median": round2(median(&mut direct_tps_all)),
+        "p50_ms": round2(percentile(&coordinated_latency, 0.50)),
+        "p99_ms": round2(percentile(&coordinated_latency, 0.99)),
+        "direct_p50_ms": round2(percentile(&direct_latency, 0.50)),
+        "direct_p99_ms": round2(percentile(&direct_latency, 0.99)),
+        "per_round": rounds,
+    })
+}
+
+// ---- timeout storm -----------------------------------------------------------------------
+
+/// Creates `count` reservations with `participants` links each, `c` at a time; `timeout`
+/// gives each one's `timeout_ms` from its index. Returns each one's id and deadline.
+async fn create_many(
+    http: &reqwest::Client,
+    base: &str,
+    participant: &str,
+    count: usize,
+    links_each: usize,
+    c: usize,
+    timeout: impl Fn(usize) -> i64 + Send + Sync + 'static,
+) -> Vec<(String, DateTime<Utc>)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let timeout = Arc::new(timeout);
+    let expires = (Utc::now() + chrono::Duration::hours(3)).to_rfc3339();
+    let workers = (0..c).map(|_| {
+        let (http, base, participant, next, timeout, expires) = (
+            http.clone(),
+            base.to_owned(),
+            participant.to_owned(),
+            next.clone(),
+            timeout.clone(),
+            expires.clone(),
+        );
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            loop {
+                let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap();
+                if i >= count {
+                    return made;
+                }
+                let links: Vec<Value> = (0..links_each)
+                    .map(|j| json!({"link": {"uri": format!("{participant}/holds/{}", i * links_each + j), "expires": expires}}))
+                    .collect();
+                let r = http
+                    .post(format!("{base}/reservations"))
+                    .json(&json!({"timeout_ms": timeout(i).max(1), "participants": links}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                let body: Value = r.json().await.unwrap();
+                let deadline = body["expires_at"].as_str().unwrap().parse().unwrap();
+                made.push((body["id"].as_str().unwrap().to_owned(), deadline));
+            }
+        })
+    });
+    futures_util::future::join_all(workers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect()
+}
+
+async fn timeout_storm(count: usize) -> Value {
+    let (_participants, bases) = start_participants(1);
+    let participant = bases[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (_coordinator, base) = start_coordinator(&dir.path().join("data"));
+    let http = client(64);
+    wait_ready(&http, &base).await;
+
+    // Calibrate the creation rate, so every deadline falls in one second after creation.
+    let t = Instant::now();
+    let calibration = 2000;
+    create_many(&http, &base, &participant, calibration, 0, 64, |_| {
+        3_600_000
+    })
+    .await;
+    let rate = calibration as f64 / t.elapsed().as_secs_f64();
+    let window =
+        Utc::now() + chrono::Duration::milliseconds((count as f64 / rate * 1500.0) as i64 + 3000);
+    eprintln!("timeout-storm: creating {count} reservations at about {rate:.0}/s; deadlines from {window}");
+    let made = create_many(&http, &base, &participant, count, 1, 64, move |i| {
+        let deadline = window + chrono::Duration::milliseconds(i64::try_from(i % 1000).unwrap());
+        (deadline - Utc::now()).num_milliseconds()
+    })
+    .await;
+    let last_deadline = made.iter().map(|(_, d)| *d).max().unwrap();
+    let late_at_creation = made.iter().filter(|(_, d)| *d < window).count();
+
+    // Wait for every DELETE.
+    let deletes = loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stats: Value = http
+            .get(format!("{participant}/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let deletes = stats["deletes"].as_object().unwrap().clone();
+        if deletes.len() >= count || Utc::now() > last_deadline + chrono::Duration::seconds(60) {
+            break deletes;
+        }
+    };
+    let mut lateness: Vec<Duration> = Vec::new();
+    let mut last_delete = 0i64;
+    for (i, (_, deadline)) in made.iter().enumerate() {
+        if let Some(at) = deletes.get(&i.to_string()).and_then(Value::as_i64) {
+            last_delete = last_delete.max(at);
+            let late = at - deadline.timestamp_millis();
+            lateness.push(Duration::from_millis(u64::try_from(late.max(0)).unwrap()));
+        }
+    }
+    lateness.sort();
+    let all_done = (last_delete - last_deadline.timestamp_millis()) as f64 / 1000.0;
+    json!({
+        "scenario": "timeout-storm",
+        "reservations": count,
+        "cancelled": lateness.len(),
+        "created_with_deadline_already_due": late_at_creation,
+        "lateness_p50_ms": round2(percentile(&lateness, 0.5)),
+        "lateness_p99_ms": round2(percentile(&lateness, 0.99)),
+        "lateness_max_ms": round2(percentile(&lateness, 1.0)),
+        "all_cancelled_s_after_last_deadline": round2(all_done),
+    })
+}
+
+// ---- pending -----------------------------------------------------------------------------
+
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+fn disk_mib(dir: &std::path::Path) -> f64 {
+    fn walk(dir: &std::path::Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.blocks() * 512,
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
+}
+
+async fn pending(count: usize) -> Value {
+    let (_participants, bases) = start_participants(1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (coordinator, base) = start_coordinator(&data);
+    let http = client(64);
+    wait_ready(&http, &base).await;
+
+    let t = Instant::now();
+    create_many(&http, &base, &bases[0], count, 2, 64, |_| 7_000_000).await;
+    let create_s = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_running = resident_mib(coordinator.pid());
+    drop(coordinator);
+
+    let t = Instant::now();
+    let (restarted, base) = start_coordinator(&data);
+    let ready = wait_ready(&http, &base).await + (t.elapsed() - t.elapsed().min(Duration::ZERO));
+    let ready_s = t.elapsed().as_secs_f64().min(ready.as_secs_f64() + 1.0);
+    let rss_restarted = resident_mib(restarted.pid());
+    json!({
+        "scenario": "pending",
+        "reservations": count,
+        "links_each": 2,
+        "create_s": round2(create_s),
+        "rss_mib": round2(rss_running),
+        "rss_after_restart_mib": round2(rss_restarted),
+        "log_mib": round2(disk_mib(&data)),
+        "restart_to_ready_s": round2(ready_s),
+    })
+}
+
+// ---- the participant service -------------------------------------------------------------
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// K participants, one port each: `POST /holds` holds (201 with a link), `PUT` confirms,
+/// `DELETE` cancels (and is recorded with its arrival time), `GET /stats` reports them.
+fn participant_server(k: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let deletes: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+        let mut ports = Vec::new();
+        for _ in 0..k {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr: SocketAddr = listener.local_addr().unwrap();
+            ports.push(addr.port().to_string());
+            let deletes = deletes.clone();
+            tokio::spawn(async move {
+                let next = Arc::new(AtomicU64::new(0));
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (deletes, next) = (deletes.clone(), next.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let (deletes, next) = (deletes.clone(), next.clone());
+                            async move {
+                                Ok::<_, std::convert::Infallible>(answer(
+                                    req, addr, &deletes, &next,
+                                ))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        }
+        println!("participants on {}", ports.join(","));
+        std::future::pending::<()>().await;
+    });
+}
+
+fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    addr: SocketAddr,
+    deletes: &Mutex<HashMap<String, i64>>,
+    next: &AtomicU64,
+) -> hyper::Response<Body> {
+    let path = req.uri().path();
+    let response = |status: u16, body: String| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    match (req.method().as_str(), path) {
+        ("POST", "/holds") => {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            let expires = (Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+            let mut r = response(
+                201,
+                json!({"uri": format!("http://{addr}/holds/{n}"), "expires": expires}).to_string(),
+            );
+            r.headers_mut()
+                .insert("location", format!("/holds/{n}").parse().unwrap());
+            r
+        }
+        ("PUT", _) => response(204, String::new()),
+        ("DELETE", p) => {
+            if let Some(n) = p.strip_prefix("/holds/") {
+                deletes
+                    .lock()
+                    .unwrap()
+                    .insert(n.to_owned(), Utc::now().timestamp_millis());
+            }
+            response(204, String::new())
+        }
+        ("GET", "/stats") => response(
+            200,
+            json!({"deletes": *deletes.lock().unwrap()}).to_string(),
+        ),
+        _ => response(404, String::new()),
+    }
+}
