@@ -16,6 +16,15 @@
 //! the direct baseline (tries and confirms sent straight to the participants, no coordinator,
 //! no log) and the coordinator, because this machine's speed drifts.
 
+// Counts, rates and milliseconds are converted between integers and floats throughout; the
+// values are far from the limits where that loses anything that matters to a report.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -333,7 +342,6 @@ where
         .flat_map(Result::unwrap)
         .collect();
     let elapsed = start.elapsed().as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
     let tps = latencies.len() as f64 / elapsed;
     (tps, latencies)
 }
