@@ -23,7 +23,7 @@ use crate::domain::{
     ReservationId, State, TryRequest,
 };
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Schedule};
 use crate::store::{Store, StoreError};
 
 /// Reads the current time. Injected so tests and recovery agree on "now".
@@ -123,7 +123,7 @@ struct Inner {
     /// The live driver of each reservation and the token that wakes it.
     drivers: Mutex<HashMap<ReservationId, CancellationToken>>,
     /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
-    watchers: Mutex<HashMap<ReservationId, watch::Sender<State>>>,
+    watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -273,20 +273,24 @@ impl Coordinator {
             .lock()
             .expect("watchers lock")
             .entry(id)
-            .or_insert_with(|| watch::channel(State::Trying).0)
+            .or_insert_with(|| watch::channel(None).0)
             .subscribe();
-        let result = loop {
-            let reservation = match self.get(id) {
-                Ok(r) => r,
-                Err(e) => break Err(e),
-            };
-            if settled(&reservation) {
-                break Ok((reservation, true));
-            }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => {}
-                _ => break Ok((reservation, false)),
-            }
+        // Read once; then each change arrives with the reservation as it was saved.
+        let result = match self.get(id) {
+            Err(e) => Err(e),
+            Ok(mut reservation) => loop {
+                if settled(&reservation) {
+                    break Ok((reservation, true));
+                }
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => {
+                        if let Some(changed) = changes.borrow_and_update().clone() {
+                            reservation = Reservation::clone(&changed);
+                        }
+                    }
+                    _ => break Ok((reservation, false)),
+                }
+            },
         };
         drop(changes);
         let mut watchers = self.inner.watchers.lock().expect("watchers lock");
@@ -624,7 +628,7 @@ impl Coordinator {
                 tracing::info!(reservation_id = %id, from = %before.state, to = %after.state,
                     reason = ?after.reason, "state changed");
                 if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
-                    watcher.send_replace(after.state);
+                    watcher.send_replace(Some(Arc::new(after.clone())));
                 }
                 if after.state.is_in_progress() {
                     self.ensure_driven(id);
@@ -841,57 +845,14 @@ impl Coordinator {
     // ---- confirms ----------------------------------------------------------------------
 
     async fn run_confirms(&self, r: &Reservation) -> Result<(), CoordinatorError> {
-        let calls = r
+        let targets = r
             .unsettled()
-            .filter_map(|(i, p)| p.link.as_ref().map(|l| (i, l.uri.clone())))
-            .map(|(i, uri)| self.confirm_one(r.id, i, uri, &r.participants[i].name));
-        join_all(calls)
-            .await
-            .into_iter()
-            .collect::<Result<(), _>>()?;
-        if self.inner.shutdown.is_cancelled() {
-            return Ok(());
-        }
-        self.update(r.id, |r, now| r.finish_phase(now)).await?;
-        Ok(())
-    }
-
-    async fn confirm_one(
-        &self,
-        id: ReservationId,
-        index: usize,
-        uri: crate::domain::ParticipantUrl,
-        name: &str,
-    ) -> Result<(), CoordinatorError> {
-        let mut schedule = self.inner.retry.schedule();
-        loop {
-            let (settled, error, retry_after) = match self.inner.client.confirm(&uri).await {
-                ConfirmOutcome::Confirmed => (Some(ParticipantState::Confirmed), None, None),
-                ConfirmOutcome::Gone(e) => (
-                    Some(ParticipantState::Gone),
-                    Some(format!("confirm: {e}")),
-                    None,
-                ),
-                ConfirmOutcome::Refused(e) => (
-                    Some(ParticipantState::Refused),
-                    Some(format!("confirm refused: {e}")),
-                    None,
-                ),
-                ConfirmOutcome::Retry(hint) => (None, Some(hint.error), Some(hint.retry_after)),
-            };
-            let delay = retry_after.map(|ra| schedule.next_delay(ra));
-            let attempt = Attempt {
-                settled,
-                error,
-                delay,
-            };
-            if !self
-                .finish_attempt(id, index, "confirm", name, attempt)
-                .await?
-            {
-                return Ok(());
-            }
-        }
+            .filter_map(|(i, p)| {
+                let link = p.link.as_ref()?;
+                Some((i, p.name.clone(), Call::Confirm(link.uri.clone())))
+            })
+            .collect();
+        self.fan_out(r.id, targets).await
     }
 
     // ---- cancels -----------------------------------------------------------------------
@@ -918,19 +879,11 @@ impl Coordinator {
             reloaded = self.get(r.id)?;
             &reloaded
         };
-        let calls = r
+        let targets = r
             .unsettled()
-            .filter_map(|(i, p)| p.link.clone().map(|l| (i, l)))
-            .map(|(i, link)| self.cancel_one(r.id, i, link, &r.participants[i].name));
-        join_all(calls)
-            .await
-            .into_iter()
-            .collect::<Result<(), _>>()?;
-        if self.inner.shutdown.is_cancelled() {
-            return Ok(());
-        }
-        self.update(r.id, |r, now| r.finish_phase(now)).await?;
-        Ok(())
+            .filter_map(|(i, p)| p.link.clone().map(|l| (i, p.name.clone(), Call::Cancel(l))))
+            .collect();
+        self.fan_out(r.id, targets).await
     }
 
     /// Repeats a try (same `Idempotency-Key`) whose answer was lost, to learn the link of
@@ -990,21 +943,29 @@ impl Coordinator {
         .await
     }
 
-    async fn cancel_one(
-        &self,
-        id: ReservationId,
-        index: usize,
-        link: crate::domain::ParticipantLink,
-        name: &str,
-    ) -> Result<(), CoordinatorError> {
-        let mut schedule = self.inner.retry.schedule();
-        loop {
-            let (settled, error, delay) = match self.inner.client.cancel(&link.uri).await {
-                CancelOutcome::Cancelled => (Some(ParticipantState::Cancelled), None, None),
-                CancelOutcome::ExpiresOnItsOwn => (
-                    Some(ParticipantState::Cancelled),
+    /// One confirm or cancel call, its answer classified into what to record.
+    async fn call(&self, target: &Call, schedule: &mut Schedule) -> Attempt {
+        match target {
+            Call::Confirm(uri) => match self.inner.client.confirm(uri).await {
+                ConfirmOutcome::Confirmed => Attempt::settled(ParticipantState::Confirmed, None),
+                ConfirmOutcome::Gone(e) => {
+                    Attempt::settled(ParticipantState::Gone, Some(format!("confirm: {e}")))
+                }
+                ConfirmOutcome::Refused(e) => Attempt::settled(
+                    ParticipantState::Refused,
+                    Some(format!("confirm refused: {e}")),
+                ),
+                ConfirmOutcome::Retry(hint) => Attempt {
+                    settled: None,
+                    delay: Some(schedule.next_delay(hint.retry_after)),
+                    error: Some(hint.error),
+                },
+            },
+            Call::Cancel(link) => match self.inner.client.cancel(&link.uri).await {
+                CancelOutcome::Cancelled => Attempt::settled(ParticipantState::Cancelled, None),
+                CancelOutcome::ExpiresOnItsOwn => Attempt::settled(
+                    ParticipantState::Cancelled,
                     Some("cancel: 405, the participant lets the link expire on its own".into()),
-                    None,
                 ),
                 CancelOutcome::Retry(hint) => {
                     let delay = schedule.next_delay(hint.retry_after);
@@ -1012,56 +973,96 @@ impl Coordinator {
                         >= link.expires
                     {
                         // The participant cancels by itself once its link expires.
-                        (Some(ParticipantState::Expired), Some(hint.error), None)
+                        Attempt::settled(ParticipantState::Expired, Some(hint.error))
                     } else {
-                        (None, Some(hint.error), Some(delay))
+                        Attempt {
+                            settled: None,
+                            delay: Some(delay),
+                            error: Some(hint.error),
+                        }
                     }
                 }
-            };
-            let attempt = Attempt {
-                settled,
-                error,
-                delay,
-            };
-            if !self
-                .finish_attempt(id, index, "cancel", name, attempt)
-                .await?
-            {
-                return Ok(());
-            }
+            },
         }
     }
 
-    /// Records one confirm or cancel call and, when a retry is due, waits for it. Returns
-    /// whether to call again.
-    async fn finish_attempt(
+    /// Calls every target at once and records all the first answers in one write (which
+    /// also ends the phase when they settle it); then retries, each on its own schedule,
+    /// the participants that need it, recording every later answer as it comes. Stops at
+    /// shutdown; the phase resumes at the next start.
+    async fn fan_out(
         &self,
         id: ReservationId,
-        index: usize,
-        verb: &'static str,
-        name: &str,
-        attempt: Attempt,
-    ) -> Result<bool, CoordinatorError> {
-        let Attempt {
-            settled,
-            error,
-            delay,
-        } = attempt;
-        let next = delay.map(|d| self.now() + chrono::Duration::from_std(d).unwrap_or_default());
-        if let (Some(error), Some(delay)) = (&error, delay) {
-            tracing::warn!(reservation_id = %id, participant = name, verb, %error, ?delay,
-                "participant call failed; retrying");
-        }
-        self.record(id, index, |r, i, now| {
-            r.participants[i].record_attempt(now, settled, error, next);
-            // The last answer ends the phase in the same write.
+        targets: Vec<(usize, String, Call)>,
+    ) -> Result<(), CoordinatorError> {
+        let mut schedules: Vec<Schedule> = targets
+            .iter()
+            .map(|_| self.inner.retry.schedule())
+            .collect();
+        let first = join_all(
+            targets
+                .iter()
+                .zip(schedules.iter_mut())
+                .map(|((_, _, target), schedule)| self.call(target, schedule)),
+        )
+        .await;
+        self.update(id, |r, now| {
+            for ((i, _, _), attempt) in targets.iter().zip(&first) {
+                attempt.record(&mut r.participants[*i], now);
+            }
             r.finish_phase(now);
         })
         .await?;
-        Ok(match delay {
-            Some(delay) => self.pause(delay, None).await,
-            None => false,
-        })
+        let retries = targets.iter().zip(schedules).zip(first).filter_map(
+            |(((i, name, target), schedule), attempt)| {
+                attempt.delay.map(|delay| {
+                    attempt.log_retry(id, target.verb(), name);
+                    self.retry_one(id, *i, name, target, schedule, delay)
+                })
+            },
+        );
+        join_all(retries)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        if self.inner.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // Nothing left to call (no participants, or all settled before): end the phase.
+        self.update(id, |r, now| r.finish_phase(now)).await?;
+        Ok(())
+    }
+
+    /// Calls one participant again after `delay`, until it settles or the coordinator stops.
+    async fn retry_one(
+        &self,
+        id: ReservationId,
+        index: usize,
+        name: &str,
+        target: &Call,
+        mut schedule: Schedule,
+        mut delay: Duration,
+    ) -> Result<(), CoordinatorError> {
+        loop {
+            if !self.pause(delay, None).await {
+                return Ok(());
+            }
+            let attempt = self.call(target, &mut schedule).await;
+            let next = attempt.delay;
+            if next.is_some() {
+                attempt.log_retry(id, target.verb(), name);
+            }
+            self.record(id, index, |r, i, now| {
+                attempt.record(&mut r.participants[i], now);
+                // The last answer ends the phase in the same write.
+                r.finish_phase(now);
+            })
+            .await?;
+            match next {
+                Some(d) => delay = d,
+                None => return Ok(()),
+            }
+        }
     }
 }
 
@@ -1080,6 +1081,21 @@ impl Resumption {
     }
 }
 
+/// A call the confirm or cancel phase makes to one participant.
+enum Call {
+    Confirm(crate::domain::ParticipantUrl),
+    Cancel(crate::domain::ParticipantLink),
+}
+
+impl Call {
+    fn verb(&self) -> &'static str {
+        match self {
+            Call::Confirm(_) => "confirm",
+            Call::Cancel(_) => "cancel",
+        }
+    }
+}
+
 /// The outcome of one participant call, ready to record.
 struct Attempt {
     /// The participant's new settled state, or `None` to retry.
@@ -1087,6 +1103,30 @@ struct Attempt {
     error: Option<String>,
     /// When to call again, if at all.
     delay: Option<Duration>,
+}
+
+impl Attempt {
+    fn settled(state: ParticipantState, error: Option<String>) -> Self {
+        Self {
+            settled: Some(state),
+            error,
+            delay: None,
+        }
+    }
+
+    fn record(&self, participant: &mut crate::domain::Participant, now: DateTime<Utc>) {
+        let next = self
+            .delay
+            .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
+        participant.record_attempt(now, self.settled, self.error.clone(), next);
+    }
+
+    fn log_retry(&self, id: ReservationId, verb: &'static str, name: &str) {
+        if let (Some(error), Some(delay)) = (&self.error, self.delay) {
+            tracing::warn!(reservation_id = %id, participant = name, verb, %error, ?delay,
+                "participant call failed; retrying");
+        }
+    }
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> CoordinatorError {
