@@ -53,6 +53,12 @@ impl GroupCommit {
         tasks.spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, usize::MAX).await > 0 {
+                // Let the writers that are about to arrive join this flush: one yield runs the
+                // tasks already woken, which is where they come from.
+                tokio::task::yield_now().await;
+                while let Ok(waiter) = rx.try_recv() {
+                    batch.push(waiter);
+                }
                 let db = db.clone();
                 let file = file.clone();
                 let result = tokio::task::spawn_blocking(move || {
