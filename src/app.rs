@@ -98,15 +98,11 @@ impl App {
         let shutdown = CancellationToken::new();
 
         let store = {
-            let (dir, tasks) = (data_dir.clone(), tasks.clone());
+            let dir = data_dir.clone();
             let (cache, sync) = (config.cache_bytes, config.sync);
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || {
-                let _enter = handle.enter();
-                Store::open(&dir, cache, sync, &tasks)
-            })
-            .await
-            .map_err(|e| StoreError::Blocking(e.to_string()))??
+            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync))
+                .await
+                .map_err(|e| StoreError::Blocking(e.to_string()))??
         };
 
         let acceptor = TcpListener::bind(config.listen)

@@ -547,24 +547,42 @@ impl Coordinator {
         Ok(reservation)
     }
 
-    /// Cancels the reservation if its deadline has passed and nothing was decided. Called by
-    /// the timers and at recovery; harmless at any other time.
+    /// Cancels every reservation of `ids` whose deadline has passed with nothing decided.
+    /// Called by the timers with all the deadlines due at once; harmless for the others.
+    /// The decisions share one flush, and no participant is called before it.
     ///
     /// # Errors
-    /// `NotFound`; `Store`.
-    pub async fn expire(&self, id: ReservationId) -> Result<(), CoordinatorError> {
-        let (reservation, expired) = self
-            .update(id, |r, now| {
-                matches!(r.state, State::Trying | State::Reserved)
-                    && r.is_past_deadline(now)
-                    && r.apply(r.deadline_event(), now) == Ok(true)
-            })
-            .await?;
-        if expired {
-            tracing::info!(reservation_id = %id, reason = ?reservation.reason,
-                "deadline passed: cancelling every participant");
+    /// `Store`; nothing after the failure is expired (the timers' entries are gone, but
+    /// recovery re-arms every deadline at the next start).
+    pub async fn expire(&self, ids: &[ReservationId]) -> Result<usize, CoordinatorError> {
+        let mut expired = Vec::new();
+        for &id in ids {
+            let _guard = self.lock_for(id).lock().await;
+            let Ok(before) = self.get(id) else {
+                continue; // purged, or past its retention: nothing to expire
+            };
+            let now = self.now();
+            if !matches!(before.state, State::Trying | State::Reserved)
+                || !before.is_past_deadline(now)
+            {
+                continue;
+            }
+            let mut after = before.clone();
+            if after.apply(after.deadline_event(), now) == Ok(true) {
+                self.inner.store.put(&after)?;
+                expired.push((before, after));
+            }
         }
-        Ok(())
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.inner.store.wait_durable().await?;
+        for (before, after) in &expired {
+            tracing::info!(reservation_id = %after.id, reason = ?after.reason,
+                "deadline passed: cancelling every participant");
+            self.saved(before, after);
+        }
+        Ok(expired.len())
     }
 
     /// What recovery keeps of a record read back from the log: enough to re-arm its timers
@@ -635,25 +653,29 @@ impl Coordinator {
         let out = change(&mut after, self.now());
         if after != before {
             self.inner.store.save(&after).await?;
-            self.remember(&after);
-            if after.state != before.state {
-                tracing::info!(reservation_id = %id, from = %before.state, to = %after.state,
-                    reason = ?after.reason, "state changed");
-                if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
-                    watcher.send_replace(Some(Arc::new(after.clone())));
-                }
-                if after.state.is_in_progress() {
-                    self.ensure_driven(id);
-                }
-            }
-            if after.expires_at != before.expires_at || after.state != before.state {
-                self.arm_deadline(&after);
-            }
-            if after.state != before.state {
-                self.arm_purge(&after);
-            }
+            self.saved(&before, &after);
         }
         Ok((after, out))
+    }
+
+    /// What follows a durable save: the in-memory copy, waiters, the driver, the timers.
+    fn saved(&self, before: &Reservation, after: &Reservation) {
+        let id = after.id;
+        self.remember(after);
+        if after.state != before.state {
+            tracing::debug!(reservation_id = %id, from = %before.state, to = %after.state,
+                reason = ?after.reason, "state changed");
+            if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
+                watcher.send_replace(Some(Arc::new(after.clone())));
+            }
+            if after.state.is_in_progress() {
+                self.ensure_driven(id);
+            }
+            self.arm_purge(after);
+        }
+        if after.expires_at != before.expires_at || after.state != before.state {
+            self.arm_deadline(after);
+        }
     }
 
     /// Keeps a reservation being worked on in memory, and forgets it once it is not.

@@ -61,10 +61,16 @@ pub enum CancelOutcome {
     Retry(RetryHint),
 }
 
+/// Most participant calls in flight at once, across all reservations. A storm of expiring
+/// reservations would otherwise open a connection per participant at the same instant,
+/// starving the decisions the coordinator must log first (and flooding the participants).
+pub const MAX_CALLS_IN_FLIGHT: usize = 256;
+
 /// The HTTP client for participants.
 #[derive(Clone)]
 pub struct ParticipantClient {
     http: reqwest::Client,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The client could not be built (TLS roots, for example).
@@ -87,7 +93,20 @@ impl ParticipantClient {
             .pool_max_idle_per_host(64)
             .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+        })
+    }
+
+    /// Sends a request once a slot among [`MAX_CALLS_IN_FLIGHT`] is free.
+    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        request.send().await
     }
 
     /// `POST`s a try. `expires_if_unsaid` is the link's expiry when the participant gives none.
@@ -108,13 +127,14 @@ impl ParticipantClient {
             }
         }
         let sent = self
-            .http
-            .post(request.url.as_url().clone())
-            .headers(headers)
-            .header("TCC-Reservation", reservation_url)
-            .header("Idempotency-Key", idempotency_key)
-            .json(&request.body)
-            .send()
+            .send(
+                self.http
+                    .post(request.url.as_url().clone())
+                    .headers(headers)
+                    .header("TCC-Reservation", reservation_url)
+                    .header("Idempotency-Key", idempotency_key)
+                    .json(&request.body),
+            )
             .await;
         let response = match sent {
             Ok(r) => r,
@@ -145,11 +165,12 @@ impl ParticipantClient {
     /// `PUT`s a confirmation.
     pub async fn confirm(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
         let sent = self
-            .http
-            .put(uri.as_url().clone())
-            .header(CONTENT_TYPE, TCC_JSON)
-            .header(ACCEPT, TCC_JSON)
-            .send()
+            .send(
+                self.http
+                    .put(uri.as_url().clone())
+                    .header(CONTENT_TYPE, TCC_JSON)
+                    .header(ACCEPT, TCC_JSON),
+            )
             .await;
         let response = match sent {
             Ok(r) => r,
@@ -172,10 +193,11 @@ impl ParticipantClient {
     /// `DELETE`s the link to cancel.
     pub async fn cancel(&self, uri: &ParticipantUrl) -> CancelOutcome {
         let sent = self
-            .http
-            .delete(uri.as_url().clone())
-            .header(ACCEPT, TCC_JSON)
-            .send()
+            .send(
+                self.http
+                    .delete(uri.as_url().clone())
+                    .header(ACCEPT, TCC_JSON),
+            )
             .await;
         let response = match sent {
             Ok(r) => r,

@@ -16,6 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::coordinator::{Coordinator, Due};
 use crate::domain::ReservationId;
 
+/// Most deadlines expired in one batch: large enough to share a flush among many, small
+/// enough that the first of a storm is not held up by the last.
+const EXPIRY_BATCH: usize = 512;
+
 /// Pending timers, earliest first. Pure: the caller says what time it is.
 #[derive(Debug)]
 pub struct Deadlines<T = Due> {
@@ -85,15 +89,24 @@ pub async fn run(
                 }
             }
             () = sleep => {
-                for (id, what) in deadlines.pop_due(coordinator.now()) {
+                let due = deadlines.pop_due(coordinator.now());
+                let (expiring, purging): (Vec<_>, Vec<_>) =
+                    due.into_iter().partition(|(_, what)| *what == Due::Deadline);
+                // Deadlines due together are expired together: one flush for the batch.
+                for batch in expiring.chunks(EXPIRY_BATCH) {
+                    let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
                     let coordinator = coordinator.clone();
                     tasks.spawn(async move {
-                        let done = match what {
-                            Due::Deadline => coordinator.expire(id).await,
-                            Due::Purge => coordinator.purge(id).await,
-                        };
-                        if let Err(error) = done {
-                            tracing::error!(reservation_id = %id, ?what, %error, "a timer's work failed");
+                        if let Err(error) = coordinator.expire(&ids).await {
+                            tracing::error!(%error, "expiring reservations failed");
+                        }
+                    });
+                }
+                for (id, _) in purging {
+                    let coordinator = coordinator.clone();
+                    tasks.spawn(async move {
+                        if let Err(error) = coordinator.purge(id).await {
+                            tracing::error!(reservation_id = %id, %error, "purging a reservation failed");
                         }
                     });
                 }

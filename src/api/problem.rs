@@ -120,6 +120,10 @@ pub struct GoneProblem {
     pub state: Option<super::views::StateView>,
     /// Why it was cancelled.
     pub reason: Option<super::views::ReasonView>,
+    /// The deadline it had.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the cancel was decided (and logged).
+    pub decided_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Each participant and how it ended.
     pub participants: Vec<ParticipantView>,
 }
@@ -138,6 +142,8 @@ impl GoneProblem {
             id: id.to_string(),
             state: None,
             reason: None,
+            expires_at: None,
+            decided_at: None,
             participants: Vec::new(),
         }
     }
@@ -177,6 +183,8 @@ impl GoneProblem {
             id: r.id.to_string(),
             state: Some(r.state.into()),
             reason: r.reason.map(Into::into),
+            expires_at: Some(r.expires_at),
+            decided_at: r.decided_at,
             participants: r.participants.iter().map(ParticipantView::from).collect(),
         }
     }

@@ -324,6 +324,8 @@ pub struct ReservationView {
     pub created_at: DateTime<Utc>,
     /// The deadline: not confirmed by then, it is cancelled.
     pub expires_at: DateTime<Utc>,
+    /// When confirm or cancel was decided (and logged).
+    pub decided_at: Option<DateTime<Utc>>,
     /// When the work under way should be done (while `trying`, `confirming`, `cancelling`).
     pub eta: Option<DateTime<Utc>>,
     /// What is being done, in words.
@@ -345,6 +347,7 @@ impl ReservationView {
             reason: r.reason.map(Into::into),
             created_at: r.created_at,
             expires_at: r.expires_at,
+            decided_at: r.decided_at,
             eta: r.eta(now, call_timeout),
             activity: r.activity(now),
             participants: r.participants.iter().map(ParticipantView::from).collect(),

@@ -25,8 +25,6 @@ mod record;
 
 use std::path::{Path, PathBuf};
 
-use tokio_util::task::TaskTracker;
-
 use crate::domain::{Reservation, ReservationId};
 pub use group_commit::{GroupCommit, SyncMode};
 
@@ -54,18 +52,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir` and starts its durability task on `tasks`.
-    /// Blocking: call it from `spawn_blocking` or before the runtime is busy.
+    /// Opens (or creates) the log in `dir` and starts its flusher thread. Blocking: call it
+    /// from `spawn_blocking` or before the runtime is busy.
     ///
     /// # Errors
     /// [`StoreError::Open`] when the directory cannot be used (permissions, another process
     /// holds it, an unreadable log).
-    pub fn open(
-        dir: &Path,
-        cache_bytes: u64,
-        sync: SyncMode,
-        tasks: &TaskTracker,
-    ) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path, cache_bytes: u64, sync: SyncMode) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open {
             path: dir.to_owned(),
             source,
@@ -77,7 +70,7 @@ impl Store {
             .map_err(open_error)?;
         let reservations = db.open_tree("reservations").map_err(open_error)?;
         let idempotency = db.open_tree("idempotency").map_err(open_error)?;
-        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, tasks)
+        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync)
             .map_err(|e| open_error(sled::Error::Io(e)))?;
         Ok(Self {
             reservations,
@@ -181,6 +174,25 @@ impl Store {
         self.commit.flushes()
     }
 
+    /// Writes the reservation without waiting: callers batch several, then call
+    /// [`Store::wait_durable`] once before anything acts on them.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write fails.
+    pub fn put(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        self.reservations
+            .insert(reservation.id.to_bytes(), record::encode(reservation))?;
+        Ok(())
+    }
+
+    /// Returns once everything written before the call is durable (a group flush).
+    ///
+    /// # Errors
+    /// [`StoreError::Flush`] when the flush fails.
+    pub async fn wait_durable(&self) -> Result<(), StoreError> {
+        self.commit.wait_durable().await
+    }
+
     /// Reads one reservation.
     ///
     /// # Errors
@@ -278,8 +290,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_saves_share_flushes_and_are_all_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let tasks = TaskTracker::new();
-        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync, &tasks).unwrap();
+        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync).unwrap();
 
         let saves = (0..200).map(|_| {
             let store = store.clone();
