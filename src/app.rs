@@ -36,6 +36,8 @@ pub enum AppError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the deadline thread: {0}")]
+    TimerThread(std::io::Error),
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -74,6 +76,7 @@ pub struct App {
     routes: BoxEndpoint<'static>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    deadlines: std::thread::JoinHandle<()>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -135,12 +138,8 @@ impl App {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
-        tasks.spawn(timers::run(
-            armed,
-            coordinator.clone(),
-            tasks.clone(),
-            shutdown.clone(),
-        ));
+        let deadlines = timers::start(armed, coordinator.clone(), tasks.clone(), shutdown.clone())
+            .map_err(AppError::TimerThread)?;
         let recovering = coordinator.clone();
         tasks.spawn(async move {
             match recovery::recover(&recovering).await {
@@ -164,6 +163,7 @@ impl App {
             routes,
             tasks,
             shutdown,
+            deadlines,
             _temp_dir: temp_dir,
         })
     }
@@ -199,6 +199,7 @@ impl App {
             routes,
             tasks,
             shutdown,
+            deadlines,
             _temp_dir,
             ..
         } = self;
@@ -206,6 +207,7 @@ impl App {
             .run_with_graceful_shutdown(routes, shutdown.clone().cancelled_owned(), Some(GRACE))
             .await;
         shutdown.cancel();
+        let _ = tokio::task::spawn_blocking(move || deadlines.join()).await;
         let flushes = coordinator.store().flushes();
         drop(coordinator);
         tasks.close();

@@ -29,9 +29,11 @@ use crate::store::{Store, StoreError};
 /// Reads the current time. Injected so tests and recovery agree on "now".
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-/// Lock stripes: reservations hashing to the same stripe serialise their updates. Enough
-/// stripes that unrelated reservations rarely wait for each other.
-const LOCK_STRIPES: usize = 1024;
+/// Lock stripes: reservations hashing to the same stripe serialise their updates. An update
+/// holds its stripe across a flush, so with hundreds of reservations in flight the stripes
+/// must be many for unrelated ones not to wait for each other's flushes (64 Ki stripes:
+/// about 2.5 MiB).
+const LOCK_STRIPES: usize = 1 << 16;
 
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
 /// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
@@ -131,6 +133,8 @@ struct Inner {
     watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
     tasks: TaskTracker,
+    /// The runtime drivers run on (the one the coordinator was built on).
+    runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     ready: AtomicBool,
 }
@@ -150,6 +154,8 @@ pub struct Parts {
 }
 
 impl Coordinator {
+    /// # Panics
+    /// Outside a tokio runtime: drivers run on the runtime the coordinator is built on.
     #[must_use]
     pub fn new(parts: Parts) -> Self {
         Self {
@@ -168,6 +174,7 @@ impl Coordinator {
                 working: Mutex::new(HashMap::new()),
                 deadlines: parts.deadlines,
                 tasks: parts.tasks,
+                runtime: tokio::runtime::Handle::current(),
                 shutdown: parts.shutdown,
                 ready: AtomicBool::new(false),
             }),
@@ -556,22 +563,18 @@ impl Coordinator {
     /// recovery re-arms every deadline at the next start).
     pub async fn expire(&self, ids: &[ReservationId]) -> Result<usize, CoordinatorError> {
         let mut expired = Vec::new();
+        // First the reservations nobody else is updating, then, waiting, the others: one
+        // busy stripe must not hold up the whole batch.
+        let mut busy = Vec::new();
         for &id in ids {
+            match self.lock_for(id).try_lock() {
+                Ok(_guard) => expired.extend(self.expire_locked(id)?),
+                Err(_) => busy.push(id),
+            }
+        }
+        for id in busy {
             let _guard = self.lock_for(id).lock().await;
-            let Ok(before) = self.get(id) else {
-                continue; // purged, or past its retention: nothing to expire
-            };
-            let now = self.now();
-            if !matches!(before.state, State::Trying | State::Reserved)
-                || !before.is_past_deadline(now)
-            {
-                continue;
-            }
-            let mut after = before.clone();
-            if after.apply(after.deadline_event(), now) == Ok(true) {
-                self.inner.store.put(&after)?;
-                expired.push((before, after));
-            }
+            expired.extend(self.expire_locked(id)?);
         }
         if expired.is_empty() {
             return Ok(0);
@@ -583,6 +586,28 @@ impl Coordinator {
             self.saved(before, after);
         }
         Ok(expired.len())
+    }
+
+    /// Applies the deadline to one reservation whose lock the caller holds, writing without
+    /// waiting for the flush. Returns the states before and after when it expired.
+    fn expire_locked(
+        &self,
+        id: ReservationId,
+    ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
+        let Ok(before) = self.get(id) else {
+            return Ok(None); // purged, or past its retention: nothing to expire
+        };
+        let now = self.now();
+        if !matches!(before.state, State::Trying | State::Reserved) || !before.is_past_deadline(now)
+        {
+            return Ok(None);
+        }
+        let mut after = before.clone();
+        if after.apply(after.deadline_event(), now) != Ok(true) {
+            return Ok(None);
+        }
+        self.inner.store.put(&after)?;
+        Ok(Some((before, after)))
     }
 
     /// What recovery keeps of a record read back from the log: enough to re-arm its timers
@@ -706,9 +731,11 @@ impl Coordinator {
         drivers.insert(id, wake.clone());
         drop(drivers);
         let this = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { this.drive(id, wake).await });
+        // On the main runtime, also when the deadline thread expires a reservation.
+        self.inner.tasks.spawn_on(
+            async move { this.drive(id, wake).await },
+            &self.inner.runtime,
+        );
     }
 
     /// The driver: runs phases until the reservation needs nothing more from participants.

@@ -59,7 +59,28 @@ impl<T: Ord + Copy> Deadlines<T> {
     }
 }
 
-/// Runs the deadline task until `shutdown`: receives deadlines to arm, fires due ones.
+/// Starts the deadline thread: its own single-threaded runtime runs [`run`] and the
+/// expiries it fires, so that deadlines keep their time while the main runtime is busy with
+/// thousands of participant calls (it competes for the CPU as one thread among the OS's,
+/// not as one task among the runtime's).
+///
+/// # Errors
+/// When the thread or its runtime cannot be created.
+pub fn start(
+    arm: mpsc::UnboundedReceiver<(DateTime<Utc>, ReservationId, Due)>,
+    coordinator: Coordinator,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tcc-deadlines".into())
+        .spawn(move || runtime.block_on(run(arm, coordinator, tasks, shutdown)))
+}
+
+/// Runs the deadline loop until `shutdown`: receives deadlines to arm, fires due ones.
 pub async fn run(
     mut arm: mpsc::UnboundedReceiver<(DateTime<Utc>, ReservationId, Due)>,
     coordinator: Coordinator,
