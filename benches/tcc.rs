@@ -376,27 +376,28 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     wait_ready(&http, &base).await;
     let bases = Arc::new(bases);
 
-    // Warm up both paths (connections, caches) before measuring.
-    let _ = round(c, 0.5, {
+    let direct_round = |seconds: f64| {
         let (http, bases) = (http.clone(), bases.clone());
-        move || {
+        round(c, seconds, move || {
             let (http, bases) = (http.clone(), bases.clone());
             async move {
                 let t = Instant::now();
                 direct(&http, &bases).await;
                 t.elapsed()
             }
-        }
-    })
-    .await;
-    let _ = round(c, 0.5, {
+        })
+    };
+    let coordinated_round = |seconds: f64| {
         let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
-        move || {
+        round(c, seconds, move || {
             let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
             async move { coordinated(&http, &base, &bases, style).await }
-        }
-    })
-    .await;
+        })
+    };
+
+    // Warm up both paths (connections, caches) before measuring.
+    direct_round(0.5).await;
+    coordinated_round(0.5).await;
 
     let exchanges = 2.0 * k as f64;
     let mut ratios = Vec::new();
@@ -404,26 +405,8 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     let (mut direct_latency, mut coordinated_latency) = (Vec::new(), Vec::new());
     let (mut direct_tps_all, mut coordinator_tps_all) = (Vec::new(), Vec::new());
     for i in 1..=o.rounds {
-        let (direct_tps, mut dl) = round(c, o.seconds, {
-            let (http, bases) = (http.clone(), bases.clone());
-            move || {
-                let (http, bases) = (http.clone(), bases.clone());
-                async move {
-                    let t = Instant::now();
-                    direct(&http, &bases).await;
-                    t.elapsed()
-                }
-            }
-        })
-        .await;
-        let (coordinator_tps, mut cl) = round(c, o.seconds, {
-            let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
-            move || {
-                let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
-                async move { coordinated(&http, &base, &bases, style).await }
-            }
-        })
-        .await;
+        let (direct_tps, mut dl) = direct_round(o.seconds).await;
+        let (coordinator_tps, mut cl) = coordinated_round(o.seconds).await;
         let ratio = coordinator_tps / (direct_tps * exchanges / (exchanges + 2.0));
         eprintln!(
             "{name} round {i}: direct {direct_tps:.0} tx/s, coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2}"

@@ -297,9 +297,20 @@ async fn kill_9_after_the_confirm_decision_and_before_any_put_lands() {
     assert_eq!(p.count("DELETE"), 0);
 }
 
-#[tokio::test]
-async fn kill_9_while_some_puts_landed_and_others_not() {
-    // Arrange: `up` confirms at once, `down` cannot be reached.
+/// A reservation over `up` (answers at once) and `down` (unreachable), decided with `verb`
+/// (`confirm` or `cancel`) until `up` reached `up_state` and `down` was tried; then the
+/// coordinator is killed, `down` comes back, and the coordinator restarts.
+async fn decided_then_killed_with_one_participant_down(
+    verb: &str,
+    up_state: &str,
+) -> (
+    tempfile::TempDir,
+    Binary,
+    reqwest::Client,
+    Participant,
+    Participant,
+    String,
+) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let coordinator = Binary::start(&data);
@@ -312,22 +323,27 @@ async fn kill_9_while_some_puts_landed_and_others_not() {
     )
     .await;
     down.stop();
-    http.post(format!("{}/reservations/{id}/confirm", coordinator.base))
+    http.post(format!("{}/reservations/{id}/{verb}", coordinator.base))
         .send()
         .await
         .unwrap();
     wait_for(&http, &coordinator.base, &id, |_, b| {
-        b["participants"][0]["state"] == "confirmed"
+        b["participants"][0]["state"] == up_state
             && b["participants"][1]["attempts"].as_u64() >= Some(1)
     })
     .await;
-
-    // Act
     coordinator.kill_9();
     down.restart().await;
     let restarted = Binary::start(&data);
+    (dir, restarted, http, up, down, id)
+}
 
-    // Assert: the logged confirmation is not repeated; the unknown one is.
+#[tokio::test]
+async fn kill_9_while_some_puts_landed_and_others_not() {
+    let (_dir, restarted, http, up, down, id) =
+        decided_then_killed_with_one_participant_down("confirm", "confirmed").await;
+
+    // The logged confirmation is not repeated; the unknown one is.
     wait_for(&http, &restarted.base, &id, |s, _| s == 303).await;
     assert_eq!(
         up.paths("PUT"),
@@ -340,31 +356,8 @@ async fn kill_9_while_some_puts_landed_and_others_not() {
 
 #[tokio::test]
 async fn kill_9_during_a_cancel() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
-    let (up, down) = (Participant::start().await, Participant::start().await);
-    let id = create(
-        &http,
-        &coordinator.base,
-        &json!({"participants": [up.link(1), down.link(1)]}),
-    )
-    .await;
-    down.stop();
-    http.post(format!("{}/reservations/{id}/cancel", coordinator.base))
-        .send()
-        .await
-        .unwrap();
-    wait_for(&http, &coordinator.base, &id, |_, b| {
-        b["participants"][0]["state"] == "cancelled"
-            && b["participants"][1]["attempts"].as_u64() >= Some(1)
-    })
-    .await;
-
-    coordinator.kill_9();
-    down.restart().await;
-    let restarted = Binary::start(&data);
+    let (_dir, restarted, http, up, down, id) =
+        decided_then_killed_with_one_participant_down("cancel", "cancelled").await;
 
     let (_, body) = wait_for(&http, &restarted.base, &id, |s, _| s == 410).await;
     assert_eq!(body["reason"], "client");
