@@ -869,6 +869,10 @@ impl Coordinator {
                                 p.link = Some(link);
                                 p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
                                 r.refresh_deadline(margin);
+                                // The last try to answer makes it reserved in the same write.
+                                if r.state == State::Trying && !r.has_pending_tries() {
+                                    let _ = r.apply(Event::AllTriesAnswered, now);
+                                }
                             }
                         })
                         .await;
