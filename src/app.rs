@@ -125,7 +125,8 @@ impl App {
             .as_ref()
             .map_or_else(|| format!("http://{local_addr}"), ToString::to_string);
 
-        let (deadlines, armed) = tokio::sync::mpsc::unbounded_channel();
+        let deadlines = timers::TimerQueue::default();
+        let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
             store,
             client: ParticipantClient::new(config.limits.participant_timeout)?,

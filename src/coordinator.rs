@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -105,8 +105,8 @@ pub enum Due {
     Purge,
 }
 
-/// Arms timers: the sending half of the timer queue (see `timers`).
-pub type DeadlineSender = mpsc::UnboundedSender<(DateTime<Utc>, ReservationId, Due)>;
+/// Arms timers (see `timers`).
+pub type DeadlineSender = crate::timers::TimerQueue;
 
 /// The coordinator. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -626,13 +626,10 @@ impl Coordinator {
     /// purge, and restarts its driver.
     pub(crate) fn resume(&self, r: &Resumption) {
         if matches!(r.state, State::Trying | State::Reserved) {
-            let _ = self
-                .inner
-                .deadlines
-                .send((r.expires_at, r.id, Due::Deadline));
+            self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
         }
         if let Some(at) = r.purge_at {
-            let _ = self.inner.deadlines.send((at, r.id, Due::Purge));
+            self.inner.deadlines.arm(at, r.id, Due::Purge);
         }
         if r.state.is_in_progress() {
             self.ensure_driven(r.id);
@@ -649,19 +646,18 @@ impl Coordinator {
 
     fn arm_deadline(&self, reservation: &Reservation) {
         if matches!(reservation.state, State::Trying | State::Reserved) {
-            // The timer task only stops at shutdown; a deadline lost then is re-armed by
+            // A deadline armed after the timers stopped (at shutdown) is re-armed by
             // recovery at the next start.
-            let _ =
-                self.inner
-                    .deadlines
-                    .send((reservation.expires_at, reservation.id, Due::Deadline));
+            self.inner
+                .deadlines
+                .arm(reservation.expires_at, reservation.id, Due::Deadline);
         }
     }
 
     fn arm_purge(&self, reservation: &Reservation) {
         let limits = &self.inner.limits;
         if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
-            let _ = self.inner.deadlines.send((at, reservation.id, Due::Purge));
+            self.inner.deadlines.arm(at, reservation.id, Due::Purge);
         }
     }
 
