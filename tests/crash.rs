@@ -70,6 +70,20 @@ impl Drop for Binary {
     }
 }
 
+/// A fresh data directory (kept while the returned guard lives), the binary started on it,
+/// and a client.
+fn fresh() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Binary,
+    reqwest::Client,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator = Binary::start(&data);
+    (dir, data, coordinator, client())
+}
+
 async fn wait_ready(base: &str) {
     let http = client();
     let start = std::time::Instant::now();
@@ -87,10 +101,7 @@ async fn wait_ready(base: &str) {
 #[tokio::test]
 async fn every_acknowledged_reservation_survives_kill_9() {
     // Arrange
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (_dir, data, coordinator, http) = fresh();
     let p = Participant::start().await;
 
     // Act: 40 concurrent creates, each acknowledged, then SIGKILL at once.
@@ -125,10 +136,7 @@ async fn every_acknowledged_reservation_survives_kill_9() {
 async fn a_restart_cancels_deadlines_that_passed_while_down_and_keeps_later_ones() {
     // Arrange: one reservation whose deadline passes while the coordinator is down, one
     // whose deadline is far away.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (_dir, data, coordinator, http) = fresh();
     let p = Participant::start().await;
     let short = create(
         &http,
@@ -188,10 +196,7 @@ async fn a_restart_cancels_deadlines_that_passed_while_down_and_keeps_later_ones
 #[tokio::test]
 async fn a_logged_confirm_decision_completes_after_kill_9() {
     // Arrange: a participant slow to confirm, so the crash lands while its PUT is in flight.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (_dir, data, coordinator, http) = fresh();
     let slow = Participant::start_with(Behaviour {
         confirm_reply: Reply::Slow(Duration::from_millis(500)),
         ..Behaviour::default()
@@ -263,10 +268,7 @@ fn a_bad_flag_or_an_unusable_data_directory_exits_non_zero_with_one_sentence() {
 #[tokio::test]
 async fn kill_9_after_the_confirm_decision_and_before_any_put_lands() {
     // Arrange: the participant is down, so the logged decision reaches nobody.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (_dir, data, coordinator, http) = fresh();
     let p = Participant::start().await;
     let id = create(
         &http,
@@ -311,10 +313,7 @@ async fn decided_then_killed_with_one_participant_down(
     Participant,
     String,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (dir, data, coordinator, http) = fresh();
     let (up, down) = (Participant::start().await, Participant::start().await);
     let id = create(
         &http,
@@ -370,10 +369,7 @@ async fn kill_9_during_a_cancel() {
 async fn kill_9_during_a_coordinator_driven_try() {
     // Arrange: a slow try is in flight when the coordinator dies; the participant holds
     // stock the coordinator never heard about, and the deadline passes while it is down.
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let coordinator = Binary::start(&data);
-    let http = client();
+    let (_dir, data, coordinator, http) = fresh();
     let p = Participant::start_with(Behaviour {
         try_reply: Reply::Slow(Duration::from_millis(800)),
         ..Behaviour::default()

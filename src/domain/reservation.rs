@@ -526,44 +526,38 @@ mod tests {
 
     const MARGIN: Duration = Duration::from_secs(5);
 
-    #[test]
-    fn the_deadline_is_the_timeout_when_links_live_longer() {
-        let r = Reservation::new(
+    /// A reservation created at `at(0)` with a 30 s timeout.
+    fn reservation(participants: Vec<NewParticipant>) -> Reservation {
+        Reservation::new(
             ReservationId::new(),
             at(0),
             Duration::from_secs(30),
-            vec![link("http://a/1", at(600))],
+            participants,
             serde_json::Map::new(),
             MARGIN,
-        );
+        )
+    }
+
+    #[test]
+    fn the_deadline_is_the_timeout_when_links_live_longer() {
+        let r = reservation(vec![link("http://a/1", at(600))]);
         assert_eq!(r.expires_at, at(30));
         assert_eq!(r.state, State::Reserved);
     }
 
     #[test]
     fn an_early_link_expiry_moves_the_deadline_earlier_by_the_margin() {
-        let r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(20)), link("http://b/1", at(600))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let r = reservation(vec![
+            link("http://a/1", at(20)),
+            link("http://b/1", at(600)),
+        ]);
         assert_eq!(r.expires_at, at(15));
         assert_eq!(r.deadline_event(), Event::TooCloseToExpiry);
     }
 
     #[test]
     fn a_join_only_moves_the_deadline_earlier() {
-        let mut r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut r = reservation(vec![]);
         r.join(link("http://a/1", at(900)), MARGIN).unwrap();
         assert_eq!(r.expires_at, at(30));
         r.join(link("http://b/1", at(10)), MARGIN).unwrap();
@@ -572,37 +566,16 @@ mod tests {
 
     #[test]
     fn the_same_link_twice_is_one_participant() {
-        let r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(60)), link("http://a/1", at(60))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let r = reservation(vec![link("http://a/1", at(60)), link("http://a/1", at(60))]);
         assert_eq!(r.participants.len(), 1);
     }
 
     #[test]
     fn a_try_makes_the_reservation_trying_and_a_joined_try_takes_it_back_there() {
-        let r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(60)), try_("http://b/holds")],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let r = reservation(vec![link("http://a/1", at(60)), try_("http://b/holds")]);
         assert_eq!(r.state, State::Trying);
 
-        let mut r2 = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut r2 = reservation(vec![]);
         assert_eq!(r2.state, State::Reserved);
         r2.join(try_("http://b/holds"), MARGIN).unwrap();
         assert_eq!(r2.state, State::Trying);
@@ -610,14 +583,7 @@ mod tests {
 
     #[test]
     fn a_decision_restarts_attempt_counts_and_a_terminal_state_records_its_time() {
-        let mut r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(60))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut r = reservation(vec![link("http://a/1", at(60))]);
         r.participants[0].attempts = 3;
         assert_eq!(r.apply(Event::Confirm, at(1)), Ok(true));
         assert_eq!(r.participants[0].attempts, 0);
@@ -631,14 +597,7 @@ mod tests {
     #[test]
     fn a_finished_reservation_is_kept_for_its_retention_and_a_conflict_until_forgotten() {
         let hour = Duration::from_secs(3600);
-        let mut r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(600))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut r = reservation(vec![link("http://a/1", at(600))]);
         assert_eq!(r.purge_at(hour, 2 * hour), None);
         r.apply(Event::Confirm, at(1)).unwrap();
         r.apply(Event::AllConfirmed, at(2)).unwrap();
@@ -654,14 +613,10 @@ mod tests {
 
     #[test]
     fn a_phase_finishes_only_once_every_participant_is_settled() {
-        let mut r = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(600)), link("http://b/1", at(600))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut r = reservation(vec![
+            link("http://a/1", at(600)),
+            link("http://b/1", at(600)),
+        ]);
         r.apply(Event::Confirm, at(1)).unwrap();
         r.participants[0].settle(ParticipantState::Confirmed, at(2));
         assert!(!r.finish_phase(at(2)));
@@ -669,14 +624,7 @@ mod tests {
         assert!(r.finish_phase(at(3)));
         assert_eq!(r.state, State::Conflict);
 
-        let mut gone = Reservation::new(
-            ReservationId::new(),
-            at(0),
-            Duration::from_secs(30),
-            vec![link("http://a/1", at(600))],
-            serde_json::Map::new(),
-            MARGIN,
-        );
+        let mut gone = reservation(vec![link("http://a/1", at(600))]);
         gone.apply(Event::Confirm, at(1)).unwrap();
         gone.participants[0].settle(ParticipantState::Gone, at(2));
         assert!(gone.finish_phase(at(2)));
@@ -713,14 +661,7 @@ mod tests {
         proptest! {
             #[test]
             fn random_event_sequences_keep_every_invariant(events in events()) {
-                let mut r = Reservation::new(
-                    ReservationId::new(),
-                    at(0),
-                    Duration::from_secs(30),
-                    vec![link("http://a/1", at(60)), try_("http://b/holds")],
-                    serde_json::Map::new(),
-                    MARGIN,
-                );
+                let mut r = reservation(vec![link("http://a/1", at(60)), try_("http://b/holds")]);
                 let mut confirmed_once = false;
                 let mut cancelled_once = false;
                 for (i, event) in events.into_iter().enumerate() {
