@@ -209,6 +209,34 @@ mod tests {
     }
 
     #[test]
+    fn arming_wakes_the_deadline_thread_only_for_a_new_earliest_instant() {
+        use futures_util::FutureExt;
+
+        let queue = TimerQueue::default();
+        let mut deadlines = Deadlines::<Due>::default();
+        let woken = |q: &TimerQueue| q.shared.wake.notified().now_or_never().is_some();
+
+        queue.arm(at(100), ReservationId::new(), Due::Deadline);
+        assert!(
+            woken(&queue),
+            "the first deadline wakes the sleeping thread"
+        );
+        assert_eq!(queue.drain_into(&mut deadlines), Some(at(100)));
+
+        queue.arm(at(200), ReservationId::new(), Due::Purge);
+        assert!(!woken(&queue), "a later instant waits for the next look");
+
+        queue.arm(at(50), ReservationId::new(), Due::Deadline);
+        assert!(woken(&queue), "an earlier instant wakes it");
+        assert_eq!(queue.drain_into(&mut deadlines), Some(at(50)));
+        assert_eq!(
+            deadlines.pop_due(at(1_000)).len(),
+            3,
+            "nothing armed is lost"
+        );
+    }
+
+    #[test]
     fn a_million_deadlines_pop_in_order() {
         let mut d = Deadlines::default();
         for i in (0..1_000_000).rev() {
