@@ -249,9 +249,10 @@ async fn retries_back_off_exponentially_up_to_the_cap() {
         "the first retry is quick: {gaps:?}"
     );
     assert!(gaps[5] > gaps[0], "the spacing grows: {gaps:?}");
+    // The cap with its jitter, plus room for a busy test machine.
     assert!(
         gaps.iter()
-            .all(|g| *g < Duration::from_millis(800 * 3 / 2 + 500)),
+            .all(|g| *g < Duration::from_millis(800 * 3 / 2 + 1500)),
         "the spacing is capped: {gaps:?}"
     );
     app.stop().await;

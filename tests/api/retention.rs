@@ -12,8 +12,9 @@ use crate::helpers::{is_settled, spawn_app_with, Participant, Reply};
 #[tokio::test]
 async fn a_finished_reservation_is_readable_for_its_retention_then_410() {
     let app = spawn_app_with(|c| {
-        c.limits.retention = Duration::from_millis(800);
-        c.limits.transaction_retention = Duration::from_millis(2500);
+        // Long enough that the first reads land inside the retention on a busy machine.
+        c.limits.retention = Duration::from_millis(1500);
+        c.limits.transaction_retention = Duration::from_millis(3500);
     })
     .await;
     let p = Participant::start().await;
