@@ -442,6 +442,10 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     })
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 // ---- timeout storm -----------------------------------------------------------------------
 
 /// Creates `count` reservations with `participants` links each, `c` at a time; `timeout`
@@ -527,14 +531,7 @@ async fn timeout_storm(count: usize) -> Value {
     // Wait for every DELETE.
     let deletes = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let stats: Value = http
-            .get(format!("{participant}/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(&http, &format!("{participant}/stats")).await;
         let deletes = stats["deletes"].as_object().unwrap().clone();
         if deletes.len() >= count || Utc::now() > last_deadline + chrono::Duration::seconds(60) {
             break deletes;
@@ -561,14 +558,7 @@ async fn timeout_storm(count: usize) -> Value {
             async move {
                 let mut late = Vec::new();
                 for id in ids {
-                    let body: Value = http
-                        .get(format!("{base}/reservations/{id}"))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
+                    let body = get_json(&http, &format!("{base}/reservations/{id}")).await;
                     let at = |k: &str| {
                         body[k]
                             .as_str()

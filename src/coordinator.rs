@@ -442,11 +442,8 @@ impl Coordinator {
     ) -> Result<Reservation, CoordinatorError> {
         let (reservation, outcome) = self
             .update(id, |r, now| {
-                if matches!(r.state, State::Trying | State::Reserved) && r.is_past_deadline(now) {
-                    let _ = r.apply(r.deadline_event(), now);
-                    if event == Event::Confirm {
-                        return Err(Refusal::Gone);
-                    }
+                if r.expire_if_due(now) && event == Event::Confirm {
+                    return Err(Refusal::Gone);
                 }
                 r.apply(event, now)
             })
@@ -530,8 +527,7 @@ impl Coordinator {
         let max = self.inner.limits.max_participants;
         let (reservation, outcome) = self
             .update(id, |r, now| {
-                if matches!(r.state, State::Trying | State::Reserved) && r.is_past_deadline(now) {
-                    let _ = r.apply(r.deadline_event(), now);
+                if r.expire_if_due(now) {
                     return Err(CoordinatorError::Refused {
                         refusal: Refusal::Gone,
                         reservation: Box::new(r.clone()),
@@ -597,13 +593,8 @@ impl Coordinator {
         let Ok(before) = self.get(id) else {
             return Ok(None); // purged, or past its retention: nothing to expire
         };
-        let now = self.now();
-        if !matches!(before.state, State::Trying | State::Reserved) || !before.is_past_deadline(now)
-        {
-            return Ok(None);
-        }
         let mut after = before.clone();
-        if after.apply(after.deadline_event(), now) != Ok(true) {
+        if !after.expire_if_due(self.now()) {
             return Ok(None);
         }
         self.inner.store.put(&after)?;

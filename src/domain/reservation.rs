@@ -283,6 +283,15 @@ impl Reservation {
         now >= self.expires_at
     }
 
+    /// Cancels the reservation when its deadline has passed with nothing decided (reason
+    /// `expired`, or `too_close_to_expiry` when a link's expiry set the deadline). Returns
+    /// whether it did.
+    pub fn expire_if_due(&mut self, now: DateTime<Utc>) -> bool {
+        matches!(self.state, State::Trying | State::Reserved)
+            && self.is_past_deadline(now)
+            && self.apply(self.deadline_event(), now) == Ok(true)
+    }
+
     /// The event that cancels this reservation at its deadline: `TooCloseToExpiry` when a
     /// link's expiry set the deadline (and the reservation is reserved), `Expire` otherwise.
     #[must_use]
@@ -609,6 +618,23 @@ mod tests {
         conflict.state = State::Conflict;
         assert_eq!(conflict.purge_at(hour, hour), None);
         assert!(!conflict.is_past_retention(at(1_000_000), hour));
+    }
+
+    #[test]
+    fn only_an_undecided_reservation_past_its_deadline_expires() {
+        let mut r = reservation(vec![link("http://a/1", at(600))]);
+        assert!(!r.expire_if_due(at(29)));
+        assert!(r.expire_if_due(at(30)));
+        assert_eq!(
+            (r.state, r.reason),
+            (State::Cancelling, Some(Reason::Expired))
+        );
+        assert!(!r.expire_if_due(at(31)), "once decided, nothing more");
+
+        let mut confirming = reservation(vec![link("http://a/1", at(600))]);
+        confirming.apply(Event::Confirm, at(1)).unwrap();
+        assert!(!confirming.expire_if_due(at(100)));
+        assert_eq!(confirming.state, State::Confirming);
     }
 
     #[test]
