@@ -38,6 +38,11 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error("cannot start the deadline thread: {0}")]
     TimerThread(std::io::Error),
+    #[error(
+        "refusing to serve {0} without authentication: give --api-token (or TCC_API_TOKENS), \
+         listen on a loopback address, or pass --allow-unauthenticated"
+    )]
+    Unauthenticated(SocketAddr),
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -87,6 +92,16 @@ impl App {
     /// # Errors
     /// [`AppError`] when the data directory or the address cannot be used.
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        if !config.listen.ip().is_loopback()
+            && config.api_tokens.is_empty()
+            && !config.allow_unauthenticated
+        {
+            return Err(AppError::Unauthenticated(config.listen));
+        }
+        if config.api_tokens.is_empty() && !config.listen.ip().is_loopback() {
+            tracing::warn!(listen = %config.listen,
+                "serving a non-loopback address without --api-token: anyone who reaches it can create, confirm and cancel");
+        }
         let (data_dir, temp_dir) = match &config.storage {
             Storage::Dir(dir) => (dir.clone(), None),
             Storage::Ephemeral => {
@@ -155,7 +170,14 @@ impl App {
                 Err(error) => tracing::error!(%error, "recovery failed; staying unready"),
             }
         });
-        let routes = api::routes(coordinator.clone(), config.max_body_bytes);
+        let routes = api::routes(
+            coordinator.clone(),
+            &api::RouteOptions {
+                max_body_bytes: config.max_body_bytes,
+                max_in_flight: config.max_in_flight,
+                api_tokens: &config.api_tokens,
+            },
+        );
         Ok(Self {
             acceptor,
             local_addr,

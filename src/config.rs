@@ -20,10 +20,39 @@ pub enum Storage {
     Ephemeral,
 }
 
+/// A bearer token clients must present. Never printed: its `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    #[must_use]
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for comparing.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiToken(<{} characters>)", self.0.chars().count())
+    }
+}
+
 /// Everything the coordinator is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Tokens of which a request must present one (`Authorization: Bearer`); none: no check.
+    pub api_tokens: Vec<ApiToken>,
+    /// Serve a non-loopback address without tokens.
+    pub allow_unauthenticated: bool,
+    /// Most requests served at once; more get 503 with `Retry-After`.
+    pub max_in_flight: usize,
     pub storage: Storage,
     pub limits: Limits,
     pub max_body_bytes: usize,
@@ -71,6 +100,26 @@ pub struct Cli {
     /// interface).
     #[arg(long, env = "TCC_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+
+    /// A bearer token clients must present (`Authorization: Bearer <token>`); repeat the flag
+    /// for several tokens, or give them comma-separated in the variable. Every endpoint but
+    /// /health/* and the documentation requires one.
+    #[arg(
+        long = "api-token",
+        env = "TCC_API_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_tokens: Vec<String>,
+
+    /// Serve a non-loopback --listen address without any --api-token (anyone who reaches the
+    /// port can then create, confirm and cancel).
+    #[arg(long, env = "TCC_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+
+    /// Most requests served at once; further ones get 503 with Retry-After.
+    #[arg(long, env = "TCC_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    max_in_flight: usize,
 
     /// Directory of the transaction log; created when missing.
     #[arg(long, env = "TCC_DATA_DIR", default_value = "./data")]
@@ -163,6 +212,18 @@ impl Cli {
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
         }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError("--max-in-flight must be at least 1".into()));
+        }
+        if self
+            .api_tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError(
+                "--api-token must not be empty or contain spaces or control characters".into(),
+            ));
+        }
         if let Some(url) = &self.public_url {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError(format!(
@@ -172,6 +233,9 @@ impl Cli {
         }
         Ok(Config {
             listen: self.listen,
+            api_tokens: self.api_tokens.into_iter().map(ApiToken).collect(),
+            allow_unauthenticated: self.allow_unauthenticated,
+            max_in_flight: self.max_in_flight,
             storage: if self.ephemeral {
                 Storage::Ephemeral
             } else {
@@ -228,6 +292,23 @@ mod tests {
             error.to_string(),
             "--default-timeout (2h) is longer than --max-timeout (1h)"
         );
+    }
+
+    #[test]
+    fn tokens_come_from_repeated_flags_and_never_show_in_debug_output() {
+        let config = Cli::parse_from(["x", "--api-token", "s3cret-one", "--api-token", "two"])
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            config.api_tokens,
+            [ApiToken::new("s3cret-one"), ApiToken::new("two")]
+        );
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-one"), "{shown}");
+        let error = Cli::parse_from(["x", "--api-token", ""])
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().starts_with("--api-token"), "{error}");
     }
 
     #[test]

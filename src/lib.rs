@@ -44,7 +44,7 @@ pub mod telemetry;
 mod timers;
 
 pub use app::{App, AppError, StopHandle};
-pub use config::{Cli, Config, Storage};
+pub use config::{ApiToken, Cli, Config, Storage};
 pub use coordinator::Limits;
 pub use retry::RetryPolicy;
 pub use store::SyncMode;

@@ -6,6 +6,7 @@
 mod atomikos;
 mod body;
 mod error;
+mod guard;
 mod problem;
 mod reservations;
 mod system;
@@ -20,6 +21,11 @@ use poem_openapi::{OpenApiService, Tags};
 pub use body::BodyLimit;
 pub use problem::{Problem, PROBLEM_JSON};
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::ApiToken;
 use crate::coordinator::Coordinator;
 
 #[derive(Tags)]
@@ -44,7 +50,14 @@ logs every decision before it calls a participant, retries with exponential back
 after a crash, and cancels every participant when the reservation's deadline passes.
 
 Every error is `application/problem+json` (RFC 9457); when one field is to blame, `field` \
-names it by its JSON path. The participant side of the protocol is in `openapi/participant.yaml`.";
+names it by its JSON path. The participant side of the protocol is in `openapi/participant.yaml`.
+
+**Authentication.** When the coordinator runs with `--api-token`, every endpoint except \
+`/health/*`, `/docs` and `/openapi.*` answers `401` (with `WWW-Authenticate: Bearer`) unless \
+the request carries `Authorization: Bearer <token>` with one of the configured tokens.
+
+**Overload.** When more requests are in flight than `--max-in-flight`, or the transaction log \
+cannot keep up, the coordinator answers `503` with `Retry-After` and stores nothing.";
 
 type Apis = (
     reservations::ReservationsApi,
@@ -73,19 +86,50 @@ pub fn openapi_yaml() -> String {
     service().spec_yaml()
 }
 
-/// Every route: the API, `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`.
-pub(crate) fn routes(coordinator: Coordinator, max_body_bytes: usize) -> BoxEndpoint<'static> {
+/// What the routes are built with besides the coordinator.
+pub(crate) struct RouteOptions<'a> {
+    pub max_body_bytes: usize,
+    pub max_in_flight: usize,
+    pub api_tokens: &'a [ApiToken],
+}
+
+/// Every route: the API, `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`, behind
+/// the token check and the in-flight cap.
+pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> BoxEndpoint<'static> {
     let api = service();
+    let tokens = guard::Tokens::new(options.api_tokens);
+    let slots = Arc::new(Semaphore::new(options.max_in_flight));
     Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .at("/openapi.yaml", api.spec_endpoint_yaml())
         .nest("/docs", api.swagger_ui())
         .nest("/", api)
         .data(coordinator)
-        .data(BodyLimit(max_body_bytes))
-        .with(Tracing)
+        .data(BodyLimit(options.max_body_bytes))
         .catch_all_error(|error: poem::Error| async move { problem_for(&error) })
+        .around(move |next, req| guard::authenticate(next, req, tokens.clone()))
+        .around(move |next, req| guard::limit_in_flight(next, req, slots.clone()))
+        .with(Tracing)
         .boxed()
+}
+
+/// A problem as a poem response, for the answers given outside the operations.
+fn problem_response(problem: &Problem) -> Response {
+    let mut body = serde_json::json!({
+        "type": problem.kind,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+    });
+    if let Some(field) = &problem.field {
+        body["field"] = field.clone().into();
+    }
+    poem::web::Json(body)
+        .with_status(
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .with_content_type(PROBLEM_JSON)
+        .into_response()
 }
 
 /// problem+json for the errors poem raises outside the API's own responses (unknown path,
@@ -116,13 +160,5 @@ fn problem_for(error: &poem::Error) -> Response {
             error.to_string(),
         ),
     };
-    poem::web::Json(serde_json::json!({
-        "type": problem.kind,
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-    }))
-    .with_status(status)
-    .with_content_type(PROBLEM_JSON)
-    .into_response()
+    problem_response(&problem)
 }

@@ -9,4 +9,5 @@ mod helpers;
 mod lifecycle;
 mod repeats;
 mod retention;
+mod security;
 mod waiting;
