@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Storage};
 use crate::coordinator::{Coordinator, Parts};
-use crate::participant::{ClientError, ParticipantClient};
+use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::store::{Store, StoreError};
 use crate::{api, recovery, timers};
 
@@ -140,11 +140,21 @@ impl App {
             .as_ref()
             .map_or_else(|| format!("http://{local_addr}"), ToString::to_string);
 
+        let policy = CallPolicy::new(
+            config.allow_participants.clone(),
+            config.participant_resolver.clone(),
+        );
+        if !policy.is_restricted() {
+            tracing::warn!(
+                "no --allow-participant given: the coordinator will call any http(s) host its \
+                 clients name, except link-local and cloud metadata addresses"
+            );
+        }
         let deadlines = timers::TimerQueue::default();
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
             store,
-            client: ParticipantClient::new(config.limits.participant_timeout)?,
+            client: ParticipantClient::new(config.limits.participant_timeout, policy)?,
             retry: config.retry,
             limits: config.limits,
             // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.

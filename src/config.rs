@@ -8,6 +8,7 @@ use clap::Parser;
 use url::Url;
 
 use crate::coordinator::Limits;
+use crate::participant::{AllowRule, NameResolver};
 use crate::retry::RetryPolicy;
 use crate::store::SyncMode;
 
@@ -53,6 +54,11 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Most requests served at once; more get 503 with `Retry-After`.
     pub max_in_flight: usize,
+    /// Hosts the coordinator may call; empty: any but link-local and metadata addresses.
+    pub allow_participants: Vec<AllowRule>,
+    /// Answers name lookups for participant calls (the system's resolver by default; tests
+    /// give their own).
+    pub participant_resolver: NameResolver,
     pub storage: Storage,
     pub limits: Limits,
     pub max_body_bytes: usize,
@@ -120,6 +126,17 @@ pub struct Cli {
     /// Most requests served at once; further ones get 503 with Retry-After.
     #[arg(long, env = "TCC_MAX_IN_FLIGHT", default_value_t = 10_000)]
     max_in_flight: usize,
+
+    /// A participant host the coordinator may call: `host`, `host:port`, `*.domain` or a CIDR
+    /// network such as 10.0.0.0/8; repeatable (comma-separated in the variable). Without it,
+    /// every host is allowed but link-local and cloud metadata addresses, which are always
+    /// refused.
+    #[arg(
+        long = "allow-participant",
+        env = "TCC_ALLOW_PARTICIPANTS",
+        value_delimiter = ','
+    )]
+    allow_participants: Vec<AllowRule>,
 
     /// Directory of the transaction log; created when missing.
     #[arg(long, env = "TCC_DATA_DIR", default_value = "./data")]
@@ -236,6 +253,8 @@ impl Cli {
             api_tokens: self.api_tokens.into_iter().map(ApiToken).collect(),
             allow_unauthenticated: self.allow_unauthenticated,
             max_in_flight: self.max_in_flight,
+            allow_participants: self.allow_participants,
+            participant_resolver: NameResolver::default(),
             storage: if self.ephemeral {
                 Storage::Ephemeral
             } else {

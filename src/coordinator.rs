@@ -236,6 +236,8 @@ impl Coordinator {
         let now = self.now();
         for (i, p) in request.participants.iter().enumerate() {
             check_link_expiry(p, now, &format!("participants[{i}]"))?;
+            self.check_policy(p, &source_field(p, &format!("participants[{i}]")))
+                .await?;
         }
         let mut reservation = Reservation::new(
             ReservationId::new(),
@@ -468,8 +470,12 @@ impl Coordinator {
         &self,
         links: Vec<NewParticipant>,
         event: Event,
+        field_of: impl Fn(usize) -> String,
     ) -> Result<Reservation, CoordinatorError> {
         self.check_participant_count(links.len())?;
+        for (i, p) in links.iter().enumerate() {
+            self.check_policy(p, &field_of(i)).await?;
+        }
         let limits = &self.inner.limits;
         let now = self.now();
         let mut reservation = Reservation::new(
@@ -523,6 +529,8 @@ impl Coordinator {
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
         check_link_expiry(&participant, now, "link")?;
+        self.check_policy(&participant, &source_field(&participant, ""))
+            .await?;
         let is_try = matches!(participant.source, ParticipantSource::Try(_));
         let max = self.inner.limits.max_participants;
         let (reservation, outcome) = self
@@ -625,6 +633,21 @@ impl Coordinator {
         if r.state.is_in_progress() {
             self.ensure_driven(r.id);
         }
+    }
+
+    /// Refuses a participant the coordinator must not call (the outgoing call policy);
+    /// `field` names its URL in the request.
+    async fn check_policy(&self, p: &NewParticipant, field: &str) -> Result<(), CoordinatorError> {
+        let url = match &p.source {
+            ParticipantSource::Link(link) => &link.uri,
+            ParticipantSource::Try(t) => &t.url,
+        };
+        self.inner
+            .client
+            .policy()
+            .check(url)
+            .await
+            .map_err(|e| invalid(field, format!("({url}) is refused: {e}")))
     }
 
     fn check_participant_count(&self, count: usize) -> Result<(), CoordinatorError> {
@@ -1203,6 +1226,15 @@ fn too_many(field: &str, max: usize) -> CoordinatorError {
         field,
         format!("at most {max} participants per reservation (the configured maximum)"),
     )
+}
+
+/// The JSON path of a participant's URL under `at` (`participants[0]` → `participants[0].link.uri`).
+fn source_field(p: &NewParticipant, at: &str) -> String {
+    let dot = if at.is_empty() { "" } else { "." };
+    match &p.source {
+        ParticipantSource::Link(_) => format!("{at}{dot}link.uri"),
+        ParticipantSource::Try(_) => format!("{at}{dot}try.url"),
+    }
 }
 
 fn check_link_expiry(

@@ -46,5 +46,6 @@ mod timers;
 pub use app::{App, AppError, StopHandle};
 pub use config::{ApiToken, Cli, Config, Storage};
 pub use coordinator::Limits;
+pub use participant::{AllowRule, AllowRuleError, NameResolver};
 pub use retry::RetryPolicy;
 pub use store::SyncMode;

@@ -192,7 +192,9 @@ impl AtomikosApi {
     ) -> AtomikosConfirmResponse {
         let result = async {
             let links = links(body.value)?;
-            let r = coordinator.create_decided(links, Event::Confirm).await?;
+            let r = coordinator
+                .create_decided(links, Event::Confirm, atomikos_field)
+                .await?;
             let limit = coordinator.limits().max_wait;
             let (r, _) = coordinator
                 .wait_until(
@@ -245,7 +247,9 @@ impl AtomikosApi {
     ) -> AtomikosCancelResponse {
         let result = async {
             let links = links(body.value)?;
-            coordinator.create_decided(links, Event::Cancel).await?;
+            coordinator
+                .create_decided(links, Event::Cancel, atomikos_field)
+                .await?;
             Ok::<_, ApiError>(())
         }
         .await;
@@ -254,4 +258,9 @@ impl AtomikosApi {
             Err(e) => e.into(),
         }
     }
+}
+
+/// The JSON path of the `i`th link's URL in an Atomikos request.
+fn atomikos_field(i: usize) -> String {
+    format!("participantLinks[{i}].uri")
 }

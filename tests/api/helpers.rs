@@ -168,6 +168,8 @@ pub enum Reply {
     RetryAfter(u16, u64),
     /// This status and this raw body (for answers that break the contract).
     Body(u16, String),
+    /// `307 Temporary Redirect` to this URL.
+    Redirect(String),
     /// Close the connection without answering.
     Close,
     /// The usual success, after this delay.
@@ -273,6 +275,13 @@ async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incomi
             "closing the connection without an answer",
         )),
         Reply::Status(code) => respond(code, String::new()),
+        Reply::Redirect(to) => {
+            let mut response = respond(307, String::new())?;
+            response
+                .headers_mut()
+                .insert("location", to.parse().unwrap());
+            Ok(response)
+        }
         Reply::RetryAfter(code, secs) => {
             let mut response = respond(code, String::new())?;
             response.headers_mut().insert("retry-after", secs.into());

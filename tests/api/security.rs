@@ -2,9 +2,14 @@
 //! cap on requests in flight.
 
 use serde_json::{json, Value};
-use tcc_coordinator::{ApiToken, App, AppError, Config};
+use tcc_coordinator::{AllowRule, ApiToken, App, AppError, Config, NameResolver};
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use reqwest::dns::{Name, Resolve, Resolving};
 
 use crate::helpers::{spawn_app_with, Behaviour, Participant, Reply};
 
@@ -167,5 +172,240 @@ async fn past_the_in_flight_cap_requests_get_503_with_retry_after_and_health_sti
         1,
         "the refused create stored nothing"
     );
+    app.stop().await;
+}
+
+// ---- the outgoing call policy -------------------------------------------------------------
+
+/// Answers name lookups from a table the test can change while the coordinator runs.
+#[derive(Clone, Default)]
+struct Names(Arc<Mutex<HashMap<String, IpAddr>>>);
+
+impl Names {
+    fn set(&self, name: &str, addr: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), addr.parse().unwrap());
+    }
+}
+
+impl Resolve for Names {
+    fn resolve(&self, name: Name) -> Resolving {
+        let found = self.0.lock().unwrap().get(name.as_str()).copied();
+        Box::pin(async move {
+            let addr = found.ok_or_else(|| std::io::Error::other("no such name in the test"))?;
+            Ok(Box::new(std::iter::once(SocketAddr::new(addr, 0))) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+async fn with_names(names: &Names, allow: &[&str]) -> crate::helpers::TestApp {
+    let names = names.clone();
+    let allow: Vec<AllowRule> = allow.iter().map(|r| r.parse().unwrap()).collect();
+    spawn_app_with(move |c| {
+        c.participant_resolver = NameResolver(Arc::new(names));
+        c.allow_participants = allow;
+    })
+    .await
+}
+
+async fn refused(app: &crate::helpers::TestApp, path: &str, body: &Value) -> Value {
+    let request = if path.starts_with("/coordinator/") {
+        app.http.put(app.url(path))
+    } else {
+        app.http.post(app.url(path))
+    };
+    let response = request.json(body).send().await.unwrap();
+    assert_eq!(response.status(), 422, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn link_local_and_metadata_urls_are_refused_everywhere_with_the_field_and_url_named() {
+    let names = Names::default();
+    names.set("sneaky.test", "169.254.169.254");
+    let app = with_names(&names, &[]).await;
+    let participant = Participant::start().await;
+    let expires = crate::helpers::in_secs(600);
+    for uri in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]:8080/holds/1",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://sneaky.test/holds/1",
+        "http://[::ffff:169.254.169.254]/holds/1",
+    ] {
+        let body = json!({"participants": [participant.link(1), {"link": {"uri": uri, "expires": expires}}]});
+        let problem = refused(&app, "/reservations", &body).await;
+        assert_eq!(problem["field"], "participants[1].link.uri", "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("is refused") && detail.contains("never calls"),
+            "{detail}"
+        );
+
+        let try_body = json!({"participants": [{"try": {"url": uri}}]});
+        let problem = refused(&app, "/reservations", &try_body).await;
+        assert_eq!(problem["field"], "participants[0].try.url", "{problem}");
+
+        let problem = refused(
+            &app,
+            "/coordinator/confirm",
+            &json!({"participantLinks": [{"uri": uri, "expires": expires}]}),
+        )
+        .await;
+        assert_eq!(problem["field"], "participantLinks[0].uri", "{problem}");
+    }
+    let id = app
+        .create(&json!({"participants": [participant.link(1)]}))
+        .await;
+    let problem = refused(
+        &app,
+        &format!("/reservations/{id}/participants"),
+        &json!({"link": {"uri": "http://169.254.169.254/x", "expires": expires}}),
+    )
+    .await;
+    assert_eq!(problem["field"], "link.uri", "{problem}");
+
+    let listed: Value = app.get("/reservations").await.json().await.unwrap();
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "only the valid one is stored"
+    );
+    let (_, body) = app.wait_for(&id, |s, _| s == 200).await;
+    assert_eq!(body["participants"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_an_allow_list_only_listed_hosts_are_called() {
+    let allowed = Participant::start().await;
+    let other = Participant::start().await;
+    let port = allowed.base.rsplit(':').next().unwrap().to_owned();
+    let names = Names::default();
+    names.set("stock.test", "127.0.0.1");
+    let app = with_names(
+        &names,
+        &[&format!("127.0.0.1:{port}"), &format!("stock.test:{port}")],
+    )
+    .await;
+
+    let ok = app
+        .create(&json!({"participants": [allowed.link(1), {"link": {
+            "uri": allowed.hold_uri(2).replace("127.0.0.1", "stock.test"),
+            "expires": crate::helpers::in_secs(600)}}]}))
+        .await;
+    let problem = refused(
+        &app,
+        "/reservations",
+        &json!({"participants": [allowed.link(3), other.link(1)]}),
+    )
+    .await;
+    assert_eq!(problem["field"], "participants[1].link.uri");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-participant"),
+        "{problem}"
+    );
+
+    let confirmed = app.post(&format!("/reservations/{ok}/confirm")).await;
+    assert!(
+        confirmed.status().is_success(),
+        "{:?}",
+        confirmed.text().await
+    );
+    app.wait_for(&ok, |s, _| s == 303).await;
+    assert_eq!(allowed.count("PUT"), 2);
+    assert_eq!(other.calls().len(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_that_resolves_elsewhere_at_call_time_is_not_called() {
+    let participant = Participant::start().await;
+    let names = Names::default();
+    names.set("rebind.test", "127.0.0.1");
+    let app = with_names(&names, &[]).await;
+    let id = app
+        .create(&json!({"participants": [{"link": {
+            "uri": participant.hold_uri(1).replace("127.0.0.1", "rebind.test"),
+            "expires": crate::helpers::in_secs(600)}}]}))
+        .await;
+
+    // DNS rebinding: the name now points at the metadata service.
+    names.set("rebind.test", "169.254.169.254");
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    let (_, body) = app
+        .wait_for(&id, |_, b| {
+            b["participants"][0]["attempts"].as_u64() >= Some(2)
+        })
+        .await;
+    let error = body["participants"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused by the outgoing call policy") && error.contains("169.254.169.254"),
+        "{error}"
+    );
+    assert_eq!(participant.count("PUT"), 0);
+
+    // Pointed back at the participant, the confirmation goes through.
+    names.set("rebind.test", "127.0.0.1");
+    app.wait_for(&id, |s, _| s == 303).await;
+    assert_eq!(participant.count("PUT"), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_answering_with_a_forbidden_link_fails_the_try() {
+    let participant = Participant::start().await;
+    participant.script(
+        "try",
+        [Reply::Body(
+            201,
+            json!({"uri": "http://169.254.169.254/holds/1", "expires": crate::helpers::in_secs(600)})
+                .to_string(),
+        )],
+    );
+    let app = spawn_app_with(|_| {}).await;
+    let id = app
+        .create(&json!({"participants": [participant.try_("stock")]}))
+        .await;
+    let (status, body) = app.wait_for(&id, crate::helpers::is_settled).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["reason"], "try_failed", "{body}");
+    assert!(
+        body["participants"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("will not call"),
+        "{body}"
+    );
+    assert_eq!(
+        participant.count("DELETE"),
+        0,
+        "nothing the coordinator may call"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redirecting_participant_is_not_followed() {
+    let elsewhere = Participant::start().await;
+    let participant = Participant::start().await;
+    participant.script("confirm", [Reply::Redirect(elsewhere.hold_uri(1))]);
+    let app = spawn_app_with(|_| {}).await;
+    let id = app
+        .create(&json!({"participants": [participant.link(1)]}))
+        .await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    app.wait_for(&id, |s, _| s == 303).await;
+    assert_eq!(
+        participant.count("PUT"),
+        2,
+        "the 307 is retried at the same link"
+    );
+    assert_eq!(elsewhere.calls().len(), 0, "the redirect was not followed");
     app.stop().await;
 }

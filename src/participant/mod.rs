@@ -14,6 +14,10 @@ use reqwest::{Response, StatusCode};
 
 use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
 
+mod policy;
+
+pub use policy::{AllowRule, AllowRuleError, CallPolicy, NameResolver, PolicyError};
+
 /// The media type of the TCC participant protocol.
 pub const TCC_JSON: &str = "application/tcc+json";
 
@@ -70,6 +74,7 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 #[derive(Clone)]
 pub struct ParticipantClient {
     http: reqwest::Client,
+    policy: CallPolicy,
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -79,12 +84,14 @@ pub struct ParticipantClient {
 pub struct ClientError(#[from] reqwest::Error);
 
 impl ParticipantClient {
-    /// A client whose every call ends within `call_timeout`.
+    /// A client whose every call ends within `call_timeout` and goes only where `policy`
+    /// allows.
     ///
     /// # Errors
     /// [`ClientError`] when reqwest cannot be set up.
-    pub fn new(call_timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(call_timeout: Duration, policy: CallPolicy) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
+            .dns_resolver(policy.resolver())
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .timeout(call_timeout)
@@ -95,18 +102,32 @@ impl ParticipantClient {
             .build()?;
         Ok(Self {
             http,
+            policy,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
         })
     }
 
-    /// Sends a request once a slot among [`MAX_CALLS_IN_FLIGHT`] is free.
-    async fn send(&self, request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
+    /// The outgoing call policy, to check URLs as they arrive.
+    pub fn policy(&self) -> &CallPolicy {
+        &self.policy
+    }
+
+    /// Sends a request to `url` once a slot among [`MAX_CALLS_IN_FLIGHT`] is free, if the
+    /// policy allows it.
+    async fn send(
+        &self,
+        url: &ParticipantUrl,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, RetryHint> {
+        self.policy
+            .check_before_call(url)
+            .map_err(|e| refused_by_policy(&e))?;
         let _slot = self
             .in_flight
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        request.send().await
+        request.send().await.map_err(|e| network_error(&e))
     }
 
     /// `POST`s a try. `expires_if_unsaid` is the link's expiry when the participant gives none.
@@ -128,6 +149,7 @@ impl ParticipantClient {
         }
         let sent = self
             .send(
+                &request.url,
                 self.http
                     .post(request.url.as_url().clone())
                     .headers(headers)
@@ -138,12 +160,19 @@ impl ParticipantClient {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return TryOutcome::Retry(network_error(&e)),
+            Err(hint) => return TryOutcome::Retry(hint),
         };
         let status = response.status();
         match status.as_u16() {
             200 | 201 => match read_link(&request.url, response, expires_if_unsaid).await {
-                Ok(link) => TryOutcome::Reserved(link),
+                Ok(link) => match self.policy.check(&link.uri).await {
+                    Ok(()) => TryOutcome::Reserved(link),
+                    // The participant holds something the coordinator will not call: its
+                    // link expires on its own.
+                    Err(e) => TryOutcome::Refused(format!(
+                        "the try answered with a link the coordinator will not call: {e}"
+                    )),
+                },
                 Err(error) => TryOutcome::Retry(RetryHint {
                     error,
                     retry_after: None,
@@ -166,6 +195,7 @@ impl ParticipantClient {
     pub async fn confirm(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
         let sent = self
             .send(
+                uri,
                 self.http
                     .put(uri.as_url().clone())
                     .header(CONTENT_TYPE, TCC_JSON)
@@ -174,7 +204,7 @@ impl ParticipantClient {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return ConfirmOutcome::Retry(network_error(&e)),
+            Err(hint) => return ConfirmOutcome::Retry(hint),
         };
         let status = response.status();
         match status.as_u16() {
@@ -194,6 +224,7 @@ impl ParticipantClient {
     pub async fn cancel(&self, uri: &ParticipantUrl) -> CancelOutcome {
         let sent = self
             .send(
+                uri,
                 self.http
                     .delete(uri.as_url().clone())
                     .header(ACCEPT, TCC_JSON),
@@ -201,7 +232,7 @@ impl ParticipantClient {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return CancelOutcome::Retry(network_error(&e)),
+            Err(hint) => return CancelOutcome::Retry(hint),
         };
         match response.status().as_u16() {
             200 | 204 | 404 | 410 => CancelOutcome::Cancelled,
@@ -229,7 +260,22 @@ fn hint(response: &Response) -> RetryHint {
     }
 }
 
+fn refused_by_policy(error: &PolicyError) -> RetryHint {
+    RetryHint {
+        error: format!("refused by the outgoing call policy: {error}"),
+        retry_after: None,
+    }
+}
+
 fn network_error(error: &reqwest::Error) -> RetryHint {
+    // The resolver's refusal travels inside reqwest's error.
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(policy) = inner.downcast_ref::<PolicyError>() {
+            return refused_by_policy(policy);
+        }
+        source = inner.source();
+    }
     let kind = if error.is_timeout() {
         "no answer within the participant timeout"
     } else if error.is_connect() {
