@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use poem::endpoint::BoxEndpoint;
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Storage};
 use crate::coordinator::{Coordinator, Parts};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
+use crate::recovery::RecoveryError;
 use crate::store::{Store, StoreError};
 use crate::{api, recovery, timers};
 
@@ -43,6 +44,8 @@ pub enum AppError {
          listen on a loopback address, or pass --allow-unauthenticated"
     )]
     Unauthenticated(SocketAddr),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -82,6 +85,7 @@ pub struct App {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     deadlines: std::thread::JoinHandle<()>,
+    recovery_failed: Arc<Mutex<Option<RecoveryError>>>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -167,17 +171,25 @@ impl App {
         let deadlines = timers::start(armed, coordinator.clone(), tasks.clone(), shutdown.clone())
             .map_err(AppError::TimerThread)?;
         let recovering = coordinator.clone();
+        let failed = Arc::new(Mutex::new(None));
+        let (failure, stop) = (failed.clone(), shutdown.clone());
+        let skip_unreadable = config.recover_skip_unreadable;
         tasks.spawn(async move {
-            match recovery::recover(&recovering).await {
+            match recovery::recover(&recovering, skip_unreadable).await {
                 Ok(found) => {
                     tracing::info!(
                         resumed = found.resumed,
-                        unreadable = found.unreadable,
+                        skipped_unreadable = found.skipped,
                         "recovery finished; ready"
                     );
                     recovering.mark_ready();
                 }
-                Err(error) => tracing::error!(%error, "recovery failed; staying unready"),
+                Err(error) => {
+                    // A coordinator that cannot account for its whole log must not run.
+                    tracing::error!(%error, "recovery failed; stopping");
+                    *failure.lock().expect("recovery failure lock") = Some(error);
+                    stop.cancel();
+                }
             }
         });
         let routes = api::routes(
@@ -197,6 +209,7 @@ impl App {
             tasks,
             shutdown,
             deadlines,
+            recovery_failed: failed,
             _temp_dir: temp_dir,
         })
     }
@@ -219,12 +232,13 @@ impl App {
         StopHandle(self.shutdown.clone())
     }
 
-    /// Serves until the [`StopHandle`] is used, then stops accepting requests, lets open
+    /// Serves until the [`StopHandle`] is used (or recovery fails), then stops accepting requests, lets open
     /// connections finish (up to 5 s), stops participant calls (they resume at the next
     /// start), and closes the log.
     ///
     /// # Errors
-    /// [`AppError::Serve`] when the server fails.
+    /// [`AppError::Serve`] when the server fails; [`AppError::Recovery`] when the log could not
+    /// be read back (an unreadable record, without `recover_skip_unreadable`).
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         let Self {
             acceptor,
@@ -233,6 +247,7 @@ impl App {
             tasks,
             shutdown,
             deadlines,
+            recovery_failed,
             _temp_dir,
             ..
         } = self;
@@ -250,6 +265,13 @@ impl App {
             );
         } else {
             tracing::info!(flushes, "stopped; the transaction log is closed");
+        }
+        if let Some(error) = recovery_failed
+            .lock()
+            .expect("recovery failure lock")
+            .take()
+        {
+            return Err(AppError::Recovery(error));
         }
         served.map_err(AppError::Serve)
     }

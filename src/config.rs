@@ -68,6 +68,8 @@ pub struct Config {
     pub sync: SyncMode,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Skip records of the log that cannot be read (each is logged) instead of refusing to run.
+    pub recover_skip_unreadable: bool,
 }
 
 impl Default for Config {
@@ -197,6 +199,11 @@ pub struct Cli {
     /// Memory for the log's page cache, in bytes.
     #[arg(long, env = "TCC_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     cache_bytes: u64,
+
+    /// Resume everything else when records of the log cannot be read, logging each one
+    /// (by default the coordinator stops and names the first).
+    #[arg(long, env = "TCC_RECOVER_SKIP_UNREADABLE")]
+    recover_skip_unreadable: bool,
 }
 
 impl Cli {
@@ -277,6 +284,7 @@ impl Cli {
             },
             sync: self.sync,
             cache_bytes: self.cache_bytes,
+            recover_skip_unreadable: self.recover_skip_unreadable,
         })
     }
 }

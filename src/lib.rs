@@ -47,5 +47,6 @@ pub use app::{App, AppError, StopHandle};
 pub use config::{ApiToken, Cli, Config, Storage};
 pub use coordinator::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver};
+pub use recovery::RecoveryError;
 pub use retry::RetryPolicy;
-pub use store::SyncMode;
+pub use store::{StoreError, SyncMode};

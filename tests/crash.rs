@@ -21,21 +21,21 @@ struct Binary {
 
 impl Binary {
     /// Starts the binary on a free port with its log in `data_dir`; returns once it serves.
+    /// Its stderr goes to `{data_dir}.log`.
     fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[], &[])
+    }
+
+    /// [`Binary::start`] with more flags and environment variables.
+    fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--participant-timeout",
-                "2s",
-                "--max-retry-interval",
-                "500ms",
-            ])
+        let mut child = command(data_dir)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -61,6 +61,21 @@ impl Binary {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// The coordinator's command line as the tests run it, on a free port.
+fn command(data_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--participant-timeout",
+            "2s",
+            "--max-retry-interval",
+            "500ms",
+        ]);
+    command
 }
 
 impl Drop for Binary {
@@ -403,4 +418,123 @@ async fn kill_9_during_a_coordinator_driven_try() {
     assert!(keys.iter().all(|k| *k == format!("{id}/0")), "{keys:?}");
     assert_eq!(p.paths("DELETE"), ["/holds/1"]);
     assert_eq!(p.count("PUT"), 0);
+}
+
+#[tokio::test]
+async fn an_unreadable_record_stops_the_coordinator_naming_it_unless_told_to_skip() {
+    // Arrange: one good reservation, then a record from a future version beside it.
+    let (_dir, data, coordinator, http) = fresh();
+    let p = Participant::start().await;
+    let good = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+    coordinator.kill_9();
+    let bad = uuid::Uuid::now_v7();
+    {
+        let db = sled::open(&data).unwrap();
+        let tree = db.open_tree("reservations").unwrap();
+        tree.insert(bad.as_bytes(), &b"\x09{\"from\":\"the future\"}"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    // Act: start as usual.
+    let mut refusing = command(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = refusing.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < helpers::PATIENCE,
+            "the coordinator kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Assert: it stopped, named the record and the way out, and called nobody.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refusing.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("tcc-coordinator: "), "{stderr}");
+    assert!(last.contains(&bad.to_string()), "{stderr}");
+    assert!(last.contains("unknown record version 9"), "{stderr}");
+    assert!(last.contains("--recover-skip-unreadable"), "{stderr}");
+    assert_eq!(p.calls().len(), 0);
+
+    // With the flag it resumes the rest and reports what it skipped.
+    let coordinator = Binary::start_with(&data, &["--recover-skip-unreadable"], &[]);
+    wait_ready(&coordinator.base).await;
+    let (status, _) = wait_for(&http, &coordinator.base, &good, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("unreadable record") && l.contains(&bad.to_string())),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn participant_credentials_stay_out_of_logs_and_answers_and_the_log_is_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let coordinator =
+        Binary::start_with(&data, &[], &[("RUST_LOG", "debug,tcc_coordinator=trace")]);
+    let http = client();
+    let p = Participant::start_with(Behaviour {
+        confirm_reply: Reply::Status(503),
+        ..Behaviour::default()
+    })
+    .await;
+    let secret = "Bearer do-not-print-me-7f3a";
+    let body = json!({"participants": [{"name": "stock", "try": {
+        "url": format!("{}/holds", p.base), "body": {}, "headers": {"Authorization": secret}}}]});
+    let id = create(&http, &coordinator.base, &body).await;
+    wait_for(&http, &coordinator.base, &id, |_, b| {
+        b["state"] == "reserved"
+    })
+    .await;
+    http.post(format!("{}/reservations/{id}/confirm", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    p.wait_until("two failed confirms", |p| p.count("PUT") >= 2)
+        .await;
+
+    let mut answers = String::new();
+    for path in [format!("/reservations/{id}"), "/reservations".into()] {
+        let text = http
+            .get(format!("{}{path}", coordinator.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        answers.push_str(&text);
+    }
+    coordinator.kill_9();
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert!(
+        log.contains(&id),
+        "the log shows the reservation at trace level"
+    );
+    assert!(!log.contains("do-not-print-me"), "{log}");
+    assert!(!answers.contains("do-not-print-me"), "{answers}");
+    assert_eq!(p.calls()[0].headers["authorization"], secret);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 }

@@ -9,12 +9,24 @@ use super::{transition, Event, ParticipantLink, ParticipantUrl, Reason, Refusal,
 use crate::domain::ReservationId;
 
 /// A try the coordinator performs itself: `POST url` with `body` and `headers`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct TryRequest {
     pub url: ParticipantUrl,
     pub body: serde_json::Value,
-    /// Sent with the try only; never shown in a representation.
+    /// Sent with the try only; never shown in a representation, never logged.
     pub headers: Vec<(String, String)>,
+}
+
+/// Header names only: their values are often credentials.
+impl std::fmt::Debug for TryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("TryRequest")
+            .field("url", &self.url)
+            .field("body", &self.body)
+            .field("headers", &names)
+            .finish()
+    }
 }
 
 /// How a participant enters a reservation.

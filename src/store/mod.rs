@@ -63,6 +63,7 @@ impl Store {
             path: dir.to_owned(),
             source,
         };
+        create_private_dir(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -266,6 +267,33 @@ fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {
         detail: "a key is not 16 bytes".into(),
     })?;
     Ok(ReservationId::from_bytes(bytes))
+}
+
+/// Creates the data directory readable by its owner only (0700): the log holds the headers
+/// clients give for participants, credentials among them. An existing directory open to
+/// others is left as it is, with a warning.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if dir.exists() {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"),
+                    "the data directory is open to other users, and the log holds participant \
+                     credentials: chmod 700 it");
+            }
+            return Ok(());
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
 }
 
 #[cfg(test)]
