@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Storage};
 use crate::coordinator::{Coordinator, Parts};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
+use crate::listener::SilenceCutting;
 use crate::recovery::RecoveryError;
 use crate::store::{Store, StoreError};
 use crate::{api, recovery, timers};
@@ -77,7 +78,7 @@ impl StopHandle {
 /// # Ok(()) }
 /// ```
 pub struct App {
-    acceptor: TcpAcceptor,
+    acceptor: SilenceCutting<TcpAcceptor>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
     coordinator: Coordinator,
@@ -121,8 +122,8 @@ impl App {
 
         let store = {
             let dir = data_dir.clone();
-            let (cache, sync) = (config.cache_bytes, config.sync);
-            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync))
+            let (cache, sync, queue) = (config.cache_bytes, config.sync, config.max_log_queue);
+            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue))
                 .await
                 .map_err(|e| StoreError::Blocking(e.to_string()))??
         };
@@ -197,11 +198,12 @@ impl App {
             &api::RouteOptions {
                 max_body_bytes: config.max_body_bytes,
                 max_in_flight: config.max_in_flight,
+                read_timeout: config.read_timeout,
                 api_tokens: &config.api_tokens,
             },
         );
         Ok(Self {
-            acceptor,
+            acceptor: SilenceCutting::new(acceptor, config.idle_timeout),
             local_addr,
             data_dir,
             coordinator,

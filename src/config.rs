@@ -68,6 +68,12 @@ pub struct Config {
     pub sync: SyncMode,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Most client writes waiting for the disk at once; more get 503 with `Retry-After`.
+    pub max_log_queue: usize,
+    /// How long a request body may take to arrive (408 after).
+    pub read_timeout: Duration,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
     /// Skip records of the log that cannot be read (each is logged) instead of refusing to run.
     pub recover_skip_unreadable: bool,
 }
@@ -200,6 +206,20 @@ pub struct Cli {
     #[arg(long, env = "TCC_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     cache_bytes: u64,
 
+    /// Most client writes (creates, decisions, joins) waiting for the log's flush at once;
+    /// further ones get 503 with Retry-After and store nothing.
+    #[arg(long, env = "TCC_MAX_LOG_QUEUE", default_value_t = 4096)]
+    max_log_queue: usize,
+
+    /// How long a request's body may take to arrive; slower ones get 408 and store nothing.
+    #[arg(long, env = "TCC_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    read_timeout: Duration,
+
+    /// A client connection with no traffic for this long is closed (against clients that
+    /// open connections and stall). Must be longer than --max-wait.
+    #[arg(long, env = "TCC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
     /// Resume everything else when records of the log cannot be read, logging each one
     /// (by default the coordinator stops and names the first).
     #[arg(long, env = "TCC_RECOVER_SKIP_UNREADABLE")]
@@ -235,6 +255,18 @@ impl Cli {
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
+        }
+        positive("read-timeout", self.read_timeout)?;
+        if self.idle_timeout <= self.max_wait {
+            return Err(ConfigError(format!(
+                "--idle-timeout ({}) must be longer than --max-wait ({}), or waiting requests \
+                 would be cut off",
+                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(self.max_wait)
+            )));
+        }
+        if self.max_log_queue == 0 {
+            return Err(ConfigError("--max-log-queue must be at least 1".into()));
         }
         if self.max_in_flight == 0 {
             return Err(ConfigError("--max-in-flight must be at least 1".into()));
@@ -284,6 +316,9 @@ impl Cli {
             },
             sync: self.sync,
             cache_bytes: self.cache_bytes,
+            max_log_queue: self.max_log_queue,
+            read_timeout: self.read_timeout,
+            idle_timeout: self.idle_timeout,
             recover_skip_unreadable: self.recover_skip_unreadable,
         })
     }

@@ -221,6 +221,7 @@ impl Coordinator {
                 return self.replay(key, existing);
             }
         }
+        let _admitted = self.inner.store.admit()?;
         let limits = &self.inner.limits;
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
@@ -442,6 +443,7 @@ impl Coordinator {
         id: ReservationId,
         event: Event,
     ) -> Result<Reservation, CoordinatorError> {
+        let _admitted = self.inner.store.admit()?;
         let (reservation, outcome) = self
             .update(id, |r, now| {
                 if r.expire_if_due(now) && event == Event::Confirm {
@@ -473,6 +475,7 @@ impl Coordinator {
         field_of: impl Fn(usize) -> String,
     ) -> Result<Reservation, CoordinatorError> {
         self.check_participant_count(links.len())?;
+        let _admitted = self.inner.store.admit()?;
         for (i, p) in links.iter().enumerate() {
             self.check_policy(p, &field_of(i)).await?;
         }
@@ -526,6 +529,7 @@ impl Coordinator {
         id: ReservationId,
         participant: NewParticipant,
     ) -> Result<Reservation, CoordinatorError> {
+        let _admitted = self.inner.store.admit()?;
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
         check_link_expiry(&participant, now, "link")?;

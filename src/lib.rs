@@ -36,6 +36,7 @@ mod app;
 pub mod config;
 mod coordinator;
 pub mod domain;
+mod listener;
 mod participant;
 mod recovery;
 mod retry;

@@ -86,6 +86,9 @@ pub enum AtomikosConfirmResponse {
     /// The body is not JSON.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// The body did not arrive within `--read-timeout`.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    TooSlow(Json<Problem>),
     /// The body is larger than `--max-body-bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
@@ -97,7 +100,7 @@ pub enum AtomikosConfirmResponse {
     Unavailable(Json<Problem>),
 }
 problem_response!(AtomikosConfirmResponse {
-    400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
+    400 => BadRequest, 408 => TooSlow, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
 });
 
 fn confirm_bad_request(error: poem::Error) -> AtomikosConfirmResponse {
@@ -114,6 +117,9 @@ pub enum AtomikosCancelResponse {
     /// The body is not JSON.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// The body did not arrive within `--read-timeout`.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    TooSlow(Json<Problem>),
     /// The body is larger than `--max-body-bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
@@ -125,7 +131,7 @@ pub enum AtomikosCancelResponse {
     Unavailable(Json<Problem>),
 }
 problem_response!(AtomikosCancelResponse {
-    400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
+    400 => BadRequest, 408 => TooSlow, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
 });
 
 fn cancel_bad_request(error: poem::Error) -> AtomikosCancelResponse {

@@ -16,6 +16,11 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
+/// How long a body may take to arrive; set as request data by the router. A client that
+/// trickles its body would otherwise hold a connection and a request slot indefinitely.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimeout(pub std::time::Duration);
+
 /// A JSON request body of type `T`, with the bytes it was parsed from.
 #[derive(Debug)]
 pub struct JsonBody<T> {
@@ -70,6 +75,8 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 pub enum BodyError {
     #[error("the request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    TooSlow(std::time::Duration),
     #[error("{0}")]
     Malformed(String),
     #[error("`{field}` {message}")]
@@ -80,6 +87,7 @@ impl ResponseError for BodyError {
     fn status(&self) -> StatusCode {
         match self {
             BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
             BodyError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
@@ -155,10 +163,13 @@ where
         if declared.is_some_and(|len| len > limit) {
             return Err(BodyError::TooLarge { limit }.into());
         }
-        let bytes = body
-            .take()?
-            .into_bytes_limit(limit)
+        let timeout = request
+            .data::<ReadTimeout>()
+            .map_or(std::time::Duration::MAX, |t| t.0);
+        let reading = body.take()?.into_bytes_limit(limit);
+        let bytes = tokio::time::timeout(timeout, reading)
             .await
+            .map_err(|_| BodyError::TooSlow(timeout))?
             .map_err(|e| match e {
                 ReadBodyError::PayloadTooLarge => poem::Error::from(BodyError::TooLarge { limit }),
                 other => poem::Error::from(BodyError::Malformed(format!(

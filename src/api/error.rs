@@ -8,6 +8,7 @@ use super::body::BodyError;
 use super::problem::{GoneProblem, Problem};
 use crate::coordinator::CoordinatorError;
 use crate::domain::Refusal;
+use crate::store::StoreError;
 
 /// An error answer, before it is fitted into an operation's response type.
 #[derive(Debug)]
@@ -22,6 +23,15 @@ impl ApiError {
         if let Some(body) = error.downcast_ref::<BodyError>() {
             return Self::Problem(match body {
                 BodyError::TooLarge { limit } => Problem::too_large(*limit),
+                BodyError::TooSlow(timeout) => Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "too-slow",
+                    "The request body arrived too slowly",
+                    format!(
+                        "the body did not arrive within {} (--read-timeout); nothing was stored",
+                        humantime::format_duration(*timeout)
+                    ),
+                ),
                 BodyError::Malformed(detail) => Problem::malformed(detail.clone()),
                 BodyError::Invalid { field, message } => {
                     Problem::invalid(field.clone(), message.clone())
@@ -74,6 +84,13 @@ impl From<CoordinatorError> for ApiError {
                     _ => "the decision was already taken",
                 }
             ))),
+            CoordinatorError::Store(StoreError::Overloaded(waiting)) => {
+                tracing::warn!(waiting, "the transaction log is saturated: answering 503");
+                Self::Problem(Problem::unavailable(
+                    "the transaction log cannot keep up right now (--max-log-queue); nothing was \
+                     stored: retry after the delay in Retry-After",
+                ))
+            }
             CoordinatorError::Store(error) => {
                 tracing::error!(%error, "the transaction log failed");
                 Self::Problem(Problem::unavailable(

@@ -87,7 +87,8 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request, tokens: Tokens) ->
 pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
 
 /// Answers 503 with `Retry-After` when `slots` are all taken, instead of queueing without
-/// bound. Health probes always pass: an orchestrator must see a busy coordinator as alive.
+/// bound, and adds `Retry-After` to every other 503. Health probes always pass: an
+/// orchestrator must see a busy coordinator as alive.
 pub async fn limit_in_flight<E: Endpoint>(
     next: E,
     req: Request,
@@ -96,6 +97,17 @@ pub async fn limit_in_flight<E: Endpoint>(
     if req.uri().path().starts_with("/health/") {
         return Ok(next.call(req).await?.into_response());
     }
+    let with_retry_after = |mut response: Response| {
+        // Every 503 is temporary: say when to come back.
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && !response.headers().contains_key(header::RETRY_AFTER)
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, OVERLOAD_RETRY_AFTER_SECS.into());
+        }
+        response
+    };
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
         tracing::warn!(
             limit = slots.available_permits(),
@@ -105,7 +117,7 @@ pub async fn limit_in_flight<E: Endpoint>(
             "too many requests are in flight (--max-in-flight); retry after the delay in Retry-After",
         ));
     };
-    Ok(next.call(req).await?.into_response())
+    Ok(with_retry_after(next.call(req).await?.into_response()))
 }
 
 /// The 503 of an overloaded coordinator.

@@ -18,7 +18,7 @@ use poem::middleware::Tracing;
 use poem::{EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
-pub use body::BodyLimit;
+pub use body::{BodyLimit, ReadTimeout};
 pub use problem::{Problem, PROBLEM_JSON};
 
 use std::sync::Arc;
@@ -90,6 +90,7 @@ pub fn openapi_yaml() -> String {
 pub(crate) struct RouteOptions<'a> {
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
+    pub read_timeout: std::time::Duration,
     pub api_tokens: &'a [ApiToken],
 }
 
@@ -106,6 +107,7 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
         .nest("/", api)
         .data(coordinator)
         .data(BodyLimit(options.max_body_bytes))
+        .data(ReadTimeout(options.read_timeout))
         .catch_all_error(|error: poem::Error| async move { problem_for(&error) })
         .around(move |next, req| guard::authenticate(next, req, tokens.clone()))
         .around(move |next, req| guard::limit_in_flight(next, req, slots.clone()))

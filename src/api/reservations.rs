@@ -77,6 +77,9 @@ pub enum CreateResponse {
     /// The body is not JSON.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// The body did not arrive within `--read-timeout`.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    TooSlow(Json<Problem>),
     /// The body is larger than `--max-body-bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
@@ -87,7 +90,7 @@ pub enum CreateResponse {
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
 }
-problem_response!(CreateResponse { 400 => BadRequest, 413 => TooLarge, 422 => Invalid, 503 => Unavailable } gone_with_preference => Gone);
+problem_response!(CreateResponse { 400 => BadRequest, 408 => TooSlow, 413 => TooLarge, 422 => Invalid, 503 => Unavailable } gone_with_preference => Gone);
 
 fn create_bad_request(error: poem::Error) -> CreateResponse {
     ApiError::from_request_error(&error).into()
@@ -207,6 +210,9 @@ pub enum JoinResponse {
     /// The reservation is cancelled or past its deadline.
     #[oai(status = 410, content_type = "application/problem+json")]
     Gone(Json<GoneProblem>),
+    /// The body did not arrive within `--read-timeout`.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    TooSlow(Json<Problem>),
     /// The body is larger than `--max-body-bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
@@ -218,7 +224,7 @@ pub enum JoinResponse {
     Unavailable(Json<Problem>),
 }
 problem_response!(JoinResponse {
-    400 => BadRequest, 404 => NotFound, 409 => Conflict, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
+    400 => BadRequest, 404 => NotFound, 409 => Conflict, 408 => TooSlow, 413 => TooLarge, 422 => Invalid, 503 => Unavailable
 } gone => Gone);
 
 fn join_bad_request(error: poem::Error) -> JoinResponse {

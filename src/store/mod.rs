@@ -24,6 +24,7 @@ mod group_commit;
 mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::domain::{Reservation, ReservationId};
 pub use group_commit::{GroupCommit, SyncMode};
@@ -41,7 +42,14 @@ pub enum StoreError {
     Blocking(String),
     #[error("record {key} in the log is unreadable: {detail}")]
     Corrupt { key: String, detail: String },
+    #[error("the transaction log has {0} writes waiting for the disk; refusing more for now")]
+    Overloaded(usize),
 }
+
+/// A client write admitted to the log (see [`Store::admit`]); hold it until the write is
+/// durable.
+#[must_use = "the admission counts only while it is held"]
+pub struct Admission(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
 /// The transaction log.
 #[derive(Clone)]
@@ -49,6 +57,9 @@ pub struct Store {
     reservations: sled::Tree,
     idempotency: sled::Tree,
     commit: GroupCommit,
+    /// Client writes admitted and not yet durable, at most `max_waiting`.
+    admitted: Arc<tokio::sync::Semaphore>,
+    max_waiting: usize,
 }
 
 impl Store {
@@ -58,7 +69,14 @@ impl Store {
     /// # Errors
     /// [`StoreError::Open`] when the directory cannot be used (permissions, another process
     /// holds it, an unreadable log).
-    pub fn open(dir: &Path, cache_bytes: u64, sync: SyncMode) -> Result<Self, StoreError> {
+    ///
+    /// At most `max_waiting` client writes may wait for the disk at once ([`Store::admit`]).
+    pub fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        sync: SyncMode,
+        max_waiting: usize,
+    ) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open {
             path: dir.to_owned(),
             source,
@@ -77,7 +95,23 @@ impl Store {
             reservations,
             idempotency,
             commit,
+            admitted: Arc::new(tokio::sync::Semaphore::new(max_waiting)),
+            max_waiting,
         })
+    }
+
+    /// Admits one client write, or refuses it when `max_waiting` are already waiting for the
+    /// disk: a saturated log answers "later" instead of queueing without bound. Writes that
+    /// finish work already decided (participant outcomes, deadlines) need no admission.
+    ///
+    /// # Errors
+    /// [`StoreError::Overloaded`]; nothing has been written then.
+    pub fn admit(&self) -> Result<Admission, StoreError> {
+        self.admitted
+            .clone()
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| StoreError::Overloaded(self.max_waiting))
     }
 
     /// Writes the reservation and returns once it is durable (group-committed flush).
@@ -315,10 +349,32 @@ mod tests {
         )
     }
 
+    #[test]
+    fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8 << 20, SyncMode::Flush, 2).unwrap();
+        let first = store.admit().unwrap();
+        let _second = store.admit().unwrap();
+        assert!(matches!(store.admit(), Err(StoreError::Overloaded(2))));
+        drop(first);
+        assert!(store.admit().is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("nested").join("data");
+        Store::open(&data, 8 << 20, SyncMode::Flush, 1).unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_saves_share_flushes_and_are_all_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync).unwrap();
+        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync, 1024).unwrap();
 
         let saves = (0..200).map(|_| {
             let store = store.clone();

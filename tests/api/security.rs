@@ -409,3 +409,109 @@ async fn a_redirecting_participant_is_not_followed() {
     assert_eq!(elsewhere.calls().len(), 0, "the redirect was not followed");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_saturated_log_answers_503_with_retry_after_and_stores_only_what_it_acknowledged() {
+    let app = spawn_app_with(|c| c.max_log_queue = 1).await;
+    let participant = Participant::start().await;
+    let creates = (0..200).map(|i| {
+        let request = app
+            .http
+            .post(app.url("/reservations"))
+            .json(&json!({"participants": [participant.link(i)]}));
+        async move { request.send().await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for answer in answers {
+        match answer.status().as_u16() {
+            202 => accepted.push(answer.json::<Value>().await.unwrap()["id"].clone()),
+            503 => {
+                assert_eq!(answer.headers()["retry-after"], "1");
+                let problem: Value = answer.json().await.unwrap();
+                assert!(
+                    problem["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains("nothing was stored"),
+                    "{problem}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {:?}", answer.text().await),
+        }
+    }
+    assert!(
+        refused > 0,
+        "200 concurrent creates never met a full log queue of 1"
+    );
+    assert!(!accepted.is_empty());
+    let listed: Value = app
+        .get("/reservations?limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stored: Vec<Value> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(stored.len(), accepted.len());
+    assert!(accepted.iter().all(|id| stored.contains(id)));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickling_body_gets_408_and_a_silent_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|c| {
+        c.read_timeout = Duration::from_millis(500);
+        c.idle_timeout = Duration::from_secs(1);
+        c.limits.max_wait = Duration::from_millis(200);
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // A body that arrives a byte at a time: never idle, but too slow.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /reservations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = slow.write_all(b" ").await;
+    }
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--read-timeout"), "{answer}");
+
+    // Headers that never finish: the connection is closed once it has been silent.
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    silent
+        .write_all(b"GET /reservations HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    let listed: Value = app.get("/reservations").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]));
+    app.stop().await;
+}
