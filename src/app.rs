@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Storage};
 use crate::coordinator::{Coordinator, Parts};
-use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::listener::SilenceCutting;
+use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::recovery::RecoveryError;
 use crate::store::{Store, StoreError};
 use crate::{api, recovery, timers};
@@ -199,6 +199,11 @@ impl App {
                 max_body_bytes: config.max_body_bytes,
                 max_in_flight: config.max_in_flight,
                 read_timeout: config.read_timeout,
+                spec: api::SpecLimits {
+                    max_timeout_ms: u64::try_from(config.limits.max_timeout.as_millis())
+                        .unwrap_or(u64::MAX),
+                    max_participants: config.limits.max_participants,
+                },
                 api_tokens: &config.api_tokens,
             },
         );

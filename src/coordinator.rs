@@ -532,7 +532,7 @@ impl Coordinator {
         let _admitted = self.inner.store.admit()?;
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
-        check_link_expiry(&participant, now, "link")?;
+        check_link_expiry(&participant, now, "")?;
         self.check_policy(&participant, &source_field(&participant, ""))
             .await?;
         let is_try = matches!(participant.source, ParticipantSource::Try(_));
@@ -1246,9 +1246,10 @@ fn check_link_expiry(
     now: DateTime<Utc>,
     at: &str,
 ) -> Result<(), CoordinatorError> {
+    let dot = if at.is_empty() { "" } else { "." };
     match &p.source {
         ParticipantSource::Link(link) if link.expires <= now => Err(invalid(
-            &format!("{at}.link.expires"),
+            &format!("{at}{dot}link.expires"),
             "is in the past: the participant has already cancelled this link",
         )),
         _ => Ok(()),

@@ -83,6 +83,25 @@ pub async fn authenticate<E: Endpoint>(next: E, req: Request, tokens: Tokens) ->
         .into_response())
 }
 
+/// Adds `Allow` to a 405: the methods the path accepts (RFC 9110).
+pub async fn allow_on_405<E: Endpoint>(
+    next: E,
+    req: Request,
+    allowed: super::spec::AllowedMethods,
+) -> Result<Response> {
+    let path = req.uri().path().to_owned();
+    let mut response = next.call(req).await?.into_response();
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(value) = allowed
+            .for_path(&path)
+            .and_then(|m| header::HeaderValue::from_str(m).ok())
+        {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+    }
+    Ok(response)
+}
+
 /// Seconds a client is asked to wait when the coordinator is saturated.
 pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
 

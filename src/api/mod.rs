@@ -9,12 +9,14 @@ mod error;
 mod guard;
 mod problem;
 mod reservations;
+mod spec;
 mod system;
 mod views;
 
-use poem::endpoint::BoxEndpoint;
+use poem::endpoint::{make_sync, BoxEndpoint};
 use poem::http::StatusCode;
 use poem::middleware::Tracing;
+use poem::web::Html;
 use poem::{EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -80,10 +82,14 @@ fn service() -> OpenApiService<Apis, ()> {
     .description(DESCRIPTION)
 }
 
-/// The OpenAPI document of the coordinator, as YAML (`openapi/coordinator.yaml`).
+pub use spec::SpecLimits;
+
+/// The OpenAPI document of the coordinator with the default limits, as YAML
+/// (`openapi/coordinator.yaml`).
 #[must_use]
 pub fn openapi_yaml() -> String {
-    service().spec_yaml()
+    let doc = spec::refine(&service().spec(), SpecLimits::default());
+    serde_yaml::to_string(&doc).expect("a JSON document converts to YAML")
 }
 
 /// What the routes are built with besides the coordinator.
@@ -92,23 +98,38 @@ pub(crate) struct RouteOptions<'a> {
     pub max_in_flight: usize,
     pub read_timeout: std::time::Duration,
     pub api_tokens: &'a [ApiToken],
+    pub spec: SpecLimits,
 }
 
 /// Every route: the API, `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`, behind
 /// the token check and the in-flight cap.
 pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> BoxEndpoint<'static> {
     let api = service();
+    let raw = api.spec();
+    let doc = spec::refine(&raw, options.spec);
+    let allowed = spec::AllowedMethods::of(&doc);
+    let json = serde_json::to_string_pretty(&doc).expect("a JSON value serialises");
+    let yaml = serde_yaml::to_string(&doc).expect("a JSON document converts to YAML");
+    // Swagger UI embeds the document: give it the refined one.
+    let docs = api.swagger_ui_html().replace(&raw, &json);
     let tokens = guard::Tokens::new(options.api_tokens);
     let slots = Arc::new(Semaphore::new(options.max_in_flight));
     Route::new()
-        .at("/openapi.json", api.spec_endpoint())
-        .at("/openapi.yaml", api.spec_endpoint_yaml())
-        .nest("/docs", api.swagger_ui())
+        .at(
+            "/openapi.json",
+            make_sync(move |_| json.clone().with_content_type("application/json")),
+        )
+        .at(
+            "/openapi.yaml",
+            make_sync(move |_| yaml.clone().with_content_type("application/yaml")),
+        )
+        .at("/docs", make_sync(move |_| Html(docs.clone())))
         .nest("/", api)
         .data(coordinator)
         .data(BodyLimit(options.max_body_bytes))
         .data(ReadTimeout(options.read_timeout))
         .catch_all_error(|error: poem::Error| async move { problem_for(&error) })
+        .around(move |next, req| guard::allow_on_405(next, req, allowed.clone()))
         .around(move |next, req| guard::authenticate(next, req, tokens.clone()))
         .around(move |next, req| guard::limit_in_flight(next, req, slots.clone()))
         .with(Tracing)

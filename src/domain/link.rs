@@ -20,6 +20,8 @@ pub enum ParseUrlError {
     NoHost,
     #[error("must not carry a user name or password; pass credentials in `headers`")]
     UserInfo,
+    #[error("must be written in visible ASCII, with a host of letters, digits, `.`, `-`, `_` and `~` (punycode for international names) or a bracketed IPv6 address")]
+    NotPlain,
 }
 
 impl ParticipantUrl {
@@ -30,7 +32,11 @@ impl ParticipantUrl {
     /// user info.
     pub fn parse(text: &str) -> Result<Self, ParseUrlError> {
         let url = Url::parse(text).map_err(|e| ParseUrlError::Malformed(e.to_string()))?;
-        Self::try_from_url(url)
+        let url = Self::try_from_url(url)?;
+        if !is_plain(text) {
+            return Err(ParseUrlError::NotPlain);
+        }
+        Ok(url)
     }
 
     /// Resolves `reference` (for example a `Location` header) against this URL and checks it.
@@ -82,6 +88,34 @@ impl ParticipantUrl {
     }
 }
 
+/// The URL as written holds visible ASCII only, and its host is a plain name or a bracketed
+/// address: what the published OpenAPI pattern says, so that a URL the document accepts is
+/// one the coordinator accepts. (The URL parser alone would also take spaces, percent-encoded
+/// or international host names, and characters such as `*` in a host.)
+fn is_plain(text: &str) -> bool {
+    if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return false;
+    }
+    let Some((_, rest)) = text.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(_, port)| port.is_empty() || port.starts_with(':'))
+        }
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~'))
+}
+
 impl fmt::Display for ParticipantUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -120,6 +154,30 @@ mod tests {
             ParticipantUrl::parse("/holds/1"),
             Err(ParseUrlError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn only_plain_ascii_urls_are_accepted() {
+        for ok in [
+            "http://stock-1.internal:8080/holds/a?b=c#d",
+            "https://[::1]:8443/x",
+            "http://10.0.0.1",
+        ] {
+            assert!(ParticipantUrl::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://stock*/x",
+            "http://st%6Fck/x",
+            "http://bücher.example/x",
+            "http://stock/a b",
+            "http://stock/\u{e9}",
+        ] {
+            assert_eq!(
+                ParticipantUrl::parse(bad),
+                Err(ParseUrlError::NotPlain),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

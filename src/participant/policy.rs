@@ -169,7 +169,7 @@ impl CallPolicy {
                 if is_metadata_name(&name) {
                     return Err(PolicyError::Metadata(name));
                 }
-                let by_name = self.name_allowed(&name, port);
+                let by_name = !self.is_restricted() || self.name_allowed(&name, port);
                 let addrs = match self.lookup(&name).await {
                     Ok(addrs) => addrs,
                     // Allowed by name: the call-time check will look at the addresses.
@@ -420,6 +420,35 @@ mod tests {
             open.check(&url("http://metadata.google.internal/x")).await,
             Err(PolicyError::Metadata("metadata.google.internal".into()))
         );
+    }
+
+    /// Knows no name at all.
+    struct NoNames;
+
+    impl Resolve for NoNames {
+        fn resolve(&self, _: Name) -> Resolving {
+            Box::pin(async { Err(std::io::Error::other("no such host").into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_name_passes_only_when_the_rules_allow_it_by_name() {
+        let resolver = NameResolver(Arc::new(NoNames));
+        let open = CallPolicy::new(vec![], resolver.clone());
+        assert!(open
+            .check(&url("http://not-yet-in-dns.internal/x"))
+            .await
+            .is_ok());
+        let by_name = CallPolicy::new(vec![rule("*.internal")], resolver.clone());
+        assert!(by_name
+            .check(&url("http://not-yet-in-dns.internal/x"))
+            .await
+            .is_ok());
+        let by_net = CallPolicy::new(vec![rule("10.0.0.0/8")], resolver);
+        assert!(matches!(
+            by_net.check(&url("http://not-yet-in-dns.internal/x")).await,
+            Err(PolicyError::Unresolvable { .. })
+        ));
     }
 
     #[tokio::test]

@@ -129,6 +129,18 @@ async fn a_link_expiring_in_the_past_is_422_naming_it() {
     )
     .await;
     assert!(p.calls().is_empty());
+
+    // Joining: the body is the participant itself, so the path starts at `link`.
+    let id = app.create(&json!({"participants": [p.link(2)]})).await;
+    let joined = app
+        .post_json(
+            &format!("/reservations/{id}/participants"),
+            &p.link_expiring(3, &in_secs(-5)),
+        )
+        .await;
+    assert_eq!(joined.status(), 422);
+    let problem: serde_json::Value = joined.json().await.unwrap();
+    assert_eq!(problem["field"], "link.expires", "{problem}");
     app.stop().await;
 }
 
@@ -291,5 +303,42 @@ async fn an_unknown_path_or_method_is_problem_json() {
         response.headers()["content-type"],
         "application/problem+json"
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_naming_the_allowed_ones() {
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .request(reqwest::Method::PATCH, app.url("/reservations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST, GET, HEAD");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = app
+        .http
+        .delete(app.url("/reservations/0190a4e2-0000-7000-8000-000000000000/confirm"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_request_headers_are_431() {
+    let app = spawn_app().await;
+    let mut request = app.http.get(app.url("/reservations"));
+    for i in 0..150 {
+        request = request.header(format!("x-filler-{i}"), "x");
+    }
+    assert_eq!(request.send().await.unwrap().status(), 431);
     app.stop().await;
 }
