@@ -237,4 +237,74 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{json, Value};
+
+        use super::*;
+        use crate::api::views::CreateReservationBody;
+
+        /// JSON whose keys are mostly the API's own, so that generated values reach deep
+        /// into participants and links.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let key = prop::sample::select(vec![
+                "timeout_ms",
+                "participants",
+                "metadata",
+                "name",
+                "link",
+                "try",
+                "uri",
+                "expires",
+                "url",
+                "body",
+                "headers",
+                "x",
+            ]);
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(|f| json!(f)),
+                "[ -~]{0,12}".prop_map(Value::from),
+                Just(json!("http://stock:8080/holds/1")),
+                Just(json!("2999-01-01T00:00:00Z")),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(key.clone(), inner, 0..5).prop_map(|m| {
+                        Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    }),
+                ]
+            })
+        }
+
+        proptest! {
+            /// Any body either parses or is refused with a named field (or as malformed);
+            /// nothing panics, also when parsing on into the domain.
+            #[test]
+            fn any_json_body_is_parsed_or_refused_with_a_named_field(value in json_value()) {
+                let bytes = serde_json::to_vec(&value).unwrap();
+                match parse::<CreateReservationBody>(&bytes) {
+                    Ok(body) => {
+                        if let Err((field, message)) = body.into_domain() {
+                            prop_assert!(!field.is_empty() && !message.is_empty());
+                        }
+                    }
+                    Err(BodyError::Invalid { field, message }) => {
+                        prop_assert!(!field.is_empty() && !message.is_empty());
+                    }
+                    Err(BodyError::Malformed(message)) => prop_assert!(!message.is_empty()),
+                    Err(other) => prop_assert!(false, "unexpected {other:?}"),
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse::<CreateReservationBody>(&bytes);
+            }
+        }
+    }
 }

@@ -189,4 +189,37 @@ mod tests {
         );
         assert_eq!(base.authority(), "stock:81");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Text that looks like a URL often enough to get past the parser: a scheme, an
+        /// authority and a path from small alphabets, or anything at all.
+        fn url_like() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (
+                    prop::sample::select(vec!["http", "HTTPS", "ftp", "hTtP", ""]),
+                    "[a-zA-Z0-9.:@%\\[\\]_~*-]{0,24}",
+                    "[ -~\u{80}-\u{10ffff}]{0,24}",
+                )
+                    .prop_map(|(scheme, authority, rest)| format!("{scheme}://{authority}{rest}")),
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            /// Never panics; what it accepts is an http(s) URL with a host, and its text
+            /// parses back to the same URL (the log stores the text and parses it at start).
+            #[test]
+            fn accepted_urls_round_trip_through_their_text(text in url_like()) {
+                if let Ok(url) = ParticipantUrl::parse(&text) {
+                    prop_assert!(matches!(url.as_url().scheme(), "http" | "https"));
+                    prop_assert!(url.as_url().host().is_some());
+                    prop_assert_eq!(ParticipantUrl::parse(url.as_str()), Ok(url.clone()));
+                }
+            }
+        }
+    }
 }

@@ -474,4 +474,32 @@ mod tests {
             Err(PolicyError::Forbidden { .. })
         ));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn reading_an_allow_rule_never_panics(text in "[ -~]{0,40}|\\PC{0,20}") {
+                let _ = text.parse::<AllowRule>();
+            }
+
+            /// An IPv4 address is judged the same however it is written in IPv6.
+            #[test]
+            fn every_spelling_of_an_ipv4_address_gets_the_same_verdict(bits in any::<u32>()) {
+                let v4 = Ipv4Addr::from(bits);
+                let verdict = is_forbidden(IpAddr::V4(v4));
+                prop_assert_eq!(is_forbidden(IpAddr::V6(v4.to_ipv6_mapped())), verdict);
+                let o = v4.octets();
+                let nat64 = Ipv6Addr::new(
+                    0x64, 0xff9b, 0, 0, 0, 0,
+                    u16::from_be_bytes([o[0], o[1]]),
+                    u16::from_be_bytes([o[2], o[3]]),
+                );
+                prop_assert_eq!(is_forbidden(IpAddr::V6(nat64)), verdict);
+            }
+        }
+    }
 }
