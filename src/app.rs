@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use poem::endpoint::BoxEndpoint;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::listener::{Acceptor, AcceptorExt, BoxAcceptor, Listener, TcpListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Storage};
 use crate::coordinator::{Coordinator, Parts};
-use crate::listener::SilenceCutting;
+use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::recovery::RecoveryError;
 use crate::store::{Store, StoreError};
@@ -47,6 +47,10 @@ pub enum AppError {
     Unauthenticated(SocketAddr),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(String),
+    #[error("cannot use --participant-ca: {0}")]
+    ParticipantCa(String),
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -78,7 +82,8 @@ impl StopHandle {
 /// # Ok(()) }
 /// ```
 pub struct App {
-    acceptor: SilenceCutting<TcpAcceptor>,
+    acceptor: BoxAcceptor,
+    base_url: String,
     local_addr: SocketAddr,
     data_dir: PathBuf,
     coordinator: Coordinator,
@@ -140,10 +145,36 @@ impl App {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .unwrap_or(config.listen);
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let base_url = format!("{scheme}://{local_addr}");
+        let silence_cutting = SilenceCutting::new(acceptor, config.idle_timeout);
+        let acceptor = match &config.tls {
+            Some(files) => {
+                let tls = listener::tls_config(&files.cert, &files.key).map_err(AppError::Tls)?;
+                silence_cutting
+                    .rustls(futures_util::stream::iter([tls]))
+                    .boxed()
+            }
+            None => silence_cutting.boxed(),
+        };
+        let extra_roots = match &config.participant_ca {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| AppError::ParticipantCa(format!("{}: {e}", path.display())))?;
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    AppError::ParticipantCa(format!("{} is not a PEM bundle: {e}", path.display()))
+                })?
+            }
+            None => Vec::new(),
+        };
         let public_url = config
             .public_url
             .as_ref()
-            .map_or_else(|| format!("http://{local_addr}"), ToString::to_string);
+            .map_or_else(|| base_url.clone(), ToString::to_string);
 
         let policy = CallPolicy::new(
             config.allow_participants.clone(),
@@ -159,7 +190,7 @@ impl App {
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
             store,
-            client: ParticipantClient::new(config.limits.participant_timeout, policy)?,
+            client: ParticipantClient::new(config.limits.participant_timeout, policy, extra_roots)?,
             retry: config.retry,
             limits: config.limits,
             // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.
@@ -208,7 +239,8 @@ impl App {
             },
         );
         Ok(Self {
-            acceptor: SilenceCutting::new(acceptor, config.idle_timeout),
+            acceptor,
+            base_url,
             local_addr,
             data_dir,
             coordinator,
@@ -225,6 +257,12 @@ impl App {
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The URL the API is served at: `http://` or, with TLS, `https://` and the bound address.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     /// Where the log lives.

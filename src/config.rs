@@ -44,6 +44,13 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
+/// The certificate chain and private key the API is served with (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything the coordinator is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -76,6 +83,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Skip records of the log that cannot be read (each is logged) instead of refusing to run.
     pub recover_skip_unreadable: bool,
+    /// Serve HTTPS with these files; plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
+    /// More certificate authorities (a PEM bundle) trusted for participant calls, besides
+    /// the system's.
+    pub participant_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -220,6 +232,19 @@ pub struct Cli {
     #[arg(long, env = "TCC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
 
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "TCC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TCC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Certificate authorities (a PEM bundle) trusted for https participants, besides the
+    /// system's.
+    #[arg(long, env = "TCC_PARTICIPANT_CA")]
+    participant_ca: Option<PathBuf>,
+
     /// Resume everything else when records of the log cannot be read, logging each one
     /// (by default the coordinator stops and names the first).
     #[arg(long, env = "TCC_RECOVER_SKIP_UNREADABLE")]
@@ -320,6 +345,11 @@ impl Cli {
             read_timeout: self.read_timeout,
             idle_timeout: self.idle_timeout,
             recover_skip_unreadable: self.recover_skip_unreadable,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| TlsFiles { cert, key }),
+            participant_ca: self.participant_ca,
         })
     }
 }

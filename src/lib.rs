@@ -45,7 +45,7 @@ pub mod telemetry;
 mod timers;
 
 pub use app::{App, AppError, StopHandle};
-pub use config::{ApiToken, Cli, Config, Storage};
+pub use config::{ApiToken, Cli, Config, Storage, TlsFiles};
 pub use coordinator::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver};
 pub use recovery::RecoveryError;

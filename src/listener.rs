@@ -1,4 +1,5 @@
-//! Client connections: every connection that stays silent too long is cut.
+//! Client connections: TLS when configured, and every connection that stays silent too
+//! long is cut.
 //!
 //! poem's own idle timeout closes a connection gracefully, which waits for the request in
 //! progress, so a client that sends half its headers and stops holds its connection forever.
@@ -12,10 +13,48 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use poem::http::uri::Scheme;
-use poem::listener::Acceptor;
+use poem::listener::{Acceptor, RustlsCertificate, RustlsConfig};
 use poem::web::{LocalAddr, RemoteAddr};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+/// Reads and checks the certificate chain and key for HTTPS. poem only logs a bad TLS
+/// configuration (and then refuses every connection), so it is checked here, at start.
+///
+/// # Errors
+/// One sentence naming the file and what is wrong with it.
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<RustlsConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate chain: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("{} is not a PEM private key: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, private_key)
+    .map_err(|e| {
+        format!(
+            "{} and {} do not make a usable certificate and key: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(RustlsConfig::new().fallback(RustlsCertificate::new().cert(cert_pem).key(key_pem)))
+}
 
 /// An acceptor whose connections are cut after `idle` without traffic.
 pub struct SilenceCutting<A> {

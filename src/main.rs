@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let base = format!("http://{}", app.local_addr());
+    let base = app.base_url().to_owned();
     let log = match &config.storage {
         Storage::Ephemeral => format!("{} (temporary, removed at exit)", app.data_dir().display()),
         Storage::Dir(_) => app.data_dir().display().to_string(),

@@ -89,8 +89,16 @@ impl ParticipantClient {
     ///
     /// # Errors
     /// [`ClientError`] when reqwest cannot be set up.
-    pub fn new(call_timeout: Duration, policy: CallPolicy) -> Result<Self, ClientError> {
+    ///
+    /// https participants are verified against the system's certificate authorities plus
+    /// `extra_roots`.
+    pub fn new(
+        call_timeout: Duration,
+        policy: CallPolicy,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots)
             .dns_resolver(policy.resolver())
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -267,12 +275,36 @@ fn refused_by_policy(error: &PolicyError) -> RetryHint {
     }
 }
 
+/// A rustls error inside `error`: tokio-rustls and hyper wrap it in `io::Error`s, whose
+/// `source()` skips the error they wrap, so each one is opened by hand.
+fn find_tls_error<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = e.downcast_ref::<std::io::Error>().and_then(|io| {
+            io.get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static))
+        });
+    }
+    None
+}
+
 fn network_error(error: &reqwest::Error) -> RetryHint {
     // The resolver's refusal travels inside reqwest's error.
     let mut source = std::error::Error::source(error);
     while let Some(inner) = source {
         if let Some(policy) = inner.downcast_ref::<PolicyError>() {
             return refused_by_policy(policy);
+        }
+        if let Some(tls) = find_tls_error(inner) {
+            return RetryHint {
+                error: format!("TLS handshake failed: {tls}"),
+                retry_after: None,
+            };
         }
         source = inner.source();
     }

@@ -32,7 +32,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     config.retry.max_interval = Duration::from_millis(500);
     configure(&mut config);
     let app = App::build(config).await.expect("the coordinator starts");
-    let base = format!("http://{}", app.local_addr());
+    let base = app.base_url().to_owned();
     let stop = app.stop_handle();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {

@@ -10,4 +10,5 @@ mod lifecycle;
 mod repeats;
 mod retention;
 mod security;
+mod tls;
 mod waiting;
