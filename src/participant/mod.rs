@@ -277,9 +277,7 @@ fn refused_by_policy(error: &PolicyError) -> RetryHint {
 
 /// A rustls error inside `error`: tokio-rustls and hyper wrap it in `io::Error`s, whose
 /// `source()` skips the error they wrap, so each one is opened by hand.
-fn find_tls_error<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a rustls::Error> {
+fn find_tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
