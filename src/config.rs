@@ -228,9 +228,10 @@ pub struct Cli {
     read_timeout: Duration,
 
     /// A client connection with no traffic for this long is closed (against clients that
-    /// open connections and stall). Must be longer than --max-wait.
-    #[arg(long, env = "TCC_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
+    /// open connections and stall). Must be longer than --max-wait; by default 60s, or
+    /// --max-wait plus 30s when that is longer.
+    #[arg(long, env = "TCC_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
 
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "TCC_TLS_CERT", requires = "tls_key")]
@@ -282,11 +283,14 @@ impl Cli {
             return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
         }
         positive("read-timeout", self.read_timeout)?;
-        if self.idle_timeout <= self.max_wait {
+        let idle_timeout = self.idle_timeout.unwrap_or_else(|| {
+            Duration::from_secs(60).max(self.max_wait + Duration::from_secs(30))
+        });
+        if idle_timeout <= self.max_wait {
             return Err(ConfigError(format!(
                 "--idle-timeout ({}) must be longer than --max-wait ({}), or waiting requests \
                  would be cut off",
-                humantime::format_duration(self.idle_timeout),
+                humantime::format_duration(idle_timeout),
                 humantime::format_duration(self.max_wait)
             )));
         }
@@ -343,7 +347,7 @@ impl Cli {
             cache_bytes: self.cache_bytes,
             max_log_queue: self.max_log_queue,
             read_timeout: self.read_timeout,
-            idle_timeout: self.idle_timeout,
+            idle_timeout,
             recover_skip_unreadable: self.recover_skip_unreadable,
             tls: self
                 .tls_cert
@@ -401,6 +405,22 @@ mod tests {
             .into_config()
             .unwrap_err();
         assert!(error.to_string().starts_with("--api-token"), "{error}");
+    }
+
+    #[test]
+    fn the_idle_timeout_follows_a_long_max_wait_unless_given() {
+        let config = Cli::parse_from(["x", "--max-wait", "60s"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_secs(90));
+        assert_eq!(Config::default().idle_timeout, Duration::from_secs(60));
+        let error = Cli::parse_from(["x", "--max-wait", "60s", "--idle-timeout", "60s"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("--idle-timeout (1m)"),
+            "{error}"
+        );
     }
 
     #[test]
