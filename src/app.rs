@@ -17,6 +17,7 @@ use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::recovery::RecoveryError;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
 use crate::{api, recovery, timers};
 
 /// How long open connections get to finish at shutdown.
@@ -124,11 +125,13 @@ impl App {
         };
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
+        let metrics = Metrics::default();
 
         let store = {
             let dir = data_dir.clone();
             let (cache, sync, queue) = (config.cache_bytes, config.sync, config.max_log_queue);
-            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue))
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
                 .await
                 .map_err(|e| StoreError::Blocking(e.to_string()))??
         };
@@ -190,13 +193,19 @@ impl App {
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
             store,
-            client: ParticipantClient::new(config.limits.participant_timeout, policy, extra_roots)?,
+            client: ParticipantClient::new(
+                config.limits.participant_timeout,
+                policy,
+                extra_roots,
+                metrics.clone(),
+            )?,
             retry: config.retry,
             limits: config.limits,
             // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.
             clock: Arc::new(|| chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3)),
             public_url,
             deadlines,
+            metrics,
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
@@ -236,6 +245,8 @@ impl App {
                     max_participants: config.limits.max_participants,
                 },
                 api_tokens: &config.api_tokens,
+                protect_metrics: config.protect_metrics,
+                stuck_after: config.stuck_after,
             },
         );
         Ok(Self {

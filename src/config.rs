@@ -11,6 +11,7 @@ use crate::coordinator::Limits;
 use crate::participant::{AllowRule, NameResolver};
 use crate::retry::RetryPolicy;
 use crate::store::SyncMode;
+use crate::telemetry::LogFormat;
 
 /// Where the transaction log lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Skip records of the log that cannot be read (each is logged) instead of refusing to run.
     pub recover_skip_unreadable: bool,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// A reservation confirming or cancelling longer than this counts as stuck (metrics).
+    pub stuck_after: Duration,
+    /// Require a token for `/metrics` too.
+    pub protect_metrics: bool,
     /// Serve HTTPS with these files; plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
     /// More certificate authorities (a PEM bundle) trusted for participant calls, besides
@@ -233,6 +240,19 @@ pub struct Cli {
     #[arg(long, env = "TCC_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
 
+    /// How log lines are written: `text` for people, `json` for log collectors.
+    #[arg(long, env = "TCC_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    /// A reservation still confirming or cancelling this long after its decision counts as
+    /// stuck (the `tcc_reservations_stuck` metric).
+    #[arg(long, env = "TCC_STUCK_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
+    stuck_after: Duration,
+
+    /// Require an --api-token for /metrics too (by default scrapers need none).
+    #[arg(long, env = "TCC_PROTECT_METRICS")]
+    protect_metrics: bool,
+
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "TCC_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -354,6 +374,9 @@ impl Cli {
                 .zip(self.tls_key)
                 .map(|(cert, key)| TlsFiles { cert, key }),
             participant_ca: self.participant_ca,
+            log_format: self.log_format,
+            stuck_after: self.stuck_after,
+            protect_metrics: self.protect_metrics,
         })
     }
 }

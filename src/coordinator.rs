@@ -25,6 +25,7 @@ use crate::domain::{
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::store::{Store, StoreError};
+use crate::telemetry::{Metrics, VerbLabels};
 
 /// Reads the current time. Injected so tests and recovery agree on "now".
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -94,6 +95,9 @@ pub enum CoordinatorError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The log is still being read back after a start: no writes until it is.
+    #[error("recovery has not finished")]
+    Recovering,
 }
 
 /// What is due at a timer's instant.
@@ -132,6 +136,7 @@ struct Inner {
     /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
     watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
+    metrics: Metrics,
     tasks: TaskTracker,
     /// The runtime drivers run on (the one the coordinator was built on).
     runtime: tokio::runtime::Handle,
@@ -149,6 +154,7 @@ pub struct Parts {
     /// The coordinator's own base URL, sent to participants in `TCC-Reservation`.
     pub public_url: String,
     pub deadlines: DeadlineSender,
+    pub metrics: Metrics,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -173,6 +179,7 @@ impl Coordinator {
                 watchers: Mutex::new(HashMap::new()),
                 working: Mutex::new(HashMap::new()),
                 deadlines: parts.deadlines,
+                metrics: parts.metrics,
                 tasks: parts.tasks,
                 runtime: tokio::runtime::Handle::current(),
                 shutdown: parts.shutdown,
@@ -194,6 +201,39 @@ impl Coordinator {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Admits a client's write: refused while recovery reads the log back (so that recovery
+    /// sees the log as the previous run left it, and counts it exactly), and when the log is
+    /// saturated.
+    fn admit(&self) -> Result<crate::store::Admission, CoordinatorError> {
+        if !self.is_ready() {
+            return Err(CoordinatorError::Recovering);
+        }
+        Ok(self.inner.store.admit()?)
+    }
+
+    /// This coordinator's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Reservations confirming or cancelling since longer than `threshold` (their decision is
+    /// that old and some participant has not answered for good).
+    #[must_use]
+    pub fn stuck(&self, threshold: std::time::Duration) -> usize {
+        let since = self.now() - chrono::Duration::from_std(threshold).unwrap_or_default();
+        self.inner
+            .working
+            .lock()
+            .expect("working lock")
+            .values()
+            .filter(|r| {
+                matches!(r.state, State::Confirming | State::Cancelling)
+                    && r.decided_at.is_some_and(|at| at <= since)
+            })
+            .count()
     }
 
     /// Recovery has finished: the coordinator serves with every reservation resumed.
@@ -221,7 +261,7 @@ impl Coordinator {
                 return self.replay(key, existing);
             }
         }
-        let _admitted = self.inner.store.admit()?;
+        let _admitted = self.admit()?;
         let limits = &self.inner.limits;
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
@@ -263,6 +303,7 @@ impl Coordinator {
             }
         }
         self.remember(&reservation);
+        self.inner.metrics.entered(reservation.state);
         tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
             participants = reservation.participants.len(), "reservation created");
         self.arm_deadline(&reservation);
@@ -396,6 +437,7 @@ impl Coordinator {
         {
             // Not flushed here: a purge lost in a crash is simply done again at recovery.
             self.inner.store.remove(&r)?;
+            self.inner.metrics.left(r.state);
             tracing::debug!(reservation_id = %id, "retention ended: record purged");
         }
         Ok(())
@@ -443,7 +485,7 @@ impl Coordinator {
         id: ReservationId,
         event: Event,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.inner.store.admit()?;
+        let _admitted = self.admit()?;
         let (reservation, outcome) = self
             .update(id, |r, now| {
                 if r.expire_if_due(now) && event == Event::Confirm {
@@ -475,7 +517,7 @@ impl Coordinator {
         field_of: impl Fn(usize) -> String,
     ) -> Result<Reservation, CoordinatorError> {
         self.check_participant_count(links.len())?;
-        let _admitted = self.inner.store.admit()?;
+        let _admitted = self.admit()?;
         for (i, p) in links.iter().enumerate() {
             self.check_policy(p, &field_of(i)).await?;
         }
@@ -503,6 +545,7 @@ impl Coordinator {
         }
         self.inner.store.save(&reservation).await?;
         self.remember(&reservation);
+        self.inner.metrics.entered(reservation.state);
         tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
             participants = reservation.participants.len(), "reservation created decided");
         self.ensure_driven(reservation.id);
@@ -529,7 +572,7 @@ impl Coordinator {
         id: ReservationId,
         participant: NewParticipant,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.inner.store.admit()?;
+        let _admitted = self.admit()?;
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
         check_link_expiry(&participant, now, "")?;
@@ -589,6 +632,12 @@ impl Coordinator {
         }
         self.inner.store.wait_durable().await?;
         for (before, after) in &expired {
+            let metrics = &self.inner.metrics;
+            metrics.deadlines_fired.inc();
+            let late = after.decided_at.unwrap_or(after.expires_at) - after.expires_at;
+            metrics
+                .deadline_lateness_seconds
+                .observe(late.to_std().unwrap_or_default().as_secs_f64());
             tracing::info!(reservation_id = %after.id, reason = ?after.reason,
                 "deadline passed: cancelling every participant");
             self.saved(before, after);
@@ -628,6 +677,7 @@ impl Coordinator {
     /// Resumes a reservation read back from the log at start: arms its deadline or its
     /// purge, and restarts its driver.
     pub(crate) fn resume(&self, r: &Resumption) {
+        self.inner.metrics.entered(r.state);
         if matches!(r.state, State::Trying | State::Reserved) {
             self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
         }
@@ -702,6 +752,7 @@ impl Coordinator {
         let id = after.id;
         self.remember(after);
         if after.state != before.state {
+            self.inner.metrics.moved(before.state, after.state);
             tracing::debug!(reservation_id = %id, from = %before.state, to = %after.state,
                 reason = ?after.reason, "state changed");
             if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
@@ -908,6 +959,11 @@ impl Coordinator {
                         .await;
                 }
                 TryOutcome::Retry(hint) => {
+                    self.inner
+                        .metrics
+                        .retries
+                        .get_or_create(&VerbLabels { verb: "try" })
+                        .inc();
                     let delay = schedule.next_delay(hint.retry_after);
                     let now = self.now();
                     let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -1032,6 +1088,14 @@ impl Coordinator {
         .await
     }
 
+    fn count_retry(&self, verb: &'static str) {
+        self.inner
+            .metrics
+            .retries
+            .get_or_create(&VerbLabels { verb })
+            .inc();
+    }
+
     /// One confirm or cancel call, its answer classified into what to record.
     async fn call(&self, target: &Call, schedule: &mut Schedule) -> Attempt {
         match target {
@@ -1106,6 +1170,7 @@ impl Coordinator {
             |(((i, name, target), schedule), attempt)| {
                 attempt.delay.map(|delay| {
                     attempt.log_retry(id, target.verb(), name);
+                    self.count_retry(target.verb());
                     self.retry_one(id, *i, name, target, schedule, delay)
                 })
             },
@@ -1140,6 +1205,7 @@ impl Coordinator {
             let next = attempt.delay;
             if next.is_some() {
                 attempt.log_retry(id, target.verb(), name);
+                self.count_retry(target.verb());
             }
             self.record(id, index, |r, i, now| {
                 attempt.record(&mut r.participants[i], now);

@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init();
+    telemetry::init(config.log_format);
     let app = match App::build(config.clone()).await {
         Ok(app) => app,
         Err(error) => {

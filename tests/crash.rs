@@ -53,6 +53,7 @@ impl Binary {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        wait_ready_blocking(&base);
         Self { child, base }
     }
 
@@ -60,6 +61,28 @@ impl Binary {
     fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+}
+
+/// Waits until `GET /health/ready` answers 200: recovery has finished and writes are taken.
+fn wait_ready_blocking(base: &str) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let _ = stream.write_all(b"GET /health/ready HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < helpers::PATIENCE,
+            "the coordinator never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -84,6 +84,10 @@ impl From<CoordinatorError> for ApiError {
                     _ => "the decision was already taken",
                 }
             ))),
+            CoordinatorError::Recovering => Self::Problem(Problem::unavailable(
+                "the coordinator is still reading its log back after a start (see /health/ready); \
+                 nothing was stored: retry after the delay in Retry-After",
+            )),
             CoordinatorError::Store(StoreError::Overloaded(waiting)) => {
                 tracing::warn!(waiting, "the transaction log is saturated: answering 503");
                 Self::Problem(Problem::unavailable(

@@ -12,10 +12,12 @@ use tokio::sync::Semaphore;
 use super::problem::Problem;
 use crate::config::ApiToken;
 
-/// Paths served without a token: probes for orchestrators, and the documentation (no data;
-/// a browser cannot send a bearer token when it opens `/docs`).
-fn is_public(path: &str) -> bool {
-    path.starts_with("/health/")
+/// Paths served without a token: probes for orchestrators, the documentation (no data; a
+/// browser cannot send a bearer token when it opens `/docs`), and the metrics unless they are
+/// protected.
+fn is_public(path: &str, protect_metrics: bool) -> bool {
+    (path == "/metrics" && !protect_metrics)
+        || path.starts_with("/health/")
         || path == "/docs"
         || path.starts_with("/docs/")
         || path == "/openapi.json"
@@ -25,22 +27,28 @@ fn is_public(path: &str) -> bool {
 /// The tokens a request may present, kept as SHA-256 digests: comparing digests of equal
 /// length in constant time reveals neither a token's bytes nor its length.
 #[derive(Clone)]
-pub struct Tokens(Arc<Vec<[u8; 32]>>);
+pub struct Tokens {
+    digests: Arc<Vec<[u8; 32]>>,
+    protect_metrics: bool,
+}
 
 impl Tokens {
-    pub fn new(tokens: &[ApiToken]) -> Self {
-        Self(Arc::new(
-            tokens
-                .iter()
-                .map(|t| Sha256::digest(t.expose().as_bytes()).into())
-                .collect(),
-        ))
+    pub fn new(tokens: &[ApiToken], protect_metrics: bool) -> Self {
+        Self {
+            digests: Arc::new(
+                tokens
+                    .iter()
+                    .map(|t| Sha256::digest(t.expose().as_bytes()).into())
+                    .collect(),
+            ),
+            protect_metrics,
+        }
     }
 
     /// Whether `presented` is one of the tokens. Every token is compared, matched or not.
     fn accepts(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.0
+        self.digests
             .iter()
             .fold(subtle::Choice::from(0), |found, t| found | t.ct_eq(&digest))
             .into()
@@ -50,7 +58,7 @@ impl Tokens {
 /// Answers 401 to a request without one of `tokens` (unless its path is public); with no
 /// tokens configured, lets everything through.
 pub async fn authenticate<E: Endpoint>(next: E, req: Request, tokens: Tokens) -> Result<Response> {
-    if tokens.0.is_empty() || is_public(req.uri().path()) {
+    if tokens.digests.is_empty() || is_public(req.uri().path(), tokens.protect_metrics) {
         return Ok(next.call(req).await?.into_response());
     }
     let presented = req
@@ -152,7 +160,10 @@ mod tests {
 
     #[test]
     fn only_a_configured_token_is_accepted() {
-        let tokens = Tokens::new(&[ApiToken::new("first-token"), ApiToken::new("second")]);
+        let tokens = Tokens::new(
+            &[ApiToken::new("first-token"), ApiToken::new("second")],
+            false,
+        );
         assert!(tokens.accepts("first-token"));
         assert!(tokens.accepts("second"));
         assert!(!tokens.accepts("first-toke"));
@@ -169,7 +180,7 @@ mod tests {
             "/docs/",
             "/openapi.json",
         ] {
-            assert!(is_public(path), "{path}");
+            assert!(is_public(path, true), "{path}");
         }
         for path in [
             "/reservations",
@@ -178,7 +189,9 @@ mod tests {
             "/docsx",
             "/",
         ] {
-            assert!(!is_public(path), "{path}");
+            assert!(!is_public(path, false), "{path}");
         }
+        assert!(is_public("/metrics", false));
+        assert!(!is_public("/metrics", true));
     }
 }

@@ -59,7 +59,10 @@ names it by its JSON path. The participant side of the protocol is in `openapi/p
 the request carries `Authorization: Bearer <token>` with one of the configured tokens.
 
 **Overload.** When more requests are in flight than `--max-in-flight`, or the transaction log \
-cannot keep up, the coordinator answers `503` with `Retry-After` and stores nothing.";
+cannot keep up, or a restarted coordinator is still reading its log back, writes are answered \
+`503` with `Retry-After` and nothing is stored.
+
+Prometheus metrics are at `/metrics` (outside this document).";
 
 type Apis = (
     reservations::ReservationsApi,
@@ -98,6 +101,8 @@ pub(crate) struct RouteOptions<'a> {
     pub max_in_flight: usize,
     pub read_timeout: std::time::Duration,
     pub api_tokens: &'a [ApiToken],
+    pub protect_metrics: bool,
+    pub stuck_after: std::time::Duration,
     pub spec: SpecLimits,
 }
 
@@ -112,7 +117,8 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
     let yaml = serde_yaml::to_string(&doc).expect("a JSON document converts to YAML");
     // Swagger UI embeds the document: give it the refined one.
     let docs = api.swagger_ui_html().replace(&raw, &json);
-    let tokens = guard::Tokens::new(options.api_tokens);
+    let tokens = guard::Tokens::new(options.api_tokens, options.protect_metrics);
+    let stuck_after = options.stuck_after;
     let slots = Arc::new(Semaphore::new(options.max_in_flight));
     Route::new()
         .at(
@@ -124,6 +130,12 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
             make_sync(move |_| yaml.clone().with_content_type("application/yaml")),
         )
         .at("/docs", make_sync(move |_| Html(docs.clone())))
+        .at(
+            "/metrics",
+            poem::get(poem::endpoint::make(move |req: poem::Request| async move {
+                system::metrics(&req, stuck_after)
+            })),
+        )
         .nest("/", api)
         .data(coordinator)
         .data(BodyLimit(options.max_body_bytes))

@@ -91,3 +91,20 @@ impl HealthApi {
         }
     }
 }
+
+/// `GET /metrics`: the coordinator's metrics in the Prometheus text format (OpenMetrics).
+/// Outside the OpenAPI document: it is for scrapers, not API clients.
+pub(crate) fn metrics(req: &poem::Request, stuck_after: std::time::Duration) -> poem::Response {
+    use poem::IntoResponse;
+    let Some(coordinator) = req.data::<Coordinator>() else {
+        return poem::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let metrics = coordinator.metrics();
+    metrics
+        .stuck
+        .set(i64::try_from(coordinator.stuck(stuck_after)).unwrap_or(i64::MAX));
+    metrics
+        .render()
+        .with_content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .into_response()
+}

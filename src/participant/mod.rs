@@ -13,6 +13,7 @@ use reqwest::header::{
 use reqwest::{Response, StatusCode};
 
 use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
+use crate::telemetry::Metrics;
 
 mod policy;
 
@@ -75,6 +76,7 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 pub struct ParticipantClient {
     http: reqwest::Client,
     policy: CallPolicy,
+    metrics: Metrics,
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -96,6 +98,7 @@ impl ParticipantClient {
         call_timeout: Duration,
         policy: CallPolicy,
         extra_roots: Vec<reqwest::Certificate>,
+        metrics: Metrics,
     ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .tls_certs_merge(extra_roots)
@@ -111,6 +114,7 @@ impl ParticipantClient {
         Ok(Self {
             http,
             policy,
+            metrics,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
         })
     }
@@ -140,6 +144,26 @@ impl ParticipantClient {
 
     /// `POST`s a try. `expires_if_unsaid` is the link's expiry when the participant gives none.
     pub async fn try_reserve(
+        &self,
+        request: &TryRequest,
+        reservation_url: &str,
+        idempotency_key: &str,
+        expires_if_unsaid: DateTime<Utc>,
+    ) -> TryOutcome {
+        let started = std::time::Instant::now();
+        let outcome = self
+            .try_once(request, reservation_url, idempotency_key, expires_if_unsaid)
+            .await;
+        let label = match &outcome {
+            TryOutcome::Reserved(_) => "ok",
+            TryOutcome::Refused(_) => "refused",
+            TryOutcome::Retry(_) => "retry",
+        };
+        self.metrics.called("try", label, started.elapsed());
+        outcome
+    }
+
+    async fn try_once(
         &self,
         request: &TryRequest,
         reservation_url: &str,
@@ -201,6 +225,19 @@ impl ParticipantClient {
 
     /// `PUT`s a confirmation.
     pub async fn confirm(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
+        let started = std::time::Instant::now();
+        let outcome = self.confirm_once(uri).await;
+        let label = match &outcome {
+            ConfirmOutcome::Confirmed => "ok",
+            ConfirmOutcome::Gone(_) => "gone",
+            ConfirmOutcome::Refused(_) => "refused",
+            ConfirmOutcome::Retry(_) => "retry",
+        };
+        self.metrics.called("confirm", label, started.elapsed());
+        outcome
+    }
+
+    async fn confirm_once(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
         let sent = self
             .send(
                 uri,
@@ -230,6 +267,18 @@ impl ParticipantClient {
 
     /// `DELETE`s the link to cancel.
     pub async fn cancel(&self, uri: &ParticipantUrl) -> CancelOutcome {
+        let started = std::time::Instant::now();
+        let outcome = self.cancel_once(uri).await;
+        let label = match &outcome {
+            CancelOutcome::Cancelled => "ok",
+            CancelOutcome::ExpiresOnItsOwn => "expires_on_its_own",
+            CancelOutcome::Retry(_) => "retry",
+        };
+        self.metrics.called("cancel", label, started.elapsed());
+        outcome
+    }
+
+    async fn cancel_once(&self, uri: &ParticipantUrl) -> CancelOutcome {
         let sent = self
             .send(
                 uri,

@@ -17,6 +17,7 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use crate::telemetry::Metrics;
 
 /// What a completed `save` survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +41,16 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the flusher thread.
-    pub(super) fn start(db: sled::Db, data_file: PathBuf, sync: SyncMode) -> std::io::Result<Self> {
+    pub(super) fn start(
+        db: sled::Db,
+        data_file: PathBuf,
+        sync: SyncMode,
+        metrics: &Metrics,
+    ) -> std::io::Result<Self> {
+        let (batch_sizes, flush_times) = (
+            metrics.log_batch_writes.clone(),
+            metrics.log_flush_seconds.clone(),
+        );
         let file = match sync {
             SyncMode::Flush => None,
             SyncMode::Fdatasync => Some(File::open(&data_file)?),
@@ -55,6 +65,7 @@ impl GroupCommit {
                     // Let the writers that are about to arrive join this flush.
                     std::thread::yield_now();
                     let batch: Vec<Waiter> = std::iter::once(first).chain(rx.try_iter()).collect();
+                    let started = std::time::Instant::now();
                     let result = db
                         .flush()
                         .map(drop)
@@ -62,6 +73,9 @@ impl GroupCommit {
                         .and_then(|()| file.as_ref().map_or(Ok(()), File::sync_data))
                         .map_err(|e| Arc::new(e.to_string()));
                     counter.fetch_add(1, Ordering::Relaxed);
+                    flush_times.observe(started.elapsed().as_secs_f64());
+                    #[allow(clippy::cast_precision_loss)] // a batch is far below 2^52
+                    batch_sizes.observe(batch.len() as f64);
                     if let Err(error) = &result {
                         tracing::error!(%error, "flushing the transaction log failed");
                     }

@@ -76,6 +76,7 @@ impl Store {
         cache_bytes: u64,
         sync: SyncMode,
         max_waiting: usize,
+        metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, StoreError> {
         let open_error = |source| StoreError::Open {
             path: dir.to_owned(),
@@ -89,7 +90,7 @@ impl Store {
             .map_err(open_error)?;
         let reservations = db.open_tree("reservations").map_err(open_error)?;
         let idempotency = db.open_tree("idempotency").map_err(open_error)?;
-        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync)
+        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, metrics)
             .map_err(|e| open_error(sled::Error::Io(e)))?;
         Ok(Self {
             reservations,
@@ -352,7 +353,8 @@ mod tests {
     #[test]
     fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8 << 20, SyncMode::Flush, 2).unwrap();
+        let store =
+            Store::open(dir.path(), 8 << 20, SyncMode::Flush, 2, &Default::default()).unwrap();
         let first = store.admit().unwrap();
         let _second = store.admit().unwrap();
         assert!(matches!(store.admit(), Err(StoreError::Overloaded(2))));
@@ -366,7 +368,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("nested").join("data");
-        Store::open(&data, 8 << 20, SyncMode::Flush, 1).unwrap();
+        Store::open(&data, 8 << 20, SyncMode::Flush, 1, &Default::default()).unwrap();
         let mode = std::fs::metadata(&data).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
@@ -374,7 +376,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_saves_share_flushes_and_are_all_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8 << 20, SyncMode::Fdatasync, 1024).unwrap();
+        let store = Store::open(
+            dir.path(),
+            8 << 20,
+            SyncMode::Fdatasync,
+            1024,
+            &Default::default(),
+        )
+        .unwrap();
 
         let saves = (0..200).map(|_| {
             let store = store.clone();

@@ -35,12 +35,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let base = app.base_url().to_owned();
     let stop = app.stop_handle();
     let server = tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let app = TestApp {
         base,
         http: client(),
         stop,
         server,
-    }
+    };
+    app.wait_ready().await;
+    app
 }
 
 /// An HTTP client that shows redirects instead of following them.
@@ -87,6 +89,29 @@ impl TestApp {
     /// Polls `GET /reservations/{id}` until `done` accepts the answer.
     pub async fn wait_for(&self, id: &str, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
         wait_for(&self.http, &self.base, id, done).await
+    }
+
+    /// Waits for `/health/ready` (recovery finished: writes are accepted).
+    pub async fn wait_ready(&self) {
+        // Readiness only: a TLS test's own certificate authority is not needed for it.
+        let probe = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .no_proxy()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = probe.get(self.url("/health/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the coordinator never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn stop(self) {

@@ -7,6 +7,7 @@ mod docs;
 mod failures;
 mod helpers;
 mod lifecycle;
+mod observe;
 mod repeats;
 mod retention;
 mod security;

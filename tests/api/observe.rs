@@ -1,0 +1,140 @@
+//! Looking inside: Prometheus metrics.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tcc_coordinator::ApiToken;
+
+use crate::helpers::{spawn_app_with, Behaviour, Participant, Reply, TestApp};
+
+async fn metrics(app: &TestApp) -> String {
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    response.text().await.unwrap()
+}
+
+/// The value of the sample `name` (with its labels, as written), or 0 when absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_count_states_transitions_calls_and_flushes() {
+    let app = spawn_app_with(|_| {}).await;
+    let p = Participant::start().await;
+    let id = app
+        .create(&json!({"participants": [p.link(1), p.link(2)]}))
+        .await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    app.wait_for(&id, |s, _| s == 303).await;
+
+    let text = metrics(&app).await;
+    assert_eq!(
+        sample(&text, r#"tcc_reservations{state="confirmed"}"#),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"tcc_reservations{state="reserved"}"#),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcc_transitions_total{from="reserved",to="confirming"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcc_transitions_total{from="confirming",to="confirmed"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcc_participant_calls_total{verb="confirm",outcome="ok"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tcc_participant_call_duration_seconds_count{verb="confirm"}"#
+        ),
+        2.0
+    );
+    assert!(
+        sample(&text, "tcc_log_flush_batch_writes_count") >= 2.0,
+        "{text}"
+    );
+    assert!(sample(&text, "tcc_log_flush_duration_seconds_count") >= 2.0);
+    assert!(text.contains("# TYPE tcc_log_flush_duration_seconds histogram"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_deadlines_and_stuck_reservations_show() {
+    let app = spawn_app_with(|c| c.stuck_after = Duration::from_millis(200)).await;
+    let failing = Participant::start_with(Behaviour {
+        confirm_reply: Reply::Status(503),
+        ..Behaviour::default()
+    })
+    .await;
+    let stuck = app
+        .create(&json!({"participants": [failing.link(1)]}))
+        .await;
+    app.post(&format!("/reservations/{stuck}/confirm")).await;
+    let expiring = app
+        .create(&json!({"timeout_ms": 100, "participants": [failing.link(2)]}))
+        .await;
+    app.wait_for(&expiring, |s, _| s == 410).await;
+    failing
+        .wait_until("two failed confirms", |p| p.count("PUT") >= 2)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let text = metrics(&app).await;
+    assert_eq!(sample(&text, "tcc_reservations_stuck"), 1.0, "{text}");
+    assert!(sample(&text, r#"tcc_participant_retries_total{verb="confirm"}"#) >= 1.0);
+    assert!(
+        sample(
+            &text,
+            r#"tcc_participant_calls_total{verb="confirm",outcome="retry"}"#
+        ) >= 2.0
+    );
+    assert_eq!(sample(&text, "tcc_deadlines_fired_total"), 1.0);
+    assert_eq!(sample(&text, "tcc_deadline_lateness_seconds_count"), 1.0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_need_no_token_unless_protected() {
+    let open = spawn_app_with(|c| c.api_tokens = vec![ApiToken::new("secret-token-1")]).await;
+    assert_eq!(open.get("/metrics").await.status(), 200);
+    open.stop().await;
+    let protected = spawn_app_with(|c| {
+        c.api_tokens = vec![ApiToken::new("secret-token-1")];
+        c.protect_metrics = true;
+    })
+    .await;
+    assert_eq!(protected.get("/metrics").await.status(), 401);
+    let with_token = protected
+        .http
+        .get(protected.url("/metrics"))
+        .bearer_auth("secret-token-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    protected.stop().await;
+}
