@@ -74,7 +74,7 @@ impl StopHandle {
 /// // In another service's integration tests: a real coordinator on a free loopback port,
 /// // with its log in a temporary directory.
 /// let app = App::build(Config::ephemeral()).await?;
-/// let base_url = format!("http://{}", app.local_addr());
+/// let base_url = app.base_url().to_owned();
 /// let stop = app.stop_handle();
 /// let server = tokio::spawn(app.run_until_stopped());
 /// // ... POST {base_url}/reservations from the code under test ...

@@ -86,6 +86,8 @@ pub struct Config {
     pub recover_skip_unreadable: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where the binary writes its port once it listens (for test suites in any language).
+    pub port_file: Option<PathBuf>,
     /// A reservation confirming or cancelling longer than this counts as stuck (metrics).
     pub stuck_after: Duration,
     /// Require a token for `/metrics` too.
@@ -240,6 +242,11 @@ pub struct Cli {
     #[arg(long, env = "TCC_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
 
+    /// Write the port the API listens on to this file once it listens (useful with
+    /// `--listen 127.0.0.1:0` in test suites); the first line of output also gives the URL.
+    #[arg(long, env = "TCC_PORT_FILE")]
+    port_file: Option<PathBuf>,
+
     /// How log lines are written: `text` for people, `json` for log collectors.
     #[arg(long, env = "TCC_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -375,6 +382,7 @@ impl Cli {
                 .map(|(cert, key)| TlsFiles { cert, key }),
             participant_ca: self.participant_ca,
             log_format: self.log_format,
+            port_file: self.port_file,
             stuck_after: self.stuck_after,
             protect_metrics: self.protect_metrics,
         })

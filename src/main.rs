@@ -46,6 +46,19 @@ async fn main() -> ExitCode {
         Storage::Ephemeral => format!("{} (temporary, removed at exit)", app.data_dir().display()),
         Storage::Dir(_) => app.data_dir().display().to_string(),
     };
+    if let Some(path) = &config.port_file {
+        // Written whole then renamed, so a reader never sees half a port.
+        let partial = path.with_extension("partial");
+        let written = std::fs::write(&partial, format!("{}\n", app.local_addr().port()))
+            .and_then(|()| std::fs::rename(&partial, path));
+        if let Err(error) = written {
+            eprintln!(
+                "tcc-coordinator: cannot write --port-file {}: {error}",
+                path.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     println!("tcc-coordinator listening on {base}");
     println!("  API:        {base}/reservations");
     println!("  Swagger UI: {base}/docs");

@@ -561,3 +561,126 @@ async fn participant_credentials_stay_out_of_logs_and_answers_and_the_log_is_pri
         assert_eq!(mode & 0o777, 0o700);
     }
 }
+
+#[tokio::test]
+async fn a_suite_in_any_language_finds_the_port_and_reads_json_logs() {
+    // Arrange: the binary as a non-Rust suite would run it.
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
+        .args([
+            "--ephemeral",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Act: the first line of output names the URL; the port file holds the same port.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let base = first
+        .strip_prefix("tcc-coordinator listening on ")
+        .expect("the first line gives the address")
+        .trim()
+        .to_owned();
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(base, format!("http://127.0.0.1:{port}"));
+    wait_ready_blocking(&base);
+    let p = Participant::start().await;
+    let id = create(&client(), &base, &json!({"participants": [p.link(1)]})).await;
+
+    // Assert: every log line is one JSON object, and the creation names the reservation.
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "SIGTERM ends it cleanly");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["message"] == "reservation created" && e["reservation_id"] == id.as_str()));
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+}
+
+#[tokio::test]
+async fn sigterm_under_load_loses_nothing_acknowledged() {
+    // Arrange: clients creating reservations as fast as they can.
+    let (_dir, data, coordinator, http) = fresh();
+    let p = Participant::start().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            let (http, base, stop, link) = (
+                http.clone(),
+                coordinator.base.clone(),
+                stop.clone(),
+                p.link(c),
+            );
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = http
+                        .post(format!("{base}/reservations"))
+                        .json(&json!({"participants": [link]}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            let body: serde_json::Value = r.json().await.unwrap();
+                            acknowledged.push(body["id"].as_str().unwrap().to_owned());
+                        }
+                        _ => break, // refused or cut off by the shutdown: not acknowledged
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act: SIGTERM while requests are in flight.
+    let mut coordinator = coordinator;
+    std::process::Command::new("kill")
+        .args(["-TERM", &coordinator.child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = coordinator.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for c in clients {
+        acknowledged.extend(c.await.unwrap());
+    }
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        acknowledged.len() > 10,
+        "only {} created",
+        acknowledged.len()
+    );
+
+    // Assert: after a restart, every acknowledged reservation is there.
+    let restarted = Binary::start(&data);
+    for id in &acknowledged {
+        let (status, _) = wait_for(&http, &restarted.base, id, |_, _| true).await;
+        assert_eq!(status, 200, "reservation {id} was acknowledged, then lost");
+    }
+}
