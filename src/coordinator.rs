@@ -20,12 +20,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::domain::{
     Event, NewParticipant, ParticipantSource, ParticipantState, Refusal, Reservation,
-    ReservationId, State, TryRequest,
+    ReservationId, State, TraceContext, TryRequest,
 };
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
 use crate::retry::{RetryPolicy, Schedule};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Metrics, VerbLabels};
+use tracing::Instrument;
 
 /// Reads the current time. Injected so tests and recovery agree on "now".
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -66,6 +67,8 @@ pub struct CreateReservation {
     pub timeout: Option<Duration>,
     pub participants: Vec<NewParticipant>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's `traceparent`, when it sent a valid one.
+    pub trace: Option<TraceContext>,
 }
 
 /// A client's `Idempotency-Key` and the fingerprint of the body it came with.
@@ -288,6 +291,7 @@ impl Coordinator {
             request.metadata,
             limits.participant_timeout,
         );
+        reservation.trace = Some(request.trace.unwrap_or_else(new_trace));
         match &idempotency {
             None => self.inner.store.save(&reservation).await?,
             Some(key) => {
@@ -515,6 +519,7 @@ impl Coordinator {
         links: Vec<NewParticipant>,
         event: Event,
         field_of: impl Fn(usize) -> String,
+        trace: Option<TraceContext>,
     ) -> Result<Reservation, CoordinatorError> {
         self.check_participant_count(links.len())?;
         let _admitted = self.admit()?;
@@ -531,6 +536,7 @@ impl Coordinator {
             serde_json::Map::new(),
             limits.participant_timeout,
         );
+        reservation.trace = Some(trace.unwrap_or_else(new_trace));
         let event = if reservation.is_past_deadline(now) {
             reservation.deadline_event()
         } else {
@@ -812,9 +818,9 @@ impl Coordinator {
             }
             let phase = match self.get(id) {
                 Ok(r) => match r.state {
-                    State::Trying => self.run_tries(&r, &wake).await,
-                    State::Confirming => self.run_confirms(&r).await,
-                    State::Cancelling => self.run_cancels(&r).await,
+                    State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
+                    State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
+                    State::Cancelling => self.run_cancels(&r).instrument(span(&r)).await,
                     _ => {
                         let mut drivers = self.inner.drivers.lock().expect("drivers lock");
                         if !wake.is_cancelled() {
@@ -923,7 +929,13 @@ impl Coordinator {
             let outcome = self
                 .inner
                 .client
-                .try_reserve(&request, &reservation_url, &key, r.timeout_at)
+                .try_reserve(
+                    &request,
+                    &reservation_url,
+                    &key,
+                    r.timeout_at,
+                    r.trace.as_ref(),
+                )
                 .await;
             match outcome {
                 TryOutcome::Reserved(link) => {
@@ -997,7 +1009,7 @@ impl Coordinator {
                 Some((i, p.name.clone(), Call::Confirm(link.uri.clone())))
             })
             .collect();
-        self.fan_out(r.id, targets).await
+        self.fan_out(r.id, r.trace, targets).await
     }
 
     // ---- cancels -----------------------------------------------------------------------
@@ -1028,7 +1040,7 @@ impl Coordinator {
             .unsettled()
             .filter_map(|(i, p)| p.link.clone().map(|l| (i, p.name.clone(), Call::Cancel(l))))
             .collect();
-        self.fan_out(r.id, targets).await
+        self.fan_out(r.id, r.trace, targets).await
     }
 
     /// Repeats a try (same `Idempotency-Key`) whose answer was lost, to learn the link of
@@ -1048,7 +1060,13 @@ impl Coordinator {
             let outcome = self
                 .inner
                 .client
-                .try_reserve(&request, &reservation_url, &key, r.timeout_at)
+                .try_reserve(
+                    &request,
+                    &reservation_url,
+                    &key,
+                    r.timeout_at,
+                    r.trace.as_ref(),
+                )
                 .await;
             let (link, settled, error) = match outcome {
                 TryOutcome::Reserved(link) => (Some(link), Some(ParticipantState::Reserved), None),
@@ -1097,9 +1115,15 @@ impl Coordinator {
     }
 
     /// One confirm or cancel call, its answer classified into what to record.
-    async fn call(&self, target: &Call, schedule: &mut Schedule) -> Attempt {
+    async fn call(
+        &self,
+        target: &Call,
+        trace: Option<TraceContext>,
+        schedule: &mut Schedule,
+    ) -> Attempt {
+        let trace = trace.as_ref();
         match target {
-            Call::Confirm(uri) => match self.inner.client.confirm(uri).await {
+            Call::Confirm(uri) => match self.inner.client.confirm(uri, trace).await {
                 ConfirmOutcome::Confirmed => Attempt::settled(ParticipantState::Confirmed, None),
                 ConfirmOutcome::Gone(e) => {
                     Attempt::settled(ParticipantState::Gone, Some(format!("confirm: {e}")))
@@ -1114,7 +1138,7 @@ impl Coordinator {
                     error: Some(hint.error),
                 },
             },
-            Call::Cancel(link) => match self.inner.client.cancel(&link.uri).await {
+            Call::Cancel(link) => match self.inner.client.cancel(&link.uri, trace).await {
                 CancelOutcome::Cancelled => Attempt::settled(ParticipantState::Cancelled, None),
                 CancelOutcome::ExpiresOnItsOwn => Attempt::settled(
                     ParticipantState::Cancelled,
@@ -1146,6 +1170,7 @@ impl Coordinator {
     async fn fan_out(
         &self,
         id: ReservationId,
+        trace: Option<TraceContext>,
         targets: Vec<(usize, String, Call)>,
     ) -> Result<(), CoordinatorError> {
         let mut schedules: Vec<Schedule> = targets
@@ -1156,7 +1181,7 @@ impl Coordinator {
             targets
                 .iter()
                 .zip(schedules.iter_mut())
-                .map(|((_, _, target), schedule)| self.call(target, schedule)),
+                .map(|((_, _, target), schedule)| self.call(target, trace, schedule)),
         )
         .await;
         self.update(id, |r, now| {
@@ -1171,7 +1196,7 @@ impl Coordinator {
                 attempt.delay.map(|delay| {
                     attempt.log_retry(id, target.verb(), name);
                     self.count_retry(target.verb());
-                    self.retry_one(id, *i, name, target, schedule, delay)
+                    self.retry_one(id, trace, *i, name, target, schedule, delay)
                 })
             },
         );
@@ -1188,9 +1213,11 @@ impl Coordinator {
     }
 
     /// Calls one participant again after `delay`, until it settles or the coordinator stops.
+    #[allow(clippy::too_many_arguments)]
     async fn retry_one(
         &self,
         id: ReservationId,
+        trace: Option<TraceContext>,
         index: usize,
         name: &str,
         target: &Call,
@@ -1201,7 +1228,7 @@ impl Coordinator {
             if !self.pause(delay, None).await {
                 return Ok(());
             }
-            let attempt = self.call(target, &mut schedule).await;
+            let attempt = self.call(target, trace, &mut schedule).await;
             let next = attempt.delay;
             if next.is_some() {
                 attempt.log_retry(id, target.verb(), name);
@@ -1282,6 +1309,18 @@ impl Attempt {
                 "participant call failed; retrying");
         }
     }
+}
+
+/// A trace of the coordinator's own, for a client that sent no `traceparent`.
+fn new_trace() -> TraceContext {
+    TraceContext::new(uuid::Uuid::new_v4().into_bytes())
+        .unwrap_or_else(|| TraceContext::new([1; 16]).expect("a non-zero trace id"))
+}
+
+/// The span of a reservation's participant calls: its id and its trace.
+fn span(r: &Reservation) -> tracing::Span {
+    tracing::info_span!("reservation", reservation_id = %r.id,
+        trace_id = r.trace.map(|t| t.trace_id()).unwrap_or_default())
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> CoordinatorError {

@@ -1,5 +1,6 @@
 //! The `tcc-coordinator` binary: parse flags, start, serve until SIGINT or SIGTERM.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -59,10 +60,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("tcc-coordinator listening on {base}");
-    println!("  API:        {base}/reservations");
-    println!("  Swagger UI: {base}/docs");
-    println!("  log:        {log}");
+    // A test suite may read the first line and close the pipe: a failed write is no reason
+    // to stop serving (println! would panic).
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "tcc-coordinator listening on {base}")
+        .and_then(|()| writeln!(out, "  API:        {base}/reservations"))
+        .and_then(|()| writeln!(out, "  Swagger UI: {base}/docs"))
+        .and_then(|()| writeln!(out, "  log:        {log}"))
+        .and_then(|()| out.flush());
+    drop(out);
 
     let stop = app.stop_handle();
     tokio::spawn(async move {

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
@@ -18,7 +19,7 @@ use super::ApiTags;
 use crate::coordinator::Coordinator;
 use crate::domain::{
     Event, NewParticipant, ParticipantLink, ParticipantSource, ParticipantUrl, Reason, Reservation,
-    State,
+    State, TraceContext,
 };
 
 /// The Atomikos request body (`application/tcc+json` or `application/json`).
@@ -195,11 +196,14 @@ impl AtomikosApi {
         &self,
         coordinator: Data<&Coordinator>,
         body: JsonBody<ParticipantLinksBody>,
+        /// W3C Trace Context, carried by every participant call.
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> AtomikosConfirmResponse {
         let result = async {
             let links = links(body.value)?;
             let r = coordinator
-                .create_decided(links, Event::Confirm, atomikos_field)
+                .create_decided(links, Event::Confirm, atomikos_field, trace(&traceparent))
                 .await?;
             let limit = coordinator.limits().max_wait;
             let (r, _) = coordinator
@@ -250,11 +254,14 @@ impl AtomikosApi {
         &self,
         coordinator: Data<&Coordinator>,
         body: JsonBody<ParticipantLinksBody>,
+        /// W3C Trace Context, carried by every participant call.
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> AtomikosCancelResponse {
         let result = async {
             let links = links(body.value)?;
             coordinator
-                .create_decided(links, Event::Cancel, atomikos_field)
+                .create_decided(links, Event::Cancel, atomikos_field, trace(&traceparent))
                 .await?;
             Ok::<_, ApiError>(())
         }
@@ -264,6 +271,10 @@ impl AtomikosApi {
             Err(e) => e.into(),
         }
     }
+}
+
+fn trace(header: &Header<Option<String>>) -> Option<TraceContext> {
+    header.0.as_deref().and_then(TraceContext::from_traceparent)
 }
 
 /// The JSON path of the `i`th link's URL in an Atomikos request.

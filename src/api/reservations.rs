@@ -16,7 +16,7 @@ use super::views::{
 };
 use super::ApiTags;
 use crate::coordinator::{Coordinator, IdempotencyKey};
-use crate::domain::{Reservation, ReservationId, State};
+use crate::domain::{Reservation, ReservationId, State, TraceContext};
 
 /// The reservation operations.
 pub struct ReservationsApi;
@@ -344,6 +344,10 @@ impl ReservationsApi {
         /// failed), or after N seconds (capped by `--max-wait`) with the usual 202.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// W3C Trace Context: every participant call of this reservation carries this trace
+        /// (an invalid value is ignored; without one the coordinator starts a trace).
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> CreateResponse {
         let result = async {
             let idempotency = match idempotency_key.0 {
@@ -363,10 +367,14 @@ impl ReservationsApi {
                 }),
                 None => None,
             };
-            let request = body
+            let mut request = body
                 .value
                 .into_domain()
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
+            request.trace = traceparent
+                .0
+                .as_deref()
+                .and_then(TraceContext::from_traceparent);
             let r = coordinator.create(request, idempotency).await?;
             let settled = |r: &Reservation| r.state == State::Reserved || r.state.is_terminal();
             hold_answer(&coordinator, r, prefer.0.as_deref(), settled).await

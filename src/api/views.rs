@@ -91,6 +91,7 @@ impl CreateReservationBody {
             timeout: self.timeout_ms.map(Duration::from_millis),
             participants,
             metadata: self.metadata.into_iter().collect(),
+            trace: None,
         })
     }
 }

@@ -7,6 +7,7 @@ mod id;
 mod link;
 mod reservation;
 mod state;
+mod trace;
 
 pub use id::{ParseIdError, ReservationId};
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
@@ -15,3 +16,4 @@ pub use reservation::{
     TryRequest,
 };
 pub use state::{transition, Event, Reason, Refusal, State};
+pub use trace::TraceContext;

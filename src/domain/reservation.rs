@@ -206,6 +206,8 @@ pub struct Reservation {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The client's `Idempotency-Key` on create, kept so it is released with the record.
     pub idempotency_key: Option<String>,
+    /// The trace the reservation belongs to: every participant call carries it.
+    pub trace: Option<super::TraceContext>,
 }
 
 impl Reservation {
@@ -233,6 +235,7 @@ impl Reservation {
             participants: Vec::with_capacity(participants.len()),
             metadata,
             idempotency_key: None,
+            trace: None,
         };
         for p in participants {
             reservation.add_participant(p);

@@ -12,7 +12,7 @@ use reqwest::header::{
 };
 use reqwest::{Response, StatusCode};
 
-use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
+use crate::domain::{ParticipantLink, ParticipantUrl, TraceContext, TryRequest};
 use crate::telemetry::Metrics;
 
 mod policy;
@@ -149,10 +149,17 @@ impl ParticipantClient {
         reservation_url: &str,
         idempotency_key: &str,
         expires_if_unsaid: DateTime<Utc>,
+        trace: Option<&TraceContext>,
     ) -> TryOutcome {
         let started = std::time::Instant::now();
         let outcome = self
-            .try_once(request, reservation_url, idempotency_key, expires_if_unsaid)
+            .try_once(
+                request,
+                reservation_url,
+                idempotency_key,
+                expires_if_unsaid,
+                trace,
+            )
             .await;
         let label = match &outcome {
             TryOutcome::Reserved(_) => "ok",
@@ -169,6 +176,7 @@ impl ParticipantClient {
         reservation_url: &str,
         idempotency_key: &str,
         expires_if_unsaid: DateTime<Utc>,
+        trace: Option<&TraceContext>,
     ) -> TryOutcome {
         let mut headers = HeaderMap::new();
         for (name, value) in &request.headers {
@@ -187,6 +195,7 @@ impl ParticipantClient {
                     .headers(headers)
                     .header("TCC-Reservation", reservation_url)
                     .header("Idempotency-Key", idempotency_key)
+                    .headers(traceparent(trace))
                     .json(&request.body),
             )
             .await;
@@ -224,9 +233,13 @@ impl ParticipantClient {
     }
 
     /// `PUT`s a confirmation.
-    pub async fn confirm(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
+    pub async fn confirm(
+        &self,
+        uri: &ParticipantUrl,
+        trace: Option<&TraceContext>,
+    ) -> ConfirmOutcome {
         let started = std::time::Instant::now();
-        let outcome = self.confirm_once(uri).await;
+        let outcome = self.confirm_once(uri, trace).await;
         let label = match &outcome {
             ConfirmOutcome::Confirmed => "ok",
             ConfirmOutcome::Gone(_) => "gone",
@@ -237,14 +250,19 @@ impl ParticipantClient {
         outcome
     }
 
-    async fn confirm_once(&self, uri: &ParticipantUrl) -> ConfirmOutcome {
+    async fn confirm_once(
+        &self,
+        uri: &ParticipantUrl,
+        trace: Option<&TraceContext>,
+    ) -> ConfirmOutcome {
         let sent = self
             .send(
                 uri,
                 self.http
                     .put(uri.as_url().clone())
                     .header(CONTENT_TYPE, TCC_JSON)
-                    .header(ACCEPT, TCC_JSON),
+                    .header(ACCEPT, TCC_JSON)
+                    .headers(traceparent(trace)),
             )
             .await;
         let response = match sent {
@@ -266,9 +284,13 @@ impl ParticipantClient {
     }
 
     /// `DELETE`s the link to cancel.
-    pub async fn cancel(&self, uri: &ParticipantUrl) -> CancelOutcome {
+    pub async fn cancel(
+        &self,
+        uri: &ParticipantUrl,
+        trace: Option<&TraceContext>,
+    ) -> CancelOutcome {
         let started = std::time::Instant::now();
-        let outcome = self.cancel_once(uri).await;
+        let outcome = self.cancel_once(uri, trace).await;
         let label = match &outcome {
             CancelOutcome::Cancelled => "ok",
             CancelOutcome::ExpiresOnItsOwn => "expires_on_its_own",
@@ -278,13 +300,18 @@ impl ParticipantClient {
         outcome
     }
 
-    async fn cancel_once(&self, uri: &ParticipantUrl) -> CancelOutcome {
+    async fn cancel_once(
+        &self,
+        uri: &ParticipantUrl,
+        trace: Option<&TraceContext>,
+    ) -> CancelOutcome {
         let sent = self
             .send(
                 uri,
                 self.http
                     .delete(uri.as_url().clone())
-                    .header(ACCEPT, TCC_JSON),
+                    .header(ACCEPT, TCC_JSON)
+                    .headers(traceparent(trace)),
             )
             .await;
         let response = match sent {
@@ -301,6 +328,20 @@ impl ParticipantClient {
             _ => CancelOutcome::Retry(hint(&response)),
         }
     }
+}
+
+/// `traceparent` for one outgoing call: the reservation's trace, a fresh span id.
+fn traceparent(trace: Option<&TraceContext>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(trace) = trace {
+        let span: [u8; 8] = uuid::Uuid::new_v4().as_bytes()[..8]
+            .try_into()
+            .expect("8 of 16 bytes");
+        if let Ok(value) = HeaderValue::from_str(&trace.child(span)) {
+            headers.insert("traceparent", value);
+        }
+    }
+    headers
 }
 
 fn describe(status: StatusCode) -> String {

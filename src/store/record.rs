@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::domain::{
     Participant, ParticipantLink, ParticipantState, ParticipantUrl, Reason, Reservation,
-    ReservationId, State, TryRequest,
+    ReservationId, State, TraceContext, TryRequest,
 };
 
 const VERSION_1: u8 = 1;
@@ -28,6 +28,9 @@ pub(super) struct ReservationV1 {
     metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<String>,
+    /// `{trace-id}-{flags}` (W3C Trace Context); absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,6 +71,7 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
         participants: r.participants.iter().map(encode_participant).collect(),
         metadata: r.metadata.clone(),
         idempotency_key: r.idempotency_key.clone(),
+        trace: r.trace.map(|t| t.to_stored()),
     };
     let mut bytes = vec![VERSION_1];
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
@@ -166,6 +170,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         participants,
         metadata: r.metadata,
         idempotency_key: r.idempotency_key,
+        trace: r.trace.as_deref().and_then(TraceContext::from_stored),
     })
 }
 

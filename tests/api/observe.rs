@@ -138,3 +138,78 @@ async fn metrics_need_no_token_unless_protected() {
     assert_eq!(with_token.status(), 200);
     protected.stop().await;
 }
+
+// ---- tracing ------------------------------------------------------------------------------
+
+const CLIENT_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The trace ids of the `traceparent` headers a participant received, checking their form.
+fn trace_ids(p: &Participant) -> Vec<String> {
+    p.calls()
+        .iter()
+        .map(|call| {
+            let header = call.headers["traceparent"].to_str().unwrap().to_owned();
+            let parts: Vec<&str> = header.split('-').collect();
+            assert_eq!(parts.len(), 4, "{header}");
+            assert_eq!((parts[0], parts[2].len(), parts[3]), ("00", 16, parts[3]));
+            assert_ne!(
+                parts[2], "00f067aa0ba902b7",
+                "each call is a span of its own"
+            );
+            parts[1].to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clients_trace_reaches_every_participant_call() {
+    let app = spawn_app_with(|_| {}).await;
+    let p = Participant::start().await;
+    let created = app
+        .http
+        .post(app.url("/reservations"))
+        .header("traceparent", CLIENT_TRACE)
+        .json(&json!({"participants": [p.try_("stock"), p.link(9)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for(&id, |_, b| b["state"] == "reserved").await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    app.wait_for(&id, |s, _| s == 303).await;
+
+    let ids = trace_ids(&p);
+    assert_eq!(ids.len(), 3, "a try and two confirms");
+    assert!(ids.iter().all(|t| t == "4bf92f3577b34da6a3ce929d0e0e4736"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_client_trace_the_coordinator_starts_one_per_reservation() {
+    let app = spawn_app_with(|_| {}).await;
+    let p = Participant::start().await;
+    let id = app
+        .http
+        .post(app.url("/reservations"))
+        .header("traceparent", "not-a-traceparent")
+        .json(&json!({"timeout_ms": 100, "participants": [p.link(1), p.link(2)]}))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for(&id, |s, _| s == 410).await;
+    let ids = trace_ids(&p);
+    assert_eq!(ids.len(), 2, "two cancels");
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], "00000000000000000000000000000000");
+    app.stop().await;
+}
