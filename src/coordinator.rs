@@ -926,6 +926,7 @@ impl Coordinator {
             {
                 return Ok(());
             }
+            let started = std::time::Instant::now();
             let outcome = self
                 .inner
                 .client
@@ -937,6 +938,7 @@ impl Coordinator {
                     r.trace.as_ref(),
                 )
                 .await;
+            let took = started.elapsed();
             match outcome {
                 TryOutcome::Reserved(link) => {
                     return self
@@ -945,6 +947,7 @@ impl Coordinator {
                             if p.state == ParticipantState::Trying {
                                 p.link = Some(link);
                                 p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
+                                r.note_call(now, i, "try", "reserved".into(), took);
                                 r.refresh_deadline(margin);
                                 // The last try to answer makes it reserved in the same write.
                                 if r.state == State::Trying && !r.has_pending_tries() {
@@ -963,9 +966,10 @@ impl Coordinator {
                             r.participants[i].record_attempt(
                                 now,
                                 Some(ParticipantState::TryFailed),
-                                Some(message),
+                                Some(message.clone()),
                                 None,
                             );
+                            r.note_call(now, i, "try", message, took);
                             let _ = r.apply(Event::TryFailed, now);
                         })
                         .await;
@@ -986,9 +990,10 @@ impl Coordinator {
                         r.participants[i].record_attempt(
                             now,
                             None,
-                            Some(hint.error),
+                            Some(hint.error.clone()),
                             (!give_up).then_some(next),
                         );
+                        r.note_call(now, i, "try", hint.error, took);
                     })
                     .await?;
                     if give_up || !self.pause(delay, Some(wake)).await {
@@ -1057,6 +1062,7 @@ impl Coordinator {
         let mut schedule = self.inner.retry.schedule();
         let mut last_error = String::from("the try never answered");
         for call in 1..=LINK_RECOVERY_CALLS {
+            let started = std::time::Instant::now();
             let outcome = self
                 .inner
                 .client
@@ -1082,13 +1088,16 @@ impl Coordinator {
                 TryOutcome::Retry(hint) => (None, None, Some(hint.error)),
             };
             let done = settled.is_some();
+            let took = started.elapsed();
             self.record(r.id, index, |r, i, now| {
                 let p = &mut r.participants[i];
                 if p.state == ParticipantState::Trying {
                     if link.is_some() {
                         p.link = link;
                     }
+                    let result = error.clone().unwrap_or_else(|| "reserved".into());
                     p.record_attempt(now, settled, error, None);
+                    r.note_call(now, i, "try (again, to learn the link)", result, took);
                 }
             })
             .await?;
@@ -1122,7 +1131,8 @@ impl Coordinator {
         schedule: &mut Schedule,
     ) -> Attempt {
         let trace = trace.as_ref();
-        match target {
+        let started = std::time::Instant::now();
+        let mut attempt = match target {
             Call::Confirm(uri) => match self.inner.client.confirm(uri, trace).await {
                 ConfirmOutcome::Confirmed => Attempt::settled(ParticipantState::Confirmed, None),
                 ConfirmOutcome::Gone(e) => {
@@ -1136,6 +1146,8 @@ impl Coordinator {
                     settled: None,
                     delay: Some(schedule.next_delay(hint.retry_after)),
                     error: Some(hint.error),
+                    verb: "",
+                    took: Duration::ZERO,
                 },
             },
             Call::Cancel(link) => match self.inner.client.cancel(&link.uri, trace).await {
@@ -1156,11 +1168,16 @@ impl Coordinator {
                             settled: None,
                             delay: Some(delay),
                             error: Some(hint.error),
+                            verb: "",
+                            took: Duration::ZERO,
                         }
                     }
                 }
             },
-        }
+        };
+        attempt.verb = target.verb();
+        attempt.took = started.elapsed();
+        attempt
     }
 
     /// Calls every target at once and records all the first answers in one write (which
@@ -1186,7 +1203,7 @@ impl Coordinator {
         .await;
         self.update(id, |r, now| {
             for ((i, _, _), attempt) in targets.iter().zip(&first) {
-                attempt.record(&mut r.participants[*i], now);
+                attempt.record(r, *i, now);
             }
             r.finish_phase(now);
         })
@@ -1235,7 +1252,7 @@ impl Coordinator {
                 self.count_retry(target.verb());
             }
             self.record(id, index, |r, i, now| {
-                attempt.record(&mut r.participants[i], now);
+                attempt.record(r, i, now);
                 // The last answer ends the phase in the same write.
                 r.finish_phase(now);
             })
@@ -1285,6 +1302,8 @@ struct Attempt {
     error: Option<String>,
     /// When to call again, if at all.
     delay: Option<Duration>,
+    verb: &'static str,
+    took: Duration,
 }
 
 impl Attempt {
@@ -1293,14 +1312,23 @@ impl Attempt {
             settled: Some(state),
             error,
             delay: None,
+            verb: "",
+            took: Duration::ZERO,
         }
     }
 
-    fn record(&self, participant: &mut crate::domain::Participant, now: DateTime<Utc>) {
+    /// Records the answer on participant `i` and in the reservation's history.
+    fn record(&self, r: &mut Reservation, i: usize, now: DateTime<Utc>) {
         let next = self
             .delay
             .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
-        participant.record_attempt(now, self.settled, self.error.clone(), next);
+        r.participants[i].record_attempt(now, self.settled, self.error.clone(), next);
+        let result = match (&self.error, self.settled) {
+            (Some(error), _) => error.clone(),
+            (None, Some(state)) => state.as_str().to_owned(),
+            (None, None) => String::new(),
+        };
+        r.note_call(now, i, self.verb, result, self.took);
     }
 
     fn log_retry(&self, id: ReservationId, verb: &'static str, name: &str) {

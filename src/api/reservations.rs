@@ -12,7 +12,8 @@ use super::body::JsonBody;
 use super::error::{problem_response, ApiError};
 use super::problem::{GoneProblem, Problem};
 use super::views::{
-    CreateReservationBody, ParticipantBody, ReservationPage, ReservationView, StateView,
+    CreateReservationBody, HistoryView, ParticipantBody, ReservationPage, ReservationView,
+    StateView,
 };
 use super::ApiTags;
 use crate::coordinator::{Coordinator, IdempotencyKey};
@@ -119,6 +120,23 @@ pub enum GetResponse {
     Unavailable(Json<Problem>),
 }
 problem_response!(GetResponse { 404 => NotFound, 503 => Unavailable } gone => Gone);
+
+#[derive(ApiResponse)]
+pub enum HistoryResponse {
+    /// The reservation's history: state changes and every participant call.
+    #[oai(status = 200)]
+    Ok(Json<HistoryView>),
+    /// No reservation has this id.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The reservation's retention ended: its history went with it.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(HistoryResponse { 404 => NotFound, 503 => Unavailable } gone => Gone);
 
 #[derive(ApiResponse)]
 pub enum ConfirmResponse {
@@ -477,6 +495,19 @@ impl ReservationsApi {
                     GetResponse::Ok(Json(v), retry)
                 }
             },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Read a reservation's history
+    ///
+    /// What happened, oldest first: its creation, each state change, and every participant
+    /// call with its verb, result, duration and next retry (the latest 100 entries). Served
+    /// in every state, cancelled ones included, until the retention ends.
+    #[oai(path = "/reservations/:id/events", method = "get")]
+    async fn events(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> HistoryResponse {
+        match parse_id(&id).and_then(|id| coordinator.get(id).map_err(ApiError::from)) {
+            Ok(r) => HistoryResponse::Ok(Json(HistoryView::from(&r))),
             Err(e) => e.into(),
         }
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::coordinator::CreateReservation;
 use crate::domain::{
-    NewParticipant, Participant, ParticipantLink, ParticipantSource, ParticipantState,
+    Happening, NewParticipant, Participant, ParticipantLink, ParticipantSource, ParticipantState,
     ParticipantUrl, Reason, Reservation, State, TryRequest,
 };
 
@@ -425,4 +425,111 @@ pub struct ReservationPage {
     pub items: Vec<ReservationView>,
     /// The next page, or null on the last one.
     pub next: Option<String>,
+}
+
+// ---- history ------------------------------------------------------------------------------
+
+/// One thing that happened to a reservation.
+#[derive(Debug, Object)]
+#[oai(rename = "HistoryEntry")]
+pub struct HistoryEntryView {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// `created`, `changed` (a state change) or `called` (a participant call).
+    pub kind: String,
+    /// `created`: the first state; `changed`: the new state.
+    pub state: Option<StateView>,
+    /// `changed`: the state left.
+    pub from: Option<StateView>,
+    /// `changed` to cancelling or cancelled: why.
+    pub reason: Option<ReasonView>,
+    /// `called`: the participant's index in `participants`.
+    pub participant: Option<u64>,
+    /// `called`: the participant's name.
+    pub participant_name: Option<String>,
+    /// `called`: `try`, `confirm` or `cancel`.
+    pub verb: Option<String>,
+    /// `called`: the state the participant settled in, or what went wrong.
+    pub result: Option<String>,
+    /// `called`: milliseconds from sending the call to its answer or failure.
+    pub took_ms: Option<u64>,
+    /// `called` and failed: when the call is made again.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// A reservation's history, oldest first.
+#[derive(Debug, Object)]
+#[oai(rename = "ReservationHistory")]
+pub struct HistoryView {
+    pub id: String,
+    pub state: StateView,
+    /// The deadline.
+    pub expires_at: DateTime<Utc>,
+    /// The participants, by index (see `participant` in the entries).
+    pub participants: Vec<ParticipantView>,
+    /// The entries, at most the latest 100.
+    pub events: Vec<HistoryEntryView>,
+    /// How many older entries were dropped to keep the history bounded.
+    pub dropped: u64,
+}
+
+impl From<&Reservation> for HistoryView {
+    fn from(r: &Reservation) -> Self {
+        let events = r
+            .history
+            .iter()
+            .map(|h| {
+                let mut v = HistoryEntryView {
+                    at: h.at,
+                    kind: String::new(),
+                    state: None,
+                    from: None,
+                    reason: None,
+                    participant: None,
+                    participant_name: None,
+                    verb: None,
+                    result: None,
+                    took_ms: None,
+                    retry_at: None,
+                };
+                match &h.what {
+                    Happening::Created { state } => {
+                        v.kind = "created".into();
+                        v.state = Some((*state).into());
+                    }
+                    Happening::Changed { from, to, reason } => {
+                        v.kind = "changed".into();
+                        v.from = Some((*from).into());
+                        v.state = Some((*to).into());
+                        v.reason = reason.map(Into::into);
+                    }
+                    Happening::Called {
+                        participant,
+                        verb,
+                        result,
+                        took_ms,
+                        retry_at,
+                    } => {
+                        v.kind = "called".into();
+                        v.participant = Some(*participant as u64);
+                        v.participant_name =
+                            r.participants.get(*participant).map(|p| p.name.clone());
+                        v.verb = Some(verb.clone());
+                        v.result = Some(result.clone());
+                        v.took_ms = Some(*took_ms);
+                        v.retry_at = *retry_at;
+                    }
+                }
+                v
+            })
+            .collect();
+        Self {
+            id: r.id.to_string(),
+            state: r.state.into(),
+            expires_at: r.expires_at,
+            participants: r.participants.iter().map(ParticipantView::from).collect(),
+            events,
+            dropped: r.history_dropped,
+        }
+    }
 }

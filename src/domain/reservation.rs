@@ -208,6 +208,42 @@ pub struct Reservation {
     pub idempotency_key: Option<String>,
     /// The trace the reservation belongs to: every participant call carries it.
     pub trace: Option<super::TraceContext>,
+    /// What happened to it, oldest first, at most [`HISTORY_LIMIT`] entries.
+    pub history: Vec<HistoryEntry>,
+    /// Entries dropped from the front of `history` to keep it bounded.
+    pub history_dropped: u64,
+}
+
+/// Most entries a reservation's history keeps; the oldest go first (and are counted).
+pub const HISTORY_LIMIT: usize = 100;
+
+/// One thing that happened to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub what: Happening,
+}
+
+/// What a history entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happening {
+    Created {
+        state: State,
+    },
+    Changed {
+        from: State,
+        to: State,
+        reason: Option<Reason>,
+    },
+    /// One participant call: its verb (`try`, `confirm`, `cancel`), its result (the state it
+    /// settled in, or the error), how long it took, and when it is retried.
+    Called {
+        participant: usize,
+        verb: String,
+        result: String,
+        took_ms: u64,
+        retry_at: Option<DateTime<Utc>>,
+    },
 }
 
 impl Reservation {
@@ -236,6 +272,8 @@ impl Reservation {
             metadata,
             idempotency_key: None,
             trace: None,
+            history: Vec::new(),
+            history_dropped: 0,
         };
         for p in participants {
             reservation.add_participant(p);
@@ -244,7 +282,48 @@ impl Reservation {
             reservation.state = State::Trying;
         }
         reservation.refresh_deadline(margin);
+        reservation.note(
+            now,
+            Happening::Created {
+                state: reservation.state,
+            },
+        );
         reservation
+    }
+
+    /// Adds to the history, dropping the oldest entry beyond [`HISTORY_LIMIT`].
+    pub fn note(&mut self, at: DateTime<Utc>, what: Happening) {
+        self.history.push(HistoryEntry { at, what });
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+            self.history_dropped += excess as u64;
+        }
+    }
+
+    /// Records one participant call in the history.
+    pub fn note_call(
+        &mut self,
+        at: DateTime<Utc>,
+        participant: usize,
+        verb: &str,
+        result: String,
+        took: Duration,
+    ) {
+        let retry_at = self
+            .participants
+            .get(participant)
+            .and_then(|p| p.next_attempt_at);
+        self.note(
+            at,
+            Happening::Called {
+                participant,
+                verb: verb.to_owned(),
+                result,
+                took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                retry_at,
+            },
+        );
     }
 
     /// Joins one more participant. Returns `Ok(false)` when the same link is already there.
@@ -364,8 +443,17 @@ impl Reservation {
             self.finished_at = Some(now);
             self.decided_at.get_or_insert(now);
         }
+        let from = self.state;
         self.state = state;
         self.reason = reason;
+        self.note(
+            now,
+            Happening::Changed {
+                from,
+                to: state,
+                reason,
+            },
+        );
         Ok(true)
     }
 
@@ -688,6 +776,21 @@ mod tests {
         assert_eq!(r.eta(at(0), Duration::from_secs(5)), Some(at(2)));
         assert_eq!(r.activity(at(0)), "trying: 0 of 1 participant reserved");
         assert_eq!(r.poll_after(at(0)), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn the_history_keeps_the_latest_entries_and_counts_the_dropped() {
+        let mut r = reservation(vec![link("http://a/1", at(60))]);
+        assert_eq!(r.history.len(), 1, "created");
+        for n in 0..150 {
+            r.note_call(at(n), 0, "confirm", format!("attempt {n}"), Duration::ZERO);
+        }
+        assert_eq!(r.history.len(), HISTORY_LIMIT);
+        assert_eq!(r.history_dropped, 51);
+        assert!(matches!(
+            &r.history.last().unwrap().what,
+            Happening::Called { result, .. } if result == "attempt 149"
+        ));
     }
 
     mod properties {

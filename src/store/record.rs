@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    Participant, ParticipantLink, ParticipantState, ParticipantUrl, Reason, Reservation,
-    ReservationId, State, TraceContext, TryRequest,
+    Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState, ParticipantUrl,
+    Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
 };
 
 const VERSION_1: u8 = 1;
@@ -31,6 +31,124 @@ pub(super) struct ReservationV1 {
     /// `{trace-id}-{flags}` (W3C Trace Context); absent in records written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     trace: Option<String>,
+    /// The reservation's history, oldest first; absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<HistoryV1>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    history_dropped: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One history entry: `kind` is `created`, `changed` or `called`, with the fields of its kind.
+#[derive(Serialize, Deserialize)]
+struct HistoryV1 {
+    at: i64,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    participant: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verb: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    took_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_at: Option<i64>,
+}
+
+fn encode_history(h: &HistoryEntry) -> HistoryV1 {
+    let mut v = HistoryV1 {
+        at: h.at.timestamp_millis(),
+        kind: String::new(),
+        state: None,
+        from: None,
+        reason: None,
+        participant: None,
+        verb: None,
+        result: None,
+        took_ms: None,
+        retry_at: None,
+    };
+    match &h.what {
+        Happening::Created { state } => {
+            v.kind = "created".into();
+            v.state = Some(state.as_str().into());
+        }
+        Happening::Changed { from, to, reason } => {
+            v.kind = "changed".into();
+            v.from = Some(from.as_str().into());
+            v.state = Some(to.as_str().into());
+            v.reason = reason.map(|r| r.as_str().into());
+        }
+        Happening::Called {
+            participant,
+            verb,
+            result,
+            took_ms,
+            retry_at,
+        } => {
+            v.kind = "called".into();
+            v.participant = Some(*participant);
+            v.verb = Some(verb.clone());
+            v.result = Some(result.clone());
+            v.took_ms = Some(*took_ms);
+            v.retry_at = retry_at.map(|t| t.timestamp_millis());
+        }
+    }
+    v
+}
+
+fn decode_history(
+    h: HistoryV1,
+    corrupt: &impl Fn(String) -> StoreError,
+) -> Result<HistoryEntry, StoreError> {
+    let time = |ms: i64| {
+        DateTime::<Utc>::from_timestamp_millis(ms)
+            .ok_or_else(|| corrupt(format!("bad instant {ms}")))
+    };
+    let state = |s: Option<String>| {
+        let s = s.unwrap_or_default();
+        parse_named(&s, &State::ALL, |x| x.as_str())
+            .ok_or_else(|| corrupt(format!("unknown state {s} in the history")))
+    };
+    let what = match h.kind.as_str() {
+        "created" => Happening::Created {
+            state: state(h.state)?,
+        },
+        "changed" => Happening::Changed {
+            from: state(h.from)?,
+            to: state(h.state)?,
+            reason: h
+                .reason
+                .map(|x| {
+                    parse_named(&x, &Reason::ALL, |s| s.as_str())
+                        .ok_or_else(|| corrupt(format!("unknown reason {x} in the history")))
+                })
+                .transpose()?,
+        },
+        "called" => Happening::Called {
+            participant: h.participant.unwrap_or_default(),
+            verb: h.verb.unwrap_or_default(),
+            result: h.result.unwrap_or_default(),
+            took_ms: h.took_ms.unwrap_or_default(),
+            retry_at: h.retry_at.map(time).transpose()?,
+        },
+        other => return Err(corrupt(format!("unknown history entry `{other}`"))),
+    };
+    Ok(HistoryEntry {
+        at: time(h.at)?,
+        what,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,6 +190,8 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
         metadata: r.metadata.clone(),
         idempotency_key: r.idempotency_key.clone(),
         trace: r.trace.map(|t| t.to_stored()),
+        history: r.history.iter().map(encode_history).collect(),
+        history_dropped: r.history_dropped,
     };
     let mut bytes = vec![VERSION_1];
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
@@ -171,6 +291,12 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         metadata: r.metadata,
         idempotency_key: r.idempotency_key,
         trace: r.trace.as_deref().and_then(TraceContext::from_stored),
+        history: r
+            .history
+            .into_iter()
+            .map(|h| decode_history(h, &corrupt))
+            .collect::<Result<_, _>>()?,
+        history_dropped: r.history_dropped,
     })
 }
 
@@ -217,6 +343,10 @@ mod tests {
         );
         r.idempotency_key = Some("order-A-17".into());
         r.participants[1].record_attempt(now, None, Some("503".into()), Some(now));
+        r.note_call(now, 1, "try", "503".into(), Duration::from_millis(12));
+        r.apply(crate::domain::Event::Cancel, now).unwrap();
+        r.trace = crate::domain::TraceContext::new([7; 16]);
+        r.history_dropped = 3;
         let decoded = decode(r.id, &encode(&r)).unwrap();
         assert_eq!(decoded, r);
     }

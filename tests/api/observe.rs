@@ -213,3 +213,65 @@ async fn without_a_client_trace_the_coordinator_starts_one_per_reservation() {
     assert_ne!(ids[0], "00000000000000000000000000000000");
     app.stop().await;
 }
+
+// ---- history ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_history_shows_state_changes_and_every_call_in_order() {
+    let app = spawn_app_with(|_| {}).await;
+    let p = Participant::start().await;
+    p.script("try", [Reply::Status(503)]);
+    let id = app
+        .create(&json!({"participants": [p.try_("stock")]}))
+        .await;
+    app.wait_for(&id, |_, b| b["state"] == "reserved").await;
+    app.post(&format!("/reservations/{id}/cancel")).await;
+    app.wait_for(&id, |s, _| s == 410).await;
+
+    let response = app.get(&format!("/reservations/{id}/events")).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "served for a cancelled reservation too"
+    );
+    let history: serde_json::Value = response.json().await.unwrap();
+    let events = history["events"].as_array().unwrap();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| match e["kind"].as_str().unwrap() {
+            "called" => format!(
+                "{} {}",
+                e["verb"].as_str().unwrap(),
+                e["result"].as_str().unwrap()
+            ),
+            kind => format!("{kind} {}", e["state"].as_str().unwrap()),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "created trying",
+            "try 503 Service Unavailable",
+            "try reserved",
+            "changed reserved",
+            "changed cancelling",
+            "cancel cancelled",
+            "changed cancelled",
+        ],
+        "{history:#}"
+    );
+    let failed = &events[1];
+    assert!(failed["retry_at"].is_string(), "{failed}");
+    assert_eq!(failed["participant_name"], "stock");
+    assert!(failed["took_ms"].as_u64().is_some());
+    assert_eq!(events[4]["reason"], "client");
+    assert_eq!(history["dropped"], 0);
+    assert_eq!(
+        app.get(&format!("/reservations/{}/events", uuid::Uuid::now_v7()))
+            .await
+            .status(),
+        404,
+        "an id never seen"
+    );
+    app.stop().await;
+}
