@@ -19,6 +19,7 @@ fn is_public(path: &str, protect_metrics: bool) -> bool {
     (path == "/metrics" && !protect_metrics)
         || path.starts_with("/health/")
         || path == "/docs"
+        || path == "/ui"
         || path.starts_with("/docs/")
         || path == "/openapi.json"
         || path == "/openapi.yaml"

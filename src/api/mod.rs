@@ -95,6 +95,10 @@ pub fn openapi_yaml() -> String {
     serde_yaml::to_string(&doc).expect("a JSON document converts to YAML")
 }
 
+/// The dashboard: one page, no build step, nothing fetched from elsewhere. It reads the
+/// API and `/metrics` like any client (with the token it is given, when one is needed).
+const DASHBOARD: &str = include_str!("ui.html");
+
 /// What the routes are built with besides the coordinator.
 pub(crate) struct RouteOptions<'a> {
     pub max_body_bytes: usize,
@@ -130,6 +134,7 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
             make_sync(move |_| yaml.clone().with_content_type("application/yaml")),
         )
         .at("/docs", make_sync(move |_| Html(docs.clone())))
+        .at("/ui", make_sync(|_| Html(DASHBOARD)))
         .at(
             "/metrics",
             poem::get(poem::endpoint::make(move |req: poem::Request| async move {

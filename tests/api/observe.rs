@@ -275,3 +275,27 @@ async fn the_history_shows_state_changes_and_every_call_in_order() {
     );
     app.stop().await;
 }
+
+// ---- dashboard ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page_served_without_a_token() {
+    let app = spawn_app_with(|c| c.api_tokens = vec![ApiToken::new("secret-token-1")]).await;
+    let page = app.get("/ui").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    for reads in ["/reservations?limit=", "/events", "/metrics"] {
+        assert!(html.contains(reads), "{reads}");
+    }
+    // Nothing from elsewhere: it must work without internet.
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "an external URL"
+    );
+    assert!(!html.contains("<script src") && !html.contains("<link"));
+    app.stop().await;
+}
