@@ -206,6 +206,7 @@ impl App {
             public_url,
             deadlines,
             metrics,
+            render: api::callback_body(config.limits.participant_timeout),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });

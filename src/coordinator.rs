@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{
-    Event, NewParticipant, ParticipantSource, ParticipantState, Refusal, Reservation,
-    ReservationId, State, TraceContext, TryRequest,
+    Callback, Event, NewParticipant, ParticipantSource, ParticipantState, ParticipantUrl, Refusal,
+    Reservation, ReservationId, State, TraceContext, TryRequest,
 };
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
 use crate::retry::{RetryPolicy, Schedule};
@@ -69,7 +69,13 @@ pub struct CreateReservation {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The client's `traceparent`, when it sent a valid one.
     pub trace: Option<TraceContext>,
+    /// Where to `POST` the final representation.
+    pub callback: Option<ParticipantUrl>,
 }
+
+/// Writes the representation a completion callback receives (the API's JSON, injected by
+/// the composition root so that this layer does not know the API's shapes).
+pub type Render = Arc<dyn Fn(&Reservation, DateTime<Utc>) -> Vec<u8> + Send + Sync>;
 
 /// A client's `Idempotency-Key` and the fingerprint of the body it came with.
 #[derive(Debug, Clone)]
@@ -140,6 +146,7 @@ struct Inner {
     watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
     metrics: Metrics,
+    render: Render,
     tasks: TaskTracker,
     /// The runtime drivers run on (the one the coordinator was built on).
     runtime: tokio::runtime::Handle,
@@ -158,6 +165,7 @@ pub struct Parts {
     pub public_url: String,
     pub deadlines: DeadlineSender,
     pub metrics: Metrics,
+    pub render: Render,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -183,6 +191,7 @@ impl Coordinator {
                 working: Mutex::new(HashMap::new()),
                 deadlines: parts.deadlines,
                 metrics: parts.metrics,
+                render: parts.render,
                 tasks: parts.tasks,
                 runtime: tokio::runtime::Handle::current(),
                 shutdown: parts.shutdown,
@@ -278,6 +287,14 @@ impl Coordinator {
         }
         self.check_participant_count(request.participants.len())?;
         let now = self.now();
+        if let Some(url) = &request.callback {
+            self.inner
+                .client
+                .policy()
+                .check(url)
+                .await
+                .map_err(|e| invalid("callback", format!("({url}) is refused: {e}")))?;
+        }
         for (i, p) in request.participants.iter().enumerate() {
             check_link_expiry(p, now, &format!("participants[{i}]"))?;
             self.check_policy(p, &source_field(p, &format!("participants[{i}]")))
@@ -292,6 +309,7 @@ impl Coordinator {
             limits.participant_timeout,
         );
         reservation.trace = Some(request.trace.unwrap_or_else(new_trace));
+        reservation.callback = request.callback.map(Callback::new);
         match &idempotency {
             None => self.inner.store.save(&reservation).await?,
             Some(key) => {
@@ -677,6 +695,7 @@ impl Coordinator {
             state: reservation.state,
             expires_at: reservation.expires_at,
             purge_at: reservation.purge_at(limits.retention, limits.transaction_retention),
+            callback_due: reservation.callback_due(),
         }
     }
 
@@ -690,7 +709,7 @@ impl Coordinator {
         if let Some(at) = r.purge_at {
             self.inner.deadlines.arm(at, r.id, Due::Purge);
         }
-        if r.state.is_in_progress() {
+        if r.state.is_in_progress() || r.callback_due {
             self.ensure_driven(r.id);
         }
     }
@@ -764,7 +783,7 @@ impl Coordinator {
             if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
                 watcher.send_replace(Some(Arc::new(after.clone())));
             }
-            if after.state.is_in_progress() {
+            if after.state.is_in_progress() || after.callback_due() {
                 self.ensure_driven(id);
             }
             self.arm_purge(after);
@@ -821,6 +840,7 @@ impl Coordinator {
                     State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
                     State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
                     State::Cancelling => self.run_cancels(&r).instrument(span(&r)).await,
+                    _ if r.callback_due() => self.deliver_callback(&r).instrument(span(&r)).await,
                     _ => {
                         let mut drivers = self.inner.drivers.lock().expect("drivers lock");
                         if !wake.is_cancelled() {
@@ -1000,6 +1020,51 @@ impl Coordinator {
                         return Ok(());
                     }
                 }
+            }
+        }
+    }
+
+    // ---- completion callback -----------------------------------------------------------
+
+    /// `POST`s the final representation to the callback until it answers 2xx (or the
+    /// coordinator stops: recovery resumes it at the next start).
+    async fn deliver_callback(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        let Some(callback) = &r.callback else {
+            return Ok(());
+        };
+        let body = (self.inner.render)(r, self.now());
+        let mut schedule = self.inner.retry.schedule();
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let outcome = self
+                .inner
+                .client
+                .callback(&callback.url, body.clone(), r.trace.as_ref())
+                .await;
+            let (delivered, error, delay) = match outcome {
+                Ok(()) => (true, None, None),
+                Err(hint) => {
+                    let delay = schedule.next_delay(hint.retry_after);
+                    tracing::warn!(reservation_id = %r.id, url = %callback.url, error = %hint.error,
+                        ?delay, "completion callback failed; retrying");
+                    (false, Some(hint.error), Some(delay))
+                }
+            };
+            self.update(r.id, |r, now| {
+                if let Some(c) = &mut r.callback {
+                    c.attempts += 1;
+                    c.last_error = error;
+                    if delivered {
+                        c.delivered_at = Some(now);
+                    }
+                }
+            })
+            .await?;
+            match delay {
+                Some(delay) if self.pause(delay, None).await => {}
+                _ => return Ok(()),
             }
         }
     }
@@ -1272,6 +1337,7 @@ pub(crate) struct Resumption {
     state: State,
     expires_at: DateTime<Utc>,
     purge_at: Option<DateTime<Utc>>,
+    callback_due: bool,
 }
 
 impl Resumption {

@@ -684,3 +684,34 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
         assert_eq!(status, 200, "reservation {id} was acknowledged, then lost");
     }
 }
+
+#[tokio::test]
+async fn a_pending_completion_callback_is_delivered_after_a_restart() {
+    // Arrange: a reservation that ends while its callback's receiver is down.
+    let (_dir, data, coordinator, http) = fresh();
+    let p = Participant::start().await;
+    let receiver = Participant::start().await;
+    receiver.stop();
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"timeout_ms": 100, "participants": [p.link(1)],
+            "callback": format!("{}/callbacks/1", receiver.base)}),
+    )
+    .await;
+    wait_for(&http, &coordinator.base, &id, |s, _| s == 410).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // a failed delivery or two
+
+    // Act: kill -9, bring the receiver back, restart.
+    coordinator.kill_9();
+    receiver.restart().await;
+    let _restarted = Binary::start(&data);
+
+    // Assert: the final representation arrives.
+    receiver
+        .wait_until("the callback", |r| r.count("POST") >= 1)
+        .await;
+    let body: serde_json::Value = serde_json::from_slice(&receiver.calls()[0].body).unwrap();
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["state"], "cancelled");
+}

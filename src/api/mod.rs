@@ -99,6 +99,16 @@ pub fn openapi_yaml() -> String {
 /// API and `/metrics` like any client (with the token it is given, when one is needed).
 const DASHBOARD: &str = include_str!("ui.html");
 
+/// What a completion callback receives: the reservation's representation, as `GET` shows it.
+pub(crate) fn callback_body(call_timeout: std::time::Duration) -> crate::coordinator::Render {
+    use poem_openapi::types::ToJSON;
+    Arc::new(move |r, now| {
+        views::ReservationView::of(r, now, call_timeout)
+            .to_json_string()
+            .into_bytes()
+    })
+}
+
 /// What the routes are built with besides the coordinator.
 pub(crate) struct RouteOptions<'a> {
     pub max_body_bytes: usize,

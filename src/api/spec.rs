@@ -82,6 +82,7 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
         ("ParticipantLink", "uri"),
         ("TryRequest", "url"),
         ("AtomikosLink", "uri"),
+        ("NewReservation", "callback"),
     ] {
         schemas[schema]["properties"][field]["pattern"] = json!(HTTP_URL);
     }

@@ -33,6 +33,10 @@ pub struct CreateReservationBody {
     #[oai(default)]
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// An http(s) URL that receives `POST` with the final representation once the
+    /// reservation is confirmed, cancelled or in conflict; retried with backoff until it
+    /// answers 2xx.
+    pub callback: Option<String>,
 }
 
 /// One participant: give exactly one of `link` (you already tried) or `try` (the coordinator
@@ -92,6 +96,12 @@ impl CreateReservationBody {
             participants,
             metadata: self.metadata.into_iter().collect(),
             trace: None,
+            callback: self
+                .callback
+                .map(|text| {
+                    ParticipantUrl::parse(&text).map_err(|e| ("callback".to_owned(), e.to_string()))
+                })
+                .transpose()?,
         })
     }
 }
@@ -333,6 +343,8 @@ pub struct ReservationView {
     pub activity: String,
     pub participants: Vec<ParticipantView>,
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The completion callback and its delivery, when one was given.
+    pub callback: Option<CallbackView>,
     #[oai(rename = "_links")]
     pub links: ReservationLinks,
 }
@@ -353,6 +365,12 @@ impl ReservationView {
             activity: r.activity(now),
             participants: r.participants.iter().map(ParticipantView::from).collect(),
             metadata: r.metadata.clone().into_iter().collect(),
+            callback: r.callback.as_ref().map(|c| CallbackView {
+                url: c.url.to_string(),
+                attempts: c.attempts,
+                last_error: c.last_error.clone(),
+                delivered_at: c.delivered_at,
+            }),
             links: ReservationLinks {
                 confirm: (r.state == State::Reserved)
                     .then(|| LinkView::post(format!("{base}/confirm"))),
@@ -364,6 +382,19 @@ impl ReservationView {
             },
         }
     }
+}
+
+/// A completion callback and how its delivery stands.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "Callback")]
+pub struct CallbackView {
+    pub url: String,
+    /// `POST`s made so far.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+    /// When it was acknowledged (2xx); absent while pending.
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// One confirmed participant of a transaction.

@@ -12,8 +12,8 @@ mod trace;
 pub use id::{ParseIdError, ReservationId};
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
 pub use reservation::{
-    deadline_for, Happening, HistoryEntry, NewParticipant, Participant, ParticipantSource,
-    ParticipantState, Reservation, TryRequest, HISTORY_LIMIT,
+    deadline_for, Callback, Happening, HistoryEntry, NewParticipant, Participant,
+    ParticipantSource, ParticipantState, Reservation, TryRequest, HISTORY_LIMIT,
 };
 pub use state::{transition, Event, Reason, Refusal, State};
 pub use trace::TraceContext;

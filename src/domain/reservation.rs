@@ -212,6 +212,29 @@ pub struct Reservation {
     pub history: Vec<HistoryEntry>,
     /// Entries dropped from the front of `history` to keep it bounded.
     pub history_dropped: u64,
+    /// Where the final representation is `POST`ed once the reservation is terminal.
+    pub callback: Option<Callback>,
+}
+
+/// A completion callback and how its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub url: ParticipantUrl,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl Callback {
+    #[must_use]
+    pub fn new(url: ParticipantUrl) -> Self {
+        Self {
+            url,
+            attempts: 0,
+            last_error: None,
+            delivered_at: None,
+        }
+    }
 }
 
 /// Most entries a reservation's history keeps; the oldest go first (and are counted).
@@ -274,6 +297,7 @@ impl Reservation {
             trace: None,
             history: Vec::new(),
             history_dropped: 0,
+            callback: None,
         };
         for p in participants {
             reservation.add_participant(p);
@@ -289,6 +313,18 @@ impl Reservation {
             },
         );
         reservation
+    }
+
+    /// Whether a completion callback is due: the reservation is terminal and its callback
+    /// has not been acknowledged yet.
+    #[must_use]
+    pub fn callback_due(&self) -> bool {
+        self.state.is_terminal()
+            && self.state != State::Forgotten
+            && self
+                .callback
+                .as_ref()
+                .is_some_and(|c| c.delivered_at.is_none())
     }
 
     /// Adds to the history, dropping the oldest entry beyond [`HISTORY_LIMIT`].

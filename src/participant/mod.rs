@@ -330,6 +330,39 @@ impl ParticipantClient {
     }
 }
 
+impl ParticipantClient {
+    /// `POST`s a completion callback: `Ok` once it answers 2xx.
+    ///
+    /// # Errors
+    /// Why it must be tried again: any other answer, or a network error.
+    pub async fn callback(
+        &self,
+        url: &ParticipantUrl,
+        body: Vec<u8>,
+        trace: Option<&TraceContext>,
+    ) -> Result<(), RetryHint> {
+        let started = std::time::Instant::now();
+        let sent = self
+            .send(
+                url,
+                self.http
+                    .post(url.as_url().clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .headers(traceparent(trace))
+                    .body(body),
+            )
+            .await;
+        let result = match sent {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(hint(&response)),
+            Err(hint) => Err(hint),
+        };
+        let label = if result.is_ok() { "ok" } else { "retry" };
+        self.metrics.called("callback", label, started.elapsed());
+        result
+    }
+}
+
 /// `traceparent` for one outgoing call: the reservation's trace, a fresh span id.
 fn traceparent(trace: Option<&TraceContext>) -> HeaderMap {
     let mut headers = HeaderMap::new();

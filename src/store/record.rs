@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState, ParticipantUrl,
-    Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
+    Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
+    ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
 };
 
 const VERSION_1: u8 = 1;
@@ -36,6 +36,16 @@ pub(super) struct ReservationV1 {
     history: Vec<HistoryV1>,
     #[serde(default, skip_serializing_if = "is_zero")]
     history_dropped: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    callback: Option<CallbackV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CallbackV1 {
+    url: String,
+    attempts: u32,
+    last_error: Option<String>,
+    delivered_at: Option<i64>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -192,6 +202,12 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
         trace: r.trace.map(|t| t.to_stored()),
         history: r.history.iter().map(encode_history).collect(),
         history_dropped: r.history_dropped,
+        callback: r.callback.as_ref().map(|c| CallbackV1 {
+            url: c.url.to_string(),
+            attempts: c.attempts,
+            last_error: c.last_error.clone(),
+            delivered_at: c.delivered_at.map(|t| t.timestamp_millis()),
+        }),
     };
     let mut bytes = vec![VERSION_1];
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
@@ -297,6 +313,17 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
             .map(|h| decode_history(h, &corrupt))
             .collect::<Result<_, _>>()?,
         history_dropped: r.history_dropped,
+        callback: r
+            .callback
+            .map(|c| {
+                Ok::<_, StoreError>(Callback {
+                    url: ParticipantUrl::parse(&c.url).map_err(|e| corrupt(e.to_string()))?,
+                    attempts: c.attempts,
+                    last_error: c.last_error,
+                    delivered_at: opt_time(c.delivered_at)?,
+                })
+            })
+            .transpose()?,
     })
 }
 
@@ -347,6 +374,12 @@ mod tests {
         r.apply(crate::domain::Event::Cancel, now).unwrap();
         r.trace = crate::domain::TraceContext::new([7; 16]);
         r.history_dropped = 3;
+        r.callback = Some(crate::domain::Callback {
+            url: ParticipantUrl::parse("http://orders/callbacks/17").unwrap(),
+            attempts: 2,
+            last_error: Some("503 Service Unavailable".into()),
+            delivered_at: Some(now),
+        });
         let decoded = decode(r.id, &encode(&r)).unwrap();
         assert_eq!(decoded, r);
     }

@@ -3,6 +3,7 @@
 
 mod atomikos;
 mod bad_input;
+mod callbacks;
 mod docs;
 mod failures;
 mod helpers;
