@@ -850,6 +850,12 @@ impl Coordinator {
                         Ok(())
                     }
                 },
+                Err(CoordinatorError::NotFound(_) | CoordinatorError::Purged(_)) => {
+                    // Its retention ended (a callback that was never acknowledged): nothing
+                    // is left to do.
+                    self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                    return;
+                }
                 Err(error) => Err(error),
             };
             if let Err(error) = phase {
