@@ -8,10 +8,12 @@
 //! |---|---|
 //! | [`config`] | flags and environment variables into a typed [`Config`] |
 //! | `app` | the composition root: [`App::build`], [`App::run_until_stopped`] |
-//! | `api` | HTTP shape only: routes, request/response types, problem+json |
-//! | `coordinator` | the use cases: create, join, confirm, cancel, expire, drive participants |
-//! | `domain` | ids, links, the state machine, deadlines: pure, no I/O |
-//! | `participant` | one HTTP call per verb, each answer classified |
+//! | `listener` | TLS, and cutting connections that stay silent |
+//! | `api` | HTTP shape only: routes, request/response types, problem+json, tokens, the dashboard |
+//! | `coordinator` | the use cases: create, join, confirm, cancel, expire, drive participants, callbacks |
+//! | `domain` | ids, links, the state machine, deadlines, history, trace context: pure, no I/O |
+//! | `participant` | one HTTP call per verb, each answer classified; the outgoing call policy |
+//! | [`telemetry`] | the log subscriber and the metrics of one coordinator |
 //! | `retry` | the backoff policy |
 //! | `store` | the sled log: records, keys, group commit |
 //! | `timers`, `recovery` | deadlines; resuming after a restart |
