@@ -27,7 +27,9 @@ if [ -z "$base" ]; then
     exit 1
 fi
 
+# One worker: with several, hypothesis sometimes fails inside its own lambda-description
+# cache ("AST constructor recursion depth mismatch"), a runtime error of the tool.
 cd .ci
 SCHEMATHESIS_HOOKS=schemathesis_hooks st --config-file schemathesis.toml run \
     "$base/openapi.json" --checks all --exclude-checks use_after_free \
-    --max-examples 100 --workers 2 --seed 1
+    --max-examples 100 --workers 1 --seed 1

@@ -137,10 +137,7 @@ pub async fn limit_in_flight<E: Endpoint>(
         response
     };
     let Ok(_slot) = slots.clone().try_acquire_owned() else {
-        tracing::warn!(
-            limit = slots.available_permits(),
-            "too many requests in flight: answering 503"
-        );
+        tracing::warn!("too many requests in flight (--max-in-flight): answering 503");
         return Ok(overloaded(
             "too many requests are in flight (--max-in-flight); retry after the delay in Retry-After",
         ));
