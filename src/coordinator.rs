@@ -288,12 +288,7 @@ impl Coordinator {
         self.check_participant_count(request.participants.len())?;
         let now = self.now();
         if let Some(url) = &request.callback {
-            self.inner
-                .client
-                .policy()
-                .check(url)
-                .await
-                .map_err(|e| invalid("callback", format!("({url}) is refused: {e}")))?;
+            self.check_url(url, "callback").await?;
         }
         for (i, p) in request.participants.iter().enumerate() {
             check_link_expiry(p, now, &format!("participants[{i}]"))?;
@@ -721,6 +716,11 @@ impl Coordinator {
             ParticipantSource::Link(link) => &link.uri,
             ParticipantSource::Try(t) => &t.url,
         };
+        self.check_url(url, field).await
+    }
+
+    /// Refuses a URL the coordinator must not call; `field` names it in the request.
+    async fn check_url(&self, url: &ParticipantUrl, field: &str) -> Result<(), CoordinatorError> {
         self.inner
             .client
             .policy()

@@ -19,7 +19,7 @@ use super::ApiTags;
 use crate::coordinator::Coordinator;
 use crate::domain::{
     Event, NewParticipant, ParticipantLink, ParticipantSource, ParticipantUrl, Reason, Reservation,
-    State, TraceContext,
+    State,
 };
 
 /// The Atomikos request body (`application/tcc+json` or `application/json`).
@@ -203,7 +203,12 @@ impl AtomikosApi {
         let result = async {
             let links = links(body.value)?;
             let r = coordinator
-                .create_decided(links, Event::Confirm, atomikos_field, trace(&traceparent))
+                .create_decided(
+                    links,
+                    Event::Confirm,
+                    atomikos_field,
+                    super::trace_of(&traceparent),
+                )
                 .await?;
             let limit = coordinator.limits().max_wait;
             let (r, _) = coordinator
@@ -261,7 +266,12 @@ impl AtomikosApi {
         let result = async {
             let links = links(body.value)?;
             coordinator
-                .create_decided(links, Event::Cancel, atomikos_field, trace(&traceparent))
+                .create_decided(
+                    links,
+                    Event::Cancel,
+                    atomikos_field,
+                    super::trace_of(&traceparent),
+                )
                 .await?;
             Ok::<_, ApiError>(())
         }
@@ -271,10 +281,6 @@ impl AtomikosApi {
             Err(e) => e.into(),
         }
     }
-}
-
-fn trace(header: &Header<Option<String>>) -> Option<TraceContext> {
-    header.0.as_deref().and_then(TraceContext::from_traceparent)
 }
 
 /// The JSON path of the `i`th link's URL in an Atomikos request.

@@ -17,7 +17,7 @@ use super::views::{
 };
 use super::ApiTags;
 use crate::coordinator::{Coordinator, IdempotencyKey};
-use crate::domain::{Reservation, ReservationId, State, TraceContext};
+use crate::domain::{Reservation, ReservationId, State};
 
 /// The reservation operations.
 pub struct ReservationsApi;
@@ -389,10 +389,7 @@ impl ReservationsApi {
                 .value
                 .into_domain()
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
-            request.trace = traceparent
-                .0
-                .as_deref()
-                .and_then(TraceContext::from_traceparent);
+            request.trace = super::trace_of(&traceparent);
             let r = coordinator.create(request, idempotency).await?;
             let settled = |r: &Reservation| r.state == State::Reserved || r.state.is_terminal();
             hold_answer(&coordinator, r, prefer.0.as_deref(), settled).await
