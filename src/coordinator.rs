@@ -941,8 +941,6 @@ impl Coordinator {
         request: TryRequest,
         wake: &CancellationToken,
     ) -> Result<(), CoordinatorError> {
-        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
-        let key = format!("{}/{index}", r.id);
         let margin = self.inner.limits.participant_timeout;
         let mut schedule = self.inner.retry.schedule();
         loop {
@@ -952,19 +950,7 @@ impl Coordinator {
             {
                 return Ok(());
             }
-            let started = std::time::Instant::now();
-            let outcome = self
-                .inner
-                .client
-                .try_reserve(
-                    &request,
-                    &reservation_url,
-                    &key,
-                    r.timeout_at,
-                    r.trace.as_ref(),
-                )
-                .await;
-            let took = started.elapsed();
+            let (outcome, took) = self.try_call(r, index, &request).await;
             match outcome {
                 TryOutcome::Reserved(link) => {
                     return self
@@ -1119,6 +1105,31 @@ impl Coordinator {
         self.fan_out(r.id, r.trace, targets).await
     }
 
+    /// One try of participant `index` (its `Idempotency-Key` is `{id}/{index}`), and how long
+    /// it took.
+    async fn try_call(
+        &self,
+        r: &Reservation,
+        index: usize,
+        request: &TryRequest,
+    ) -> (TryOutcome, Duration) {
+        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
+        let key = format!("{}/{index}", r.id);
+        let started = std::time::Instant::now();
+        let outcome = self
+            .inner
+            .client
+            .try_reserve(
+                request,
+                &reservation_url,
+                &key,
+                r.timeout_at,
+                r.trace.as_ref(),
+            )
+            .await;
+        (outcome, started.elapsed())
+    }
+
     /// Repeats a try (same `Idempotency-Key`) whose answer was lost, to learn the link of
     /// what the participant may hold. Gives up after [`LINK_RECOVERY_CALLS`]: the
     /// participant's own expiry then releases whatever it holds.
@@ -1128,23 +1139,10 @@ impl Coordinator {
         index: usize,
         request: TryRequest,
     ) -> Result<(), CoordinatorError> {
-        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
-        let key = format!("{}/{index}", r.id);
         let mut schedule = self.inner.retry.schedule();
         let mut last_error = String::from("the try never answered");
         for call in 1..=LINK_RECOVERY_CALLS {
-            let started = std::time::Instant::now();
-            let outcome = self
-                .inner
-                .client
-                .try_reserve(
-                    &request,
-                    &reservation_url,
-                    &key,
-                    r.timeout_at,
-                    r.trace.as_ref(),
-                )
-                .await;
+            let (outcome, took) = self.try_call(r, index, &request).await;
             let (link, settled, error) = match outcome {
                 TryOutcome::Reserved(link) => (Some(link), Some(ParticipantState::Reserved), None),
                 TryOutcome::Refused(e) => (
@@ -1159,7 +1157,6 @@ impl Coordinator {
                 TryOutcome::Retry(hint) => (None, None, Some(hint.error)),
             };
             let done = settled.is_some();
-            let took = started.elapsed();
             self.record(r.id, index, |r, i, now| {
                 let p = &mut r.participants[i];
                 if p.state == ParticipantState::Trying {

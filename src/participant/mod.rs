@@ -66,6 +66,53 @@ pub enum CancelOutcome {
     Retry(RetryHint),
 }
 
+/// How an answer is counted in the metrics.
+trait Outcome {
+    fn label(&self) -> &'static str;
+}
+
+impl Outcome for TryOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            TryOutcome::Reserved(_) => "ok",
+            TryOutcome::Refused(_) => "refused",
+            TryOutcome::Retry(_) => "retry",
+        }
+    }
+}
+
+impl Outcome for ConfirmOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            ConfirmOutcome::Confirmed => "ok",
+            ConfirmOutcome::Gone(_) => "gone",
+            ConfirmOutcome::Refused(_) => "refused",
+            ConfirmOutcome::Retry(_) => "retry",
+        }
+    }
+}
+
+impl Outcome for CancelOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            CancelOutcome::Cancelled => "ok",
+            CancelOutcome::ExpiresOnItsOwn => "expires_on_its_own",
+            CancelOutcome::Retry(_) => "retry",
+        }
+    }
+}
+
+/// A completion callback's delivery.
+impl Outcome for Result<(), RetryHint> {
+    fn label(&self) -> &'static str {
+        if self.is_ok() {
+            "ok"
+        } else {
+            "retry"
+        }
+    }
+}
+
 /// Most participant calls in flight at once, across all reservations. A storm of expiring
 /// reservations would otherwise open a connection per participant at the same instant,
 /// starving the decisions the coordinator must log first (and flooding the participants).
@@ -119,6 +166,19 @@ impl ParticipantClient {
         })
     }
 
+    /// Runs one call, counting it in the metrics by verb and outcome, with its duration.
+    async fn measured<T: Outcome>(
+        &self,
+        verb: &'static str,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let started = std::time::Instant::now();
+        let outcome = call.await;
+        self.metrics
+            .called(verb, outcome.label(), started.elapsed());
+        outcome
+    }
+
     /// The outgoing call policy, to check URLs as they arrive.
     pub fn policy(&self) -> &CallPolicy {
         &self.policy
@@ -151,23 +211,17 @@ impl ParticipantClient {
         expires_if_unsaid: DateTime<Utc>,
         trace: Option<&TraceContext>,
     ) -> TryOutcome {
-        let started = std::time::Instant::now();
-        let outcome = self
-            .try_once(
+        self.measured(
+            "try",
+            self.try_once(
                 request,
                 reservation_url,
                 idempotency_key,
                 expires_if_unsaid,
                 trace,
-            )
-            .await;
-        let label = match &outcome {
-            TryOutcome::Reserved(_) => "ok",
-            TryOutcome::Refused(_) => "refused",
-            TryOutcome::Retry(_) => "retry",
-        };
-        self.metrics.called("try", label, started.elapsed());
-        outcome
+            ),
+        )
+        .await
     }
 
     async fn try_once(
@@ -238,16 +292,8 @@ impl ParticipantClient {
         uri: &ParticipantUrl,
         trace: Option<&TraceContext>,
     ) -> ConfirmOutcome {
-        let started = std::time::Instant::now();
-        let outcome = self.confirm_once(uri, trace).await;
-        let label = match &outcome {
-            ConfirmOutcome::Confirmed => "ok",
-            ConfirmOutcome::Gone(_) => "gone",
-            ConfirmOutcome::Refused(_) => "refused",
-            ConfirmOutcome::Retry(_) => "retry",
-        };
-        self.metrics.called("confirm", label, started.elapsed());
-        outcome
+        self.measured("confirm", self.confirm_once(uri, trace))
+            .await
     }
 
     async fn confirm_once(
@@ -289,15 +335,7 @@ impl ParticipantClient {
         uri: &ParticipantUrl,
         trace: Option<&TraceContext>,
     ) -> CancelOutcome {
-        let started = std::time::Instant::now();
-        let outcome = self.cancel_once(uri, trace).await;
-        let label = match &outcome {
-            CancelOutcome::Cancelled => "ok",
-            CancelOutcome::ExpiresOnItsOwn => "expires_on_its_own",
-            CancelOutcome::Retry(_) => "retry",
-        };
-        self.metrics.called("cancel", label, started.elapsed());
-        outcome
+        self.measured("cancel", self.cancel_once(uri, trace)).await
     }
 
     async fn cancel_once(
@@ -341,25 +379,24 @@ impl ParticipantClient {
         body: Vec<u8>,
         trace: Option<&TraceContext>,
     ) -> Result<(), RetryHint> {
-        let started = std::time::Instant::now();
-        let sent = self
-            .send(
-                url,
-                self.http
-                    .post(url.as_url().clone())
-                    .header(CONTENT_TYPE, "application/json")
-                    .headers(traceparent(trace))
-                    .body(body),
-            )
-            .await;
-        let result = match sent {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(hint(&response)),
-            Err(hint) => Err(hint),
+        let post = async {
+            let sent = self
+                .send(
+                    url,
+                    self.http
+                        .post(url.as_url().clone())
+                        .header(CONTENT_TYPE, "application/json")
+                        .headers(traceparent(trace))
+                        .body(body),
+                )
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(hint(&response)),
+                Err(hint) => Err(hint),
+            }
         };
-        let label = if result.is_ok() { "ok" } else { "retry" };
-        self.metrics.called("callback", label, started.elapsed());
-        result
+        self.measured("callback", post).await
     }
 }
 
