@@ -2,7 +2,14 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Participant, Reply};
+use crate::helpers::{spawn_app, Participant, Reply, TestApp};
+
+/// The callback delivery of the newest reservation in `state`, as the listing shows it (a
+/// confirmed reservation answers 303 and a cancelled one 410 to a plain `GET`).
+async fn delivery(app: &TestApp, state: &str) -> Value {
+    let listed = app.get_json(&format!("/reservations?state={state}")).await;
+    listed["items"][0]["callback"].clone()
+}
 
 fn posted(callback: &Participant) -> Vec<Value> {
     callback
@@ -32,14 +39,7 @@ async fn a_confirmed_reservation_posts_its_final_representation_once() {
     assert_eq!(bodies[0]["state"], "confirmed");
     assert_eq!(bodies[0]["participants"][0]["state"], "confirmed");
     assert_eq!(callback.calls()[0].path, "/callbacks/order-17");
-    // A confirmed reservation answers 303; the listing shows the delivery.
-    let listed: Value = app
-        .get("/reservations?state=confirmed")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let shown = &listed["items"][0]["callback"];
+    let shown = delivery(&app, "confirmed").await;
     assert_eq!(shown["attempts"], 1, "{shown}");
     assert!(shown["delivered_at"].is_string(), "{shown}");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -65,14 +65,7 @@ async fn a_failing_callback_is_retried_until_acknowledged_and_shows_its_delivery
         .iter()
         .all(|b| b["id"] == id.as_str() && b["state"] == "cancelled" && b["reason"] == "expired"));
 
-    // A cancelled reservation answers 410; the listing shows the delivery.
-    let listed: Value = app
-        .get("/reservations?state=cancelled")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let shown = &listed["items"][0]["callback"];
+    let shown = delivery(&app, "cancelled").await;
     assert_eq!(shown["attempts"], 3, "{shown}");
     assert!(shown["delivered_at"].is_string(), "{shown}");
     assert_eq!(shown["last_error"], Value::Null);

@@ -166,7 +166,7 @@ async fn past_the_in_flight_cap_requests_get_503_with_retry_after_and_health_sti
     assert_eq!(app.get("/health/live").await.status(), 200);
 
     assert_eq!(holder.await.unwrap().unwrap().status(), 200);
-    let listed: Value = app.get("/reservations").await.json().await.unwrap();
+    let listed = app.get_json("/reservations").await;
     assert_eq!(
         listed["items"].as_array().unwrap().len(),
         1,
@@ -267,7 +267,7 @@ async fn link_local_and_metadata_urls_are_refused_everywhere_with_the_field_and_
     .await;
     assert_eq!(problem["field"], "link.uri", "{problem}");
 
-    let listed: Value = app.get("/reservations").await.json().await.unwrap();
+    let listed = app.get_json("/reservations").await;
     assert_eq!(
         listed["items"].as_array().unwrap().len(),
         1,
@@ -448,12 +448,7 @@ async fn a_saturated_log_answers_503_with_retry_after_and_stores_only_what_it_ac
         "200 concurrent creates never met a full log queue of 1"
     );
     assert!(!accepted.is_empty());
-    let listed: Value = app
-        .get("/reservations?limit=500")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed = app.get_json("/reservations?limit=500").await;
     let stored: Vec<Value> = listed["items"]
         .as_array()
         .unwrap()
@@ -511,7 +506,7 @@ async fn a_trickling_body_gets_408_and_a_silent_connection_is_closed() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() >= Duration::from_millis(900));
 
-    let listed: Value = app.get("/reservations").await.json().await.unwrap();
+    let listed = app.get_json("/reservations").await;
     assert_eq!(listed["items"], json!([]));
     app.stop().await;
 }
