@@ -16,9 +16,9 @@ use crate::coordinator::{Coordinator, Parts};
 use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::recovery::RecoveryError;
-use crate::store::{Store, StoreError};
+use crate::store::{PostgresOptions, Retention, Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::{api, recovery, timers};
+use crate::{api, cluster, recovery, timers};
 
 /// How long open connections get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
@@ -86,7 +86,7 @@ pub struct App {
     acceptor: BoxAcceptor,
     base_url: String,
     local_addr: SocketAddr,
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     coordinator: Coordinator,
     routes: BoxEndpoint<'static>,
     tasks: TaskTracker,
@@ -114,26 +114,46 @@ impl App {
                 "serving a non-loopback address without --api-token: anyone who reaches it can create, confirm and cancel");
         }
         let (data_dir, temp_dir) = match &config.storage {
-            Storage::Dir(dir) => (dir.clone(), None),
+            Storage::Dir(dir) => (Some(dir.clone()), None),
             Storage::Ephemeral => {
                 let temp = tempfile::Builder::new()
                     .prefix("tcc-coordinator-")
                     .tempdir()
                     .map_err(AppError::TempDir)?;
-                (temp.path().to_owned(), Some(temp))
+                (Some(temp.path().to_owned()), Some(temp))
             }
+            Storage::Postgres(_) => (None, None),
         };
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let metrics = Metrics::default();
+        let queue = config.max_log_queue;
 
-        let store = {
-            let dir = data_dir.clone();
-            let (cache, sync, queue) = (config.cache_bytes, config.sync, config.max_log_queue);
-            let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
-                .await
-                .map_err(|e| StoreError::Blocking(e.to_string()))??
+        let store = match (&config.storage, &data_dir) {
+            (Storage::Postgres(url), _) => {
+                let options = PostgresOptions {
+                    url: url.expose().to_owned(),
+                    connections: config.store_connections,
+                    lease: config.lease,
+                    retention: Retention {
+                        retention: config.limits.retention,
+                        transaction_retention: config.limits.transaction_retention,
+                    },
+                    instance_name: config.public_url.as_ref().map_or_else(
+                        || format!("{} (pid {})", config.listen, std::process::id()),
+                        ToString::to_string,
+                    ),
+                };
+                Store::connect(options, queue).await?
+            }
+            (_, dir) => {
+                let dir = dir.clone().unwrap_or_default();
+                let (cache, sync) = (config.cache_bytes, config.sync);
+                let metrics = metrics.clone();
+                tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
+                    .await
+                    .map_err(|e| StoreError::Blocking(e.to_string()))??
+            }
         };
 
         let acceptor = TcpListener::bind(config.listen)
@@ -212,6 +232,13 @@ impl App {
         });
         let deadlines = timers::start(armed, coordinator.clone(), tasks.clone(), shutdown.clone())
             .map_err(AppError::TimerThread)?;
+        if coordinator.store().is_shared() {
+            tasks.spawn(cluster::run(
+                coordinator.clone(),
+                config.lease,
+                shutdown.clone(),
+            ));
+        }
         let recovering = coordinator.clone();
         let failed = Arc::new(Mutex::new(None));
         let (failure, stop) = (failed.clone(), shutdown.clone());
@@ -277,10 +304,10 @@ impl App {
         &self.base_url
     }
 
-    /// Where the log lives.
+    /// Where the log lives; `None` with a PostgreSQL store.
     #[must_use]
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
     }
 
     /// A handle that stops [`App::run_until_stopped`].

@@ -20,6 +20,42 @@ pub enum Storage {
     Dir(PathBuf),
     /// A temporary directory removed when the coordinator stops (for tests).
     Ephemeral,
+    /// A PostgreSQL database, shared with every coordinator given the same one.
+    Postgres(DatabaseUrl),
+}
+
+/// A PostgreSQL URL (`postgres://user:password@host:port/database`). Never printed: it may
+/// hold a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// # Errors
+    /// When `url` does not start with `postgres://` or `postgresql://`.
+    pub fn new(url: impl Into<String>) -> Result<Self, ConfigError> {
+        let url = url.into();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self(url))
+        } else {
+            Err(ConfigError(
+                "--store takes a PostgreSQL URL (postgres://user:password@host:port/database); \
+                 without --store the log is kept in --data-dir"
+                    .into(),
+            ))
+        }
+    }
+
+    /// The URL itself, for connecting.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(<hidden>)")
+    }
 }
 
 /// A bearer token clients must present. Never printed: its `Debug` shows only its length.
@@ -68,6 +104,10 @@ pub struct Config {
     /// give their own).
     pub participant_resolver: NameResolver,
     pub storage: Storage,
+    /// With a PostgreSQL store: how long this instance's lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// With a PostgreSQL store: connections kept open at most.
+    pub store_connections: usize,
     pub limits: Limits,
     pub max_body_bytes: usize,
     /// The URL participants see in `TCC-Reservation`; `http://{listen address}` when unset.
@@ -223,6 +263,22 @@ pub struct Cli {
     #[arg(long, env = "TCC_SYNC", value_enum, default_value = "fdatasync")]
     sync: SyncMode,
 
+    /// Keep the log in PostgreSQL instead of --data-dir: postgres://user:password@host:port/database.
+    /// Every coordinator started with the same database shares its reservations: any of
+    /// them answers for any reservation, and the others finish the work of one that dies.
+    /// The schema is created or migrated at start.
+    #[arg(long, env = "TCC_STORE", hide_env_values = true)]
+    store: Option<String>,
+
+    /// With --store: how long this instance's lease lasts without a heartbeat (it renews it
+    /// every second); once it lapses, other instances take over its unfinished reservations.
+    #[arg(long, env = "TCC_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+
+    /// With --store: database connections this instance keeps open at most.
+    #[arg(long, env = "TCC_STORE_CONNECTIONS", default_value_t = 16)]
+    store_connections: usize,
+
     /// Memory for the log's page cache, in bytes.
     #[arg(long, env = "TCC_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     cache_bytes: u64,
@@ -310,6 +366,11 @@ impl Cli {
             return Err(ConfigError("--max-body-bytes must be at least 1024".into()));
         }
         positive("read-timeout", self.read_timeout)?;
+        if self.lease < Duration::from_millis(500) {
+            return Err(ConfigError(
+                "--lease must be at least 500ms: it is renewed every quarter of it, at most every second".into(),
+            ));
+        }
         let idle_timeout = self.idle_timeout.unwrap_or_else(|| {
             Duration::from_secs(60).max(self.max_wait + Duration::from_secs(30))
         });
@@ -350,11 +411,20 @@ impl Cli {
             max_in_flight: self.max_in_flight,
             allow_participants: self.allow_participants,
             participant_resolver: NameResolver::default(),
-            storage: if self.ephemeral {
-                Storage::Ephemeral
-            } else {
-                Storage::Dir(self.data_dir)
+            storage: match (self.store, self.ephemeral) {
+                (Some(_), true) => {
+                    return Err(ConfigError(
+                        "--ephemeral and --store cannot be combined: --ephemeral is a temporary \
+                         local log"
+                            .into(),
+                    ))
+                }
+                (Some(url), false) => Storage::Postgres(DatabaseUrl::new(url)?),
+                (None, true) => Storage::Ephemeral,
+                (None, false) => Storage::Dir(self.data_dir),
             },
+            lease: self.lease,
+            store_connections: self.store_connections,
             limits: Limits {
                 default_timeout: self.default_timeout,
                 max_timeout: self.max_timeout,

@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
 use crate::retry::{RetryPolicy, Schedule};
-use crate::store::{Store, StoreError};
+use crate::store::{KeyEntry, Store, StoreError};
 use crate::telemetry::{Metrics, VerbLabels};
 use tracing::Instrument;
 
@@ -40,6 +40,14 @@ const LOCK_STRIPES: usize = 1 << 16;
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
 /// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
 const LINK_RECOVERY_CALLS: u32 = 3;
+
+/// How often a client waiting for a change (`Prefer: wait`) re-reads a reservation kept in a
+/// shared store, where another instance may change it.
+const SHARED_POLL: Duration = Duration::from_millis(100);
+
+/// How many times an update is re-applied after a concurrent change before giving up (with
+/// one process, never more than once; with several, only under a storm on one reservation).
+const MAX_CONFLICTS: u32 = 16;
 
 /// How long a driver waits before re-reading the log after the log failed.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -248,6 +256,12 @@ impl Coordinator {
             .count()
     }
 
+    /// Whether the store answered its last call (a shared database may be out of reach).
+    #[must_use]
+    pub fn store_reachable(&self) -> bool {
+        self.inner.store.is_reachable()
+    }
+
     /// Recovery has finished: the coordinator serves with every reservation resumed.
     #[must_use]
     pub fn is_ready(&self) -> bool {
@@ -269,8 +283,8 @@ impl Coordinator {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reservation, CoordinatorError> {
         if let Some(key) = &idempotency {
-            if let Some(existing) = self.inner.store.idempotency_key(&key.key)? {
-                return self.replay(key, existing);
+            if let Some(existing) = self.inner.store.idempotency_key(&key.key).await? {
+                return self.replay(key, existing).await;
             }
         }
         let _admitted = self.admit()?;
@@ -305,19 +319,19 @@ impl Coordinator {
         );
         reservation.trace = Some(request.trace.unwrap_or_else(new_trace));
         reservation.callback = request.callback.map(Callback::new);
-        match &idempotency {
-            None => self.inner.store.save(&reservation).await?,
-            Some(key) => {
-                reservation.idempotency_key = Some(key.key.clone());
-                let store = &self.inner.store;
-                if let Some(existing) = store
-                    .save_new_with_key(&reservation, &key.key, key.fingerprint)
-                    .await?
-                {
-                    // Another request with the same key won the race.
-                    return self.replay(key, existing);
-                }
-            }
+        if let Some(key) = &idempotency {
+            reservation.idempotency_key = Some(key.key.clone());
+        }
+        let entry = idempotency.as_ref().map(|key| KeyEntry {
+            key: &key.key,
+            fingerprint: key.fingerprint,
+        });
+        if let Some(existing) = self.inner.store.create(&mut reservation, entry).await? {
+            // Another request with the same key won the race.
+            let key = idempotency
+                .as_ref()
+                .expect("only a keyed create can find its key taken");
+            return self.replay(key, existing).await;
         }
         self.remember(&reservation);
         self.inner.metrics.entered(reservation.state);
@@ -350,19 +364,31 @@ impl Coordinator {
             .entry(id)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
-        // Read once; then each change arrives with the reservation as it was saved.
-        let result = match self.get(id) {
+        // Read once; then each change made here arrives with the reservation as it was
+        // saved. With a shared store, changes made by other instances are read every
+        // SHARED_POLL.
+        let shared = self.inner.store.is_shared();
+        let result = match self.get(id).await {
             Err(e) => Err(e),
             Ok(mut reservation) => loop {
                 if settled(&reservation) {
                     break Ok((reservation, true));
                 }
-                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                let until = if shared {
+                    deadline.min(tokio::time::Instant::now() + SHARED_POLL)
+                } else {
+                    deadline
+                };
+                match tokio::time::timeout_at(until, changes.changed()).await {
                     Ok(Ok(())) => {
                         if let Some(changed) = changes.borrow_and_update().clone() {
                             reservation = Reservation::clone(&changed);
                         }
                     }
+                    Err(_) if shared && until < deadline => match self.get(id).await {
+                        Ok(read) => reservation = read,
+                        Err(e) => break Err(e),
+                    },
                     _ => break Ok((reservation, false)),
                 }
             },
@@ -376,7 +402,7 @@ impl Coordinator {
     }
 
     /// The answer to a repeated create: the original reservation when the body is the same.
-    fn replay(
+    async fn replay(
         &self,
         key: &IdempotencyKey,
         (id, fingerprint): (ReservationId, [u8; 32]),
@@ -390,19 +416,19 @@ impl Coordinator {
                 ),
             ));
         }
-        self.get(id)
+        self.get(id).await
     }
 
     /// Reads a reservation.
     ///
     /// # Errors
     /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
-    pub fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+    pub async fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
             return Ok(Reservation::clone(r));
         }
         let retention = self.inner.limits.retention;
-        match self.inner.store.load(id)? {
+        match self.inner.store.load(id).await? {
             Some(r) if r.is_past_retention(self.now(), retention) => {
                 Err(CoordinatorError::Refused {
                     refusal: Refusal::Gone,
@@ -427,9 +453,9 @@ impl Coordinator {
     ///
     /// # Errors
     /// `NotFound` for anything else; `Store`.
-    pub fn transaction(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+    pub async fn transaction(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         let retention = self.inner.limits.transaction_retention;
-        match self.inner.store.load(id)? {
+        match self.inner.store.load(id).await? {
             Some(r)
                 if r.state == State::Confirmed && !r.is_past_retention(self.now(), retention) =>
             {
@@ -446,14 +472,14 @@ impl Coordinator {
     pub async fn purge(&self, id: ReservationId) -> Result<(), CoordinatorError> {
         let limits = self.inner.limits;
         let _guard = self.lock_for(id).lock().await;
-        let Some(r) = self.inner.store.load(id)? else {
+        let Some(r) = self.inner.store.load(id).await? else {
             return Ok(());
         };
         if r.purge_at(limits.retention, limits.transaction_retention)
             .is_some_and(|at| at <= self.now())
         {
             // Not flushed here: a purge lost in a crash is simply done again at recovery.
-            self.inner.store.remove(&r)?;
+            self.inner.store.remove(&r).await?;
             self.inner.metrics.left(r.state);
             tracing::debug!(reservation_id = %id, "retention ended: record purged");
         }
@@ -471,13 +497,7 @@ impl Coordinator {
         before: Option<ReservationId>,
         limit: usize,
     ) -> Result<(Vec<Reservation>, bool), CoordinatorError> {
-        let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || {
-            store.newest_first(before, limit, |r| state.is_none_or(|s| r.state == s))
-        })
-        .await
-        .map_err(|e| StoreError::Blocking(e.to_string()))?
-        .map_err(CoordinatorError::from)
+        Ok(self.inner.store.newest_first(before, limit, state).await?)
     }
 
     /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
@@ -562,7 +582,7 @@ impl Coordinator {
                 reservation: Box::new(reservation),
             });
         }
-        self.inner.store.save(&reservation).await?;
+        self.inner.store.create(&mut reservation, None).await?;
         self.remember(&reservation);
         self.inner.metrics.entered(reservation.state);
         tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
@@ -610,7 +630,7 @@ impl Coordinator {
                 if r.participants.len() >= max {
                     return Err(too_many("participants", max));
                 }
-                r.join(participant, margin)
+                r.join(participant.clone(), margin)
                     .map_err(|refusal| CoordinatorError::Refused {
                         refusal,
                         reservation: Box::new(r.clone()),
@@ -638,13 +658,13 @@ impl Coordinator {
         let mut busy = Vec::new();
         for &id in ids {
             match self.lock_for(id).try_lock() {
-                Ok(_guard) => expired.extend(self.expire_locked(id)?),
+                Ok(_guard) => expired.extend(self.expire_locked(id).await?),
                 Err(_) => busy.push(id),
             }
         }
         for id in busy {
             let _guard = self.lock_for(id).lock().await;
-            expired.extend(self.expire_locked(id)?);
+            expired.extend(self.expire_locked(id).await?);
         }
         if expired.is_empty() {
             return Ok(0);
@@ -666,19 +686,24 @@ impl Coordinator {
 
     /// Applies the deadline to one reservation whose lock the caller holds, writing without
     /// waiting for the flush. Returns the states before and after when it expired.
-    fn expire_locked(
+    async fn expire_locked(
         &self,
         id: ReservationId,
     ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
-        let Ok(before) = self.get(id) else {
+        let Ok(before) = self.get(id).await else {
             return Ok(None); // purged, or past its retention: nothing to expire
         };
         let mut after = before.clone();
         if !after.expire_if_due(self.now()) {
             return Ok(None);
         }
-        self.inner.store.put(&after)?;
-        Ok(Some((before, after)))
+        match self.inner.store.write(&mut after).await {
+            Ok(()) => Ok(Some((before, after))),
+            // Another instance changed it meanwhile (decided it, or moved its deadline and
+            // armed its own timer): nothing is due here.
+            Err(StoreError::Conflict(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What recovery keeps of a record read back from the log: enough to re-arm its timers
@@ -697,16 +722,25 @@ impl Coordinator {
     /// Resumes a reservation read back from the log at start: arms its deadline or its
     /// purge, and restarts its driver.
     pub(crate) fn resume(&self, r: &Resumption) {
-        self.inner.metrics.entered(r.state);
+        let shared = self.inner.store.is_shared();
+        if !shared {
+            // A shared store's counts come from the database.
+            self.inner.metrics.entered(r.state);
+        }
         if matches!(r.state, State::Trying | State::Reserved) {
             self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
         }
-        if let Some(at) = r.purge_at {
+        if let (Some(at), false) = (r.purge_at, shared) {
             self.inner.deadlines.arm(at, r.id, Due::Purge);
         }
         if r.state.is_in_progress() || r.callback_due {
             self.ensure_driven(r.id);
         }
+    }
+
+    /// Resumes a reservation taken over from an instance whose lease lapsed (shared stores).
+    pub(crate) fn take_over(&self, reservation: &Reservation) {
+        self.resume(&self.resumption(reservation));
     }
 
     /// Refuses a participant the coordinator must not call (the outgoing call policy);
@@ -748,6 +782,9 @@ impl Coordinator {
     }
 
     fn arm_purge(&self, reservation: &Reservation) {
+        if self.inner.store.is_shared() {
+            return; // the retention sweep deletes in batches (see `cluster`)
+        }
         let limits = &self.inner.limits;
         if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
             self.inner.deadlines.arm(at, reservation.id, Due::Purge);
@@ -756,20 +793,42 @@ impl Coordinator {
 
     /// Load, change, save (if changed), under the reservation's lock. Re-arms the deadline
     /// when it moved, and wakes the driver when the state changed to one that needs work.
+    ///
+    /// The save is conditional on the revision read: when another instance sharing the store
+    /// changed the reservation in between, it is read again and `change` applied to what it
+    /// now is, exactly as if the two requests had come to one instance one after the other.
     async fn update<T>(
         &self,
         id: ReservationId,
-        change: impl FnOnce(&mut Reservation, DateTime<Utc>) -> T,
+        mut change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
     ) -> Result<(Reservation, T), CoordinatorError> {
         let _guard = self.lock_for(id).lock().await;
-        let before = self.get(id)?;
-        let mut after = before.clone();
-        let out = change(&mut after, self.now());
-        if after != before {
-            self.inner.store.save(&after).await?;
-            self.saved(&before, &after);
+        let mut conflicts = 0;
+        loop {
+            let before = self.get(id).await?;
+            let mut after = before.clone();
+            let out = change(&mut after, self.now());
+            if after == before {
+                if after.state.is_in_progress() {
+                    // A repeated request for work whose first save may have committed without
+                    // an answer (a lost database connection): make sure someone drives it.
+                    self.ensure_driven(id);
+                }
+                return Ok((after, out));
+            }
+            match self.inner.store.replace(&mut after).await {
+                Ok(()) => {
+                    self.saved(&before, &after);
+                    return Ok((after, out));
+                }
+                Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    // A copy kept here is stale now.
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok((after, out))
     }
 
     /// What follows a durable save: the in-memory copy, waiters, the driver, the timers.
@@ -793,8 +852,12 @@ impl Coordinator {
         }
     }
 
-    /// Keeps a reservation being worked on in memory, and forgets it once it is not.
+    /// Keeps a reservation being worked on in memory, and forgets it once it is not. Not
+    /// with a shared store: other instances change records under our feet.
     fn remember(&self, r: &Reservation) {
+        if self.inner.store.is_shared() {
+            return;
+        }
         let mut working = self.inner.working.lock().expect("working lock");
         if r.state.is_in_progress() {
             working.insert(r.id, Arc::new(r.clone()));
@@ -835,7 +898,7 @@ impl Coordinator {
                 self.inner.drivers.lock().expect("drivers lock").remove(&id);
                 return;
             }
-            let phase = match self.get(id) {
+            let phase = match self.get(id).await {
                 Ok(r) => match r.state {
                     State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
                     State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
@@ -882,7 +945,7 @@ impl Coordinator {
         &self,
         id: ReservationId,
         index: usize,
-        change: impl FnOnce(&mut Reservation, usize, DateTime<Utc>),
+        mut change: impl FnMut(&mut Reservation, usize, DateTime<Utc>),
     ) -> Result<(), CoordinatorError> {
         self.update(id, |r, now| change(r, index, now)).await?;
         Ok(())
@@ -957,7 +1020,7 @@ impl Coordinator {
                         .record(r.id, index, |r, i, now| {
                             let p = &mut r.participants[i];
                             if p.state == ParticipantState::Trying {
-                                p.link = Some(link);
+                                p.link = Some(link.clone());
                                 p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
                                 r.note_call(now, i, "try", "reserved".into(), took);
                                 r.refresh_deadline(margin);
@@ -1005,7 +1068,7 @@ impl Coordinator {
                             Some(hint.error.clone()),
                             (!give_up).then_some(next),
                         );
-                        r.note_call(now, i, "try", hint.error, took);
+                        r.note_call(now, i, "try", hint.error.clone(), took);
                     })
                     .await?;
                     if give_up || !self.pause(delay, Some(wake)).await {
@@ -1047,7 +1110,7 @@ impl Coordinator {
             self.update(r.id, |r, now| {
                 if let Some(c) = &mut r.callback {
                     c.attempts += 1;
-                    c.last_error = error;
+                    c.last_error.clone_from(&error);
                     if delivered {
                         c.delivered_at = Some(now);
                     }
@@ -1095,7 +1158,7 @@ impl Coordinator {
                 .await
                 .into_iter()
                 .collect::<Result<(), _>>()?;
-            reloaded = self.get(r.id)?;
+            reloaded = self.get(r.id).await?;
             &reloaded
         };
         let targets = r
@@ -1161,10 +1224,10 @@ impl Coordinator {
                 let p = &mut r.participants[i];
                 if p.state == ParticipantState::Trying {
                     if link.is_some() {
-                        p.link = link;
+                        p.link.clone_from(&link);
                     }
                     let result = error.clone().unwrap_or_else(|| "reserved".into());
-                    p.record_attempt(now, settled, error, None);
+                    p.record_attempt(now, settled, error.clone(), None);
                     r.note_call(now, i, "try (again, to learn the link)", result, took);
                 }
             })

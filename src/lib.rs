@@ -35,6 +35,7 @@
 
 pub mod api;
 mod app;
+mod cluster;
 pub mod config;
 mod coordinator;
 pub mod domain;
@@ -47,9 +48,9 @@ pub mod telemetry;
 mod timers;
 
 pub use app::{App, AppError, StopHandle};
-pub use config::{ApiToken, Cli, Config, Storage, TlsFiles};
+pub use config::{ApiToken, Cli, Config, DatabaseUrl, Storage, TlsFiles};
 pub use coordinator::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver};
 pub use recovery::RecoveryError;
 pub use retry::RetryPolicy;
-pub use store::{StoreError, SyncMode};
+pub use store::{scratch_database_from_env, StoreError, SyncMode};

@@ -43,9 +43,14 @@ async fn main() -> ExitCode {
         }
     };
     let base = app.base_url().to_owned();
+    let dir = app
+        .data_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     let log = match &config.storage {
-        Storage::Ephemeral => format!("{} (temporary, removed at exit)", app.data_dir().display()),
-        Storage::Dir(_) => app.data_dir().display().to_string(),
+        Storage::Ephemeral => format!("{dir} (temporary, removed at exit)"),
+        Storage::Dir(_) => dir,
+        Storage::Postgres(_) => "PostgreSQL, shared with the other instances (--store)".into(),
     };
     if let Some(path) = &config.port_file {
         // Written whole then renamed, so a reader never sees half a port.

@@ -45,7 +45,7 @@ pub async fn recover(
     let (found, unreadable) = tokio::task::spawn_blocking(move || {
         let mut found = Vec::new();
         let mut unreadable = Vec::new();
-        for entry in scanning.store().all() {
+        for entry in scanning.store().local_records() {
             match entry {
                 Ok(r) => found.push(scanning.resumption(&r)),
                 Err(error) => {

@@ -207,6 +207,21 @@ impl Metrics {
     }
 
     /// A reservation in `state` is no longer in the log.
+    /// Sets the state counts read from a shared store; states missing from `counts` are 0.
+    pub fn set_states(&self, counts: &[(State, u64)]) {
+        for state in State::ALL {
+            let count = counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| i64::try_from(*n).unwrap_or(i64::MAX));
+            self.reservations
+                .get_or_create(&StateLabels {
+                    state: StateLabel(state),
+                })
+                .set(count);
+        }
+    }
+
     pub fn left(&self, state: State) {
         self.reservations
             .get_or_create(&StateLabels {

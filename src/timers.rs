@@ -158,10 +158,17 @@ pub async fn run(
                 // Deadlines due together are expired together: one flush for the batch.
                 for batch in expiring.chunks(EXPIRY_BATCH) {
                     let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
-                    let coordinator = coordinator.clone();
+                    let (coordinator, rearm) = (coordinator.clone(), arm.clone());
                     tasks.spawn(async move {
                         if let Err(error) = coordinator.expire(&ids).await {
-                            tracing::error!(%error, "expiring reservations failed");
+                            // The log is out of reach: the deadlines stay due, and are tried
+                            // again (expiring is harmless for those already expired).
+                            tracing::error!(%error, count = ids.len(),
+                                "expiring reservations failed; trying again in 1 s");
+                            let at = coordinator.now() + chrono::Duration::seconds(1);
+                            for id in ids {
+                                rearm.arm(at, id, Due::Deadline);
+                            }
                         }
                     });
                 }

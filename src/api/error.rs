@@ -95,6 +95,13 @@ impl From<CoordinatorError> for ApiError {
                      stored: retry after the delay in Retry-After",
                 ))
             }
+            CoordinatorError::Store(StoreError::Unavailable(error)) => {
+                tracing::warn!(%error, "the database cannot be reached: answering 503");
+                Self::Problem(Problem::unavailable(
+                    "the database cannot be reached right now; the request may not have been \
+                     stored: retry after the delay in Retry-After (retrying is safe)",
+                ))
+            }
             CoordinatorError::Store(error) => {
                 tracing::error!(%error, "the transaction log failed");
                 Self::Problem(Problem::unavailable(

@@ -481,7 +481,10 @@ impl ReservationsApi {
     /// confirmed; 410 once cancelled.
     #[oai(path = "/reservations/:id", method = "get")]
     async fn get(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> GetResponse {
-        let result = parse_id(&id).and_then(|id| coordinator.get(id).map_err(ApiError::from));
+        let result = match parse_id(&id) {
+            Ok(id) => coordinator.get(id).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(r) => match r.state {
                 State::Confirmed => GetResponse::SeeOther(transaction_location(&r)),
@@ -503,7 +506,11 @@ impl ReservationsApi {
     /// in every state, cancelled ones included, until the retention ends.
     #[oai(path = "/reservations/:id/events", method = "get")]
     async fn events(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> HistoryResponse {
-        match parse_id(&id).and_then(|id| coordinator.get(id).map_err(ApiError::from)) {
+        let result = match parse_id(&id) {
+            Ok(id) => coordinator.get(id).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(r) => HistoryResponse::Ok(Json(HistoryView::from(&r))),
             Err(e) => e.into(),
         }

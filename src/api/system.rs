@@ -43,14 +43,14 @@ impl TransactionsApi {
                 id.0
             )))
         };
-        let found = id
-            .parse::<ReservationId>()
-            .map_err(|_| not_found())
-            .and_then(|id| match coordinator.transaction(id) {
+        let found = match id.parse::<ReservationId>() {
+            Err(_) => Err(not_found()),
+            Ok(id) => match coordinator.transaction(id).await {
                 Ok(r) => Ok(r),
                 Err(CoordinatorError::NotFound(_)) => Err(not_found()),
                 Err(e) => Err(e.into()),
-            });
+            },
+        };
         match found {
             Ok(r) => TransactionResponse::Ok(Json(TransactionView::of(&r))),
             Err(e) => e.into(),
@@ -79,10 +79,14 @@ impl HealthApi {
         PlainText("live")
     }
 
-    /// Readiness: the log is open and recovery has finished
+    /// Readiness: the log is open, recovery has finished, and the database (with --store) answers
     #[oai(path = "/health/ready", method = "get")]
     async fn ready(&self, coordinator: Data<&Coordinator>) -> ReadyResponse {
-        if coordinator.is_ready() {
+        if coordinator.is_ready() && !coordinator.store_reachable() {
+            ReadyResponse::Unavailable(Json(Problem::unavailable(
+                "the database cannot be reached: client writes are refused until it answers again",
+            )))
+        } else if coordinator.is_ready() {
             ReadyResponse::Ready(PlainText("ready"))
         } else {
             ReadyResponse::Unavailable(Json(Problem::unavailable(

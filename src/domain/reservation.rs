@@ -214,6 +214,10 @@ pub struct Reservation {
     pub history_dropped: u64,
     /// Where the final representation is `POST`ed once the reservation is terminal.
     pub callback: Option<Callback>,
+    /// How many times the record was written: the store writes a change only over the
+    /// revision it was read at (a conditional update), and counts it up when it does.
+    /// 0 for a reservation not yet stored.
+    pub revision: u64,
 }
 
 /// A completion callback and how its delivery stands.
@@ -297,6 +301,7 @@ impl Reservation {
             trace: None,
             history: Vec::new(),
             history_dropped: 0,
+            revision: 0,
             callback: None,
         };
         for p in participants {

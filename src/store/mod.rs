@@ -1,33 +1,32 @@
-//! The transaction log: the only module that imports sled.
+//! The transaction log, behind one interface with two implementations:
 //!
-//! # Layout (format version 1)
+//! - [`embedded`] (the default): sled in a local data directory, for one process. The only
+//!   module that imports sled.
+//! - [`postgres`] (`--store postgres://…`): tables in a PostgreSQL database shared by several
+//!   coordinator processes. The only module that imports tokio-postgres.
 //!
-//! One sled `Db` per process, in the data directory, with these trees:
+//! The coordinator sees only [`Store`]. Every write is conditional: it replaces a record only
+//! if the record still has the revision it was read at ([`Reservation::revision`]), and fails
+//! with [`StoreError::Conflict`] otherwise; the coordinator then reads again and re-applies its
+//! change. Within one process that never happens (changes to a reservation are serialised);
+//! across processes it is what makes two coordinators unable to both decide a reservation.
 //!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | `[1]` followed by the JSON of a [`record::ReservationV1`] |
-//! | `idempotency` | the client's `Idempotency-Key`, UTF-8 | `[1]`, the reservation id (16 bytes), the SHA-256 of the canonical request body (32 bytes) |
-//!
-//! The first byte of every value is the record's format version; a reader refuses versions it
-//! does not know instead of guessing. Records are separate structs from the domain's, so the
-//! domain can change without rewriting the log.
-//!
-//! # Durability
-//!
-//! [`Store::save`] returns only after the write is flushed by the [`GroupCommit`] task, which
-//! flushes once for every writer waiting at that moment. What a flush survives depends on
-//! [`SyncMode`]. This module never calls sled's `flush_async` (it deadlocks with 7 or more in
-//! flight, spacejam/sled#1308).
+//! A write returns once it is durable: after the group flush for sled, after the transaction
+//! commits for PostgreSQL.
 
+mod embedded;
 mod group_commit;
+mod postgres;
 mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::domain::{Reservation, ReservationId};
-pub use group_commit::{GroupCommit, SyncMode};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Reservation, ReservationId, State};
+pub use group_commit::SyncMode;
+pub use postgres::PostgresOptions;
 
 /// The log cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +43,28 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
     #[error("the transaction log has {0} writes waiting for the disk; refusing more for now")]
     Overloaded(usize),
+    /// The record changed since it was read (another writer, maybe another process): read it
+    /// again and re-apply the change.
+    #[error("reservation {0} changed while it was being updated")]
+    Conflict(ReservationId),
+    /// The database cannot be reached right now; nothing can be said about the write but
+    /// that it may not have happened (a retry is safe: writes are conditional).
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
+    /// The database answered with an error.
+    #[error("the database refused an operation: {0}")]
+    Database(String),
+    /// The database could not be prepared at start (connection, schema).
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl StoreError {
+    /// The store is out of reach for now: answer 503 and let the client retry.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Overloaded(_))
+    }
 }
 
 /// A client write admitted to the log (see [`Store::admit`]); hold it until the write is
@@ -51,26 +72,48 @@ pub enum StoreError {
 #[must_use = "the admission counts only while it is held"]
 pub struct Admission(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
 
-/// The transaction log.
+/// A client's `Idempotency-Key`, stored with the reservation it created.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyEntry<'a> {
+    pub key: &'a str,
+    /// SHA-256 of the canonical request body.
+    pub fingerprint: [u8; 32],
+}
+
+/// How long finished reservations are kept: what the shared store's retention sweep needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub retention: std::time::Duration,
+    pub transaction_retention: std::time::Duration,
+}
+
+/// The transaction log. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Store {
-    reservations: sled::Tree,
-    idempotency: sled::Tree,
-    commit: GroupCommit,
+    backend: Backend,
     /// Client writes admitted and not yet durable, at most `max_waiting`.
     admitted: Arc<tokio::sync::Semaphore>,
     max_waiting: usize,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Embedded(embedded::SledLog),
+    Postgres(postgres::PgLog),
+}
+
+/// Reservations taken over from a coordinator whose lease lapsed.
+pub type Claimed = Vec<Reservation>;
+
 impl Store {
-    /// Opens (or creates) the log in `dir` and starts its flusher thread. Blocking: call it
-    /// from `spawn_blocking` or before the runtime is busy.
+    /// Opens (or creates) the embedded log in `dir` and starts its flusher thread. Blocking:
+    /// call it from `spawn_blocking` or before the runtime is busy.
+    ///
+    /// At most `max_waiting` client writes may wait for the disk at once ([`Store::admit`]).
     ///
     /// # Errors
     /// [`StoreError::Open`] when the directory cannot be used (permissions, another process
     /// holds it, an unreadable log).
-    ///
-    /// At most `max_waiting` client writes may wait for the disk at once ([`Store::admit`]).
     pub fn open(
         dir: &Path,
         cache_bytes: u64,
@@ -78,36 +121,57 @@ impl Store {
         max_waiting: usize,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open {
-            path: dir.to_owned(),
-            source,
-        };
-        create_private_dir(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(open_error)?;
-        let reservations = db.open_tree("reservations").map_err(open_error)?;
-        let idempotency = db.open_tree("idempotency").map_err(open_error)?;
-        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, metrics)
-            .map_err(|e| open_error(sled::Error::Io(e)))?;
-        Ok(Self {
-            reservations,
-            idempotency,
-            commit,
-            admitted: Arc::new(tokio::sync::Semaphore::new(max_waiting)),
-            max_waiting,
-        })
+        let log = embedded::SledLog::open(dir, cache_bytes, sync, metrics)?;
+        Ok(Self::with(Backend::Embedded(log), max_waiting))
     }
 
-    /// Admits one client write, or refuses it when `max_waiting` are already waiting for the
-    /// disk: a saturated log answers "later" instead of queueing without bound. Writes that
-    /// finish work already decided (participant outcomes, deadlines) need no admission.
+    /// Connects to PostgreSQL, creates or migrates the schema, and registers this process as
+    /// a coordinator instance with a lease.
     ///
     /// # Errors
-    /// [`StoreError::Overloaded`]; nothing has been written then.
+    /// [`StoreError::Setup`], one sentence naming the database (never its password).
+    pub async fn connect(options: PostgresOptions, max_waiting: usize) -> Result<Self, StoreError> {
+        let log = postgres::PgLog::connect(options).await?;
+        Ok(Self::with(Backend::Postgres(log), max_waiting))
+    }
+
+    fn with(backend: Backend, max_waiting: usize) -> Self {
+        Self {
+            backend,
+            admitted: Arc::new(tokio::sync::Semaphore::new(max_waiting)),
+            max_waiting,
+        }
+    }
+
+    /// Several coordinator processes share this store: records change under a process's
+    /// feet, so it must not keep copies, and work is owned through leases.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Whether the store answered its last call (always true for the embedded log).
+    #[must_use]
+    pub fn is_reachable(&self) -> bool {
+        match &self.backend {
+            Backend::Embedded(_) => true,
+            Backend::Postgres(log) => log.is_reachable(),
+        }
+    }
+
+    /// Admits one client write, or refuses it when `max_waiting` are already waiting to be
+    /// durable: a saturated log answers "later" instead of queueing without bound. Writes
+    /// that finish work already decided (participant outcomes, deadlines) need no admission.
+    ///
+    /// # Errors
+    /// [`StoreError::Overloaded`], or [`StoreError::Unavailable`] while the database is out
+    /// of reach; nothing has been written then.
     pub fn admit(&self) -> Result<Admission, StoreError> {
+        if !self.is_reachable() {
+            return Err(StoreError::Unavailable(
+                "the last calls to the database failed".into(),
+            ));
+        }
         self.admitted
             .clone()
             .try_acquire_owned()
@@ -115,294 +179,213 @@ impl Store {
             .map_err(|_| StoreError::Overloaded(self.max_waiting))
     }
 
-    /// Writes the reservation and returns once it is durable (group-committed flush).
+    /// Writes a new reservation (with its `Idempotency-Key`, atomically, when given) and
+    /// returns once it is durable, with `reservation.revision` set. When the key is already
+    /// taken, writes nothing and returns what it maps to.
     ///
     /// # Errors
-    /// [`StoreError`] when the write or the flush fails; the caller must not act on it then.
-    pub async fn save(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        let value = record::encode(reservation);
-        self.reservations.insert(reservation.id.to_bytes(), value)?;
-        self.commit.wait_durable().await
+    /// [`StoreError`]; the caller must not act on the reservation then.
+    pub async fn create(
+        &self,
+        reservation: &mut Reservation,
+        key: Option<KeyEntry<'_>>,
+    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log.create(reservation, key.as_ref()).await,
+            Backend::Postgres(log) => log.create(reservation, key.as_ref()).await,
+        }
     }
 
-    /// Writes a new reservation created under an `Idempotency-Key` together with the key's
-    /// entry (atomically: both or neither), and returns once both are durable. When the key
-    /// is already taken, writes nothing and returns what it maps to.
+    /// Replaces the reservation if its record still has `reservation.revision`, counting the
+    /// revision up; returns once the change is durable.
     ///
     /// # Errors
-    /// [`StoreError`] when the write or the flush fails.
-    pub async fn save_new_with_key(
-        &self,
-        reservation: &Reservation,
-        key: &str,
-        fingerprint: [u8; 32],
-    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
+    /// [`StoreError::Conflict`] when the record changed (or was purged) since it was read;
+    /// other [`StoreError`]s when the write failed. The caller must not act on it then.
+    pub async fn replace(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
+        self.write(reservation).await?;
+        self.wait_durable().await
+    }
 
-        let value = record::encode(reservation);
-        let mut entry = Vec::with_capacity(49);
-        entry.push(VERSION_1);
-        entry.extend_from_slice(&reservation.id.to_bytes());
-        entry.extend_from_slice(&fingerprint);
-        let taken = (&self.reservations, &self.idempotency)
-            .transaction(|(reservations, keys)| {
-                if let Some(existing) = keys.get(key.as_bytes())? {
-                    return Ok(Some(existing));
-                }
-                keys.insert(key.as_bytes(), entry.as_slice())?;
-                reservations.insert(&reservation.id.to_bytes(), value.as_slice())?;
-                Ok::<_, ConflictableTransactionError<()>>(None)
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
-            })?;
-        if let Some(existing) = taken {
-            return decode_key_entry(key, &existing).map(Some);
+    /// As [`Store::replace`], but may return before the change is durable: callers write
+    /// several, then call [`Store::wait_durable`] once before anything acts on them.
+    ///
+    /// # Errors
+    /// As [`Store::replace`].
+    pub async fn write(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log.write(reservation),
+            Backend::Postgres(log) => log.write(reservation).await,
         }
-        self.commit.wait_durable().await?;
-        Ok(None)
+    }
+
+    /// Returns once everything written before the call is durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Flush`] when the flush fails.
+    pub async fn wait_durable(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log.wait_durable().await,
+            // Each write is its own committed transaction.
+            Backend::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Reads one reservation.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails or the record cannot be decoded.
+    pub async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log.load(id),
+            Backend::Postgres(log) => log.load(id).await,
+        }
     }
 
     /// What an `Idempotency-Key` maps to: the reservation and the fingerprint of the body it
     /// was created with.
     ///
     /// # Errors
-    /// [`StoreError`] when sled fails or the entry is unreadable.
-    pub fn idempotency_key(
+    /// [`StoreError`] when the store fails or the entry is unreadable.
+    pub async fn idempotency_key(
         &self,
         key: &str,
     ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
-        self.idempotency
-            .get(key.as_bytes())?
-            .map(|v| decode_key_entry(key, &v))
-            .transpose()
+        match &self.backend {
+            Backend::Embedded(log) => log.idempotency_key(key),
+            Backend::Postgres(log) => log.idempotency_key(key).await,
+        }
     }
 
-    /// Drops a reservation and its `Idempotency-Key` entry, atomically. Not flushed: the
-    /// next group flush (or sled's own, within 500 ms) makes it durable.
+    /// Drops a reservation and its `Idempotency-Key` entry, atomically.
     ///
     /// # Errors
-    /// [`StoreError`] when sled fails.
-    pub fn remove(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
-
-        let key = reservation.idempotency_key.as_deref();
-        (&self.reservations, &self.idempotency)
-            .transaction(|(reservations, keys)| {
-                reservations.remove(&reservation.id.to_bytes())?;
-                if let Some(key) = key {
-                    keys.remove(key.as_bytes())?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
-            })
+    /// [`StoreError`] when the store fails.
+    pub async fn remove(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log.remove(reservation),
+            Backend::Postgres(log) => log.remove(reservation.id).await,
+        }
     }
 
-    /// Group-committed flushes run since the log was opened.
-    #[must_use]
-    pub fn flushes(&self) -> u64 {
-        self.commit.flushes()
-    }
-
-    /// Writes the reservation without waiting: callers batch several, then call
-    /// [`Store::wait_durable`] once before anything acts on them.
+    /// Up to `limit` reservations, only those in `state` when given, newest first, strictly
+    /// older than `before` when given; and whether more match beyond them.
     ///
     /// # Errors
-    /// [`StoreError`] when the write fails.
-    pub fn put(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        self.reservations
-            .insert(reservation.id.to_bytes(), record::encode(reservation))?;
-        Ok(())
-    }
-
-    /// Returns once everything written before the call is durable (a group flush).
-    ///
-    /// # Errors
-    /// [`StoreError::Flush`] when the flush fails.
-    pub async fn wait_durable(&self) -> Result<(), StoreError> {
-        self.commit.wait_durable().await
-    }
-
-    /// Reads one reservation.
-    ///
-    /// # Errors
-    /// [`StoreError`] when sled fails or the record cannot be decoded.
-    pub fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
-        self.reservations
-            .get(id.to_bytes())?
-            .map(|bytes| record::decode(id, &bytes))
-            .transpose()
-    }
-
-    /// Every reservation in the log, oldest first: for recovery at start only (a full scan).
-    pub fn all(&self) -> impl Iterator<Item = Result<Reservation, StoreError>> + '_ {
-        self.reservations.iter().map(|entry| {
-            let (key, value) = entry?;
-            record::decode(id_of(&key)?, &value)
-        })
-    }
-
-    /// Up to `limit` reservations matching `keep`, newest first, strictly older than
-    /// `before` when given; and whether more match beyond them. Scans from `before`
-    /// backwards until `limit + 1` match.
-    ///
-    /// # Errors
-    /// [`StoreError`] when sled fails or a record cannot be decoded.
-    pub fn newest_first(
+    /// [`StoreError`] when the store fails or a record cannot be decoded.
+    pub async fn newest_first(
         &self,
         before: Option<ReservationId>,
         limit: usize,
-        keep: impl Fn(&Reservation) -> bool,
+        state: Option<State>,
     ) -> Result<(Vec<Reservation>, bool), StoreError> {
-        let entries = match before {
-            Some(id) => self.reservations.range(..id.to_bytes()),
-            None => self.reservations.iter(),
-        };
-        let mut page = Vec::with_capacity(limit.min(1024));
-        for entry in entries.rev() {
-            let (key, value) = entry?;
-            let reservation = record::decode(id_of(&key)?, &value)?;
-            if keep(&reservation) {
-                if page.len() == limit {
-                    return Ok((page, true));
-                }
-                page.push(reservation);
+        match &self.backend {
+            Backend::Embedded(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.newest_first(before, limit, state))
+                    .await
+                    .map_err(|e| StoreError::Blocking(e.to_string()))?
             }
+            Backend::Postgres(log) => log.newest_first(before, limit, state).await,
         }
-        Ok((page, false))
+    }
+
+    /// Every reservation in the embedded log, oldest first, for recovery at start (a full
+    /// scan; blocking). A shared store is not scanned: its reservations are taken over
+    /// through leases ([`Store::claim_orphans`]).
+    pub fn local_records(&self) -> Box<dyn Iterator<Item = Result<Reservation, StoreError>> + '_> {
+        match &self.backend {
+            Backend::Embedded(log) => Box::new(log.all()),
+            Backend::Postgres(_) => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// Group-committed flushes run since the log was opened (0 for PostgreSQL, which commits
+    /// each write).
+    #[must_use]
+    pub fn flushes(&self) -> u64 {
+        match &self.backend {
+            Backend::Embedded(log) => log.flushes(),
+            Backend::Postgres(_) => 0,
+        }
+    }
+
+    // ---- shared stores: leases, takeover, retention ------------------------------------
+
+    /// Renews this process's lease (a no-op for the embedded log).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the database cannot be reached.
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(log) => log.heartbeat().await,
+        }
+    }
+
+    /// Takes over up to `limit` unfinished reservations whose owner's lease has lapsed; they
+    /// are this process's to finish from now on.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn claim_orphans(&self, limit: usize) -> Result<Claimed, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(log) => log.claim_orphans(limit).await,
+        }
+    }
+
+    /// Deletes up to `limit` reservations whose retention ended before `now`; returns how
+    /// many. Bounded so that no statement holds many locks for long.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn purge_due(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(0),
+            Backend::Postgres(log) => log.purge_due(now, limit).await,
+        }
+    }
+
+    /// How many reservations are in each state, across every process.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(log) => log.count_by_state().await,
+        }
+    }
+
+    /// Ends this process's lease at once (at shutdown), so that others take over its
+    /// unfinished reservations without waiting for it to lapse.
+    pub async fn release(&self) {
+        if let Backend::Postgres(log) = &self.backend {
+            log.release().await;
+        }
     }
 }
 
-const VERSION_1: u8 = 1;
-
-fn decode_key_entry(key: &str, value: &[u8]) -> Result<(ReservationId, [u8; 32]), StoreError> {
-    let corrupt = || StoreError::Corrupt {
-        key: format!("idempotency key {key:?}"),
-        detail: "not a version 1 entry of 49 bytes".into(),
+/// For test suites and the benchmark: a URL for a new, empty schema of its own in the
+/// database `TCC_TEST_POSTGRES` names, or `None` when the variable is unset (the caller skips
+/// what needs PostgreSQL). With `TCC_REQUIRE_POSTGRES` set (CI), an unset variable panics, so
+/// those tests cannot pass by being skipped.
+///
+/// # Panics
+/// When the database cannot be reached or the schema cannot be created.
+#[doc(hidden)]
+pub async fn scratch_database_from_env() -> Option<String> {
+    let Ok(url) = std::env::var("TCC_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("TCC_REQUIRE_POSTGRES").is_none(),
+            "TCC_REQUIRE_POSTGRES is set but TCC_TEST_POSTGRES is not"
+        );
+        eprintln!("skipped: set TCC_TEST_POSTGRES=postgres://… to run the PostgreSQL tests");
+        return None;
     };
-    match value {
-        [VERSION_1, rest @ ..] if rest.len() == 48 => {
-            let id: [u8; 16] = rest[..16].try_into().map_err(|_| corrupt())?;
-            let fingerprint: [u8; 32] = rest[16..].try_into().map_err(|_| corrupt())?;
-            Ok((ReservationId::from_bytes(id), fingerprint))
-        }
-        _ => Err(corrupt()),
-    }
-}
-
-fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {
-    let bytes: [u8; 16] = key.try_into().map_err(|_| StoreError::Corrupt {
-        key: format!("{key:?}"),
-        detail: "a key is not 16 bytes".into(),
-    })?;
-    Ok(ReservationId::from_bytes(bytes))
-}
-
-/// Creates the data directory readable by its owner only (0700): the log holds the headers
-/// clients give for participants, credentials among them. An existing directory open to
-/// others is left as it is, with a warning.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if dir.exists() {
-            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"),
-                    "the data directory is open to other users, and the log holds participant \
-                     credentials: chmod 700 it");
-            }
-            return Ok(());
-        }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
-    }
+    Some(postgres::scratch_schema(&url).await)
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::domain::Reservation;
-
-    fn reservation() -> Reservation {
-        Reservation::new(
-            ReservationId::new(),
-            // The log keeps milliseconds.
-            chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap(),
-            Duration::from_secs(30),
-            vec![],
-            serde_json::Map::new(),
-            Duration::from_secs(5),
-        )
-    }
-
-    #[test]
-    fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            Store::open(dir.path(), 8 << 20, SyncMode::Flush, 2, &Default::default()).unwrap();
-        let first = store.admit().unwrap();
-        let _second = store.admit().unwrap();
-        assert!(matches!(store.admit(), Err(StoreError::Overloaded(2))));
-        drop(first);
-        assert!(store.admit().is_ok());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn the_data_directory_is_created_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("nested").join("data");
-        Store::open(&data, 8 << 20, SyncMode::Flush, 1, &Default::default()).unwrap();
-        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_saves_share_flushes_and_are_all_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            8 << 20,
-            SyncMode::Fdatasync,
-            1024,
-            &Default::default(),
-        )
-        .unwrap();
-
-        let saves = (0..200).map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let r = reservation();
-                store.save(&r).await.unwrap();
-                r
-            })
-        });
-        let saved = futures_util::future::join_all(saves).await;
-
-        for r in saved {
-            let r = r.unwrap();
-            assert_eq!(store.load(r.id).unwrap(), Some(r));
-        }
-        let flushes = store.flushes();
-        assert!(
-            (1..200).contains(&flushes),
-            "{flushes} flushes for 200 saves"
-        );
-    }
-}
+mod suite;

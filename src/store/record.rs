@@ -1,8 +1,10 @@
 //! Versioned log records, separate from the domain types.
 //!
-//! Version 1: one byte `1`, then JSON. Instants are milliseconds since the Unix epoch;
-//! states and reasons are their API names. Add a `ReservationV2` (and keep decoding v1)
-//! rather than changing these structs.
+//! Version 1: one byte `1`, then JSON. Version 2 (written now): one byte `2`, the record's
+//! revision (8 bytes, big-endian, so a conditional write can compare it without decoding),
+//! then the same JSON. Instants are milliseconds since the Unix epoch; states and reasons are
+//! their API names. Add a `ReservationV2` (and keep decoding v1) rather than changing these
+//! structs.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,7 +15,10 @@ use crate::domain::{
     ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
 };
 
+/// `[1]` then the JSON of a [`ReservationV1`].
 const VERSION_1: u8 = 1;
+/// `[2]`, the revision (8 bytes, big-endian), then the JSON of a [`ReservationV1`].
+const VERSION_2: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct ReservationV1 {
@@ -209,9 +214,21 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
             delivered_at: c.delivered_at.map(|t| t.timestamp_millis()),
         }),
     };
-    let mut bytes = vec![VERSION_1];
+    let mut bytes = Vec::with_capacity(512);
+    bytes.push(VERSION_2);
+    bytes.extend_from_slice(&r.revision.to_be_bytes());
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
     bytes
+}
+
+/// The revision a record was written at, read from its header without decoding the rest
+/// (version 1 records, written before revisions, are revision 0).
+pub(super) fn revision_of(bytes: &[u8]) -> Option<u64> {
+    match bytes {
+        [VERSION_1, ..] => Some(0),
+        [VERSION_2, rest @ ..] => Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 fn encode_participant(p: &Participant) -> ParticipantV1 {
@@ -239,12 +256,18 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         key: id.to_string(),
         detail,
     };
-    let (version, json) = bytes
+    let (version, rest) = bytes
         .split_first()
         .ok_or_else(|| corrupt("empty record".into()))?;
-    if *version != VERSION_1 {
-        return Err(corrupt(format!("unknown record version {version}")));
-    }
+    let (revision, json) = match *version {
+        VERSION_1 => (0, rest),
+        VERSION_2 if rest.len() >= 8 => {
+            let (revision, json) = rest.split_at(8);
+            let revision: [u8; 8] = revision.try_into().expect("8 bytes");
+            (u64::from_be_bytes(revision), json)
+        }
+        _ => return Err(corrupt(format!("unknown record version {version}"))),
+    };
     let r: ReservationV1 = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
     let time = |ms: i64| {
         DateTime::<Utc>::from_timestamp_millis(ms)
@@ -324,6 +347,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                 })
             })
             .transpose()?,
+        revision,
     })
 }
 

@@ -2,13 +2,15 @@
 //! directory. Participants are real servers in this test process, so they outlive the
 //! coordinator and record everything it sent before and after the crash.
 
-#[path = "api/helpers.rs"]
+#[path = "../api/helpers.rs"]
 mod helpers;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod cluster;
 
 use helpers::{client, create, wait_for, Behaviour, Participant, Reply};
 use serde_json::json;
@@ -28,18 +30,19 @@ impl Binary {
 
     /// [`Binary::start`] with more flags and environment variables.
     fn start_with(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = command(data_dir);
+        command.args(args).envs(env.iter().copied());
+        Self::spawn(command, &data_dir.with_extension("log"))
+    }
+
+    /// Runs `command`, appending its stderr to `log`; returns once it serves.
+    fn spawn(mut command: Command, log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.with_extension("log"))
+            .open(log)
             .unwrap();
-        let mut child = command(data_dir)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
@@ -88,16 +91,20 @@ fn wait_ready_blocking(base: &str) {
 
 /// The coordinator's command line as the tests run it, on a free port.
 fn command(data_dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    let mut command = command_without_log();
+    command.arg("--data-dir").arg(data_dir);
     command
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args([
-            "--participant-timeout",
-            "2s",
-            "--max-retry-interval",
-            "500ms",
-        ]);
+}
+
+/// [`command`] without saying where the log is.
+fn command_without_log() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    command.args(["--listen", "127.0.0.1:0"]).args([
+        "--participant-timeout",
+        "2s",
+        "--max-retry-interval",
+        "500ms",
+    ]);
     command
 }
 

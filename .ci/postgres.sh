@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL cluster for the PostgreSQL tests: its own data directory under
+# target/, its own port, trust authentication on loopback only. Installs PostgreSQL from
+# Debian's packages when it is absent. Source it: it exports TCC_TEST_POSTGRES (the URL the
+# tests use) and sets a trap that stops the cluster when the calling shell exits.
+set -euo pipefail
+
+PG_PORT="${PG_PORT:-55432}"
+PG_DIR="$(pwd)/target/postgres-ci"
+
+pg_bin() {
+    local found
+    found="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    [ -n "$found" ] && echo "$found"
+}
+
+if [ -z "$(pg_bin)" ]; then
+    echo "PostgreSQL is not installed: installing it from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+PG_BIN="$(pg_bin)"
+
+# initdb and postgres refuse to run as root: run them as the `postgres` user when we are root.
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+if [ -f "$PG_DIR/postmaster.pid" ]; then
+    as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -m immediate stop >/dev/null 2>&1 || true
+fi
+rm -rf "$PG_DIR"
+mkdir -p "$PG_DIR"
+[ "$(id -u)" = 0 ] && chown postgres "$PG_DIR"
+as_owner "$PG_BIN/initdb" -D "$PG_DIR" -U postgres --auth=trust --no-sync >/dev/null
+as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$PG_DIR/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=300" start >/dev/null
+
+stop_postgres() {
+    as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -m fast stop >/dev/null 2>&1 || true
+}
+trap stop_postgres EXIT
+
+export TCC_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on port $PG_PORT ($PG_DIR)"

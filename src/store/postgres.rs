@@ -1,0 +1,676 @@
+//! The shared log: tables in a PostgreSQL database, for several coordinator processes.
+//!
+//! # Schema (created and migrated at start; `tcc_schema` holds its version)
+//!
+//! - `tcc_reservations`: one row per reservation: `id` (the UUIDv7, so ids sort by creation
+//!   time), `version` (the revision: every write is `… WHERE id = $1 AND version = $2`),
+//!   `state`, `owner` (the instance that works on it), `active` (not finished, or a callback
+//!   still to deliver: what a takeover looks for), `purge_at` (when retention ends),
+//!   `idempotency_key` (unique) with the body's `fingerprint`, and `record`: the same
+//!   versioned record bytes as the embedded log (see `record`).
+//! - `tcc_instances`: one row per coordinator process: its id, a name for operators, and
+//!   `lease_until`, renewed by [`PgLog::heartbeat`].
+//!
+//! # Ownership
+//!
+//! Every write makes the writer the reservation's owner. An instance whose lease lapses (it
+//! died, or lost the database for longer than the lease) loses its reservations to the first
+//! live instance that claims them ([`PgLog::claim_orphans`]: `UPDATE … WHERE id IN (SELECT …
+//! FOR UPDATE SKIP LOCKED) RETURNING`); a claim counts the version up, so a late write by
+//! the old owner fails its condition. Lease times are the database's clock (`now()`), so
+//! instances need not agree on theirs. No advisory locks, no LISTEN/NOTIFY: plain SQL that
+//! PostgreSQL-compatible distributed databases also run. Every statement is retried on
+//! serialization failures and deadlocks (SQLSTATE 40001, 40P01).
+//!
+//! # Durability
+//!
+//! Each write is one statement in its own transaction: it returns after the commit, and
+//! PostgreSQL's own group commit shares WAL flushes between concurrent writers.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::{record, KeyEntry, Retention, StoreError};
+use crate::domain::{Reservation, ReservationId, State};
+
+/// How to reach the database and how this instance takes part.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/database?…` (libpq's URL form).
+    pub url: String,
+    /// Connections this process keeps open at most.
+    pub connections: usize,
+    /// How long this instance's lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// When finished reservations become purgeable.
+    pub retention: Retention,
+    /// How operators recognise this instance in `tcc_instances` (its public URL).
+    pub instance_name: String,
+}
+
+/// How long a statement waits for a connection, or for the database to accept one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, in order: `tcc_schema.version` counts those applied.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE tcc_instances (
+        id uuid PRIMARY KEY,
+        name text NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        lease_until timestamptz NOT NULL
+    );
+    CREATE TABLE tcc_reservations (
+        id uuid PRIMARY KEY,
+        version bigint NOT NULL,
+        state text NOT NULL,
+        owner uuid,
+        active boolean NOT NULL,
+        purge_at timestamptz,
+        idempotency_key text UNIQUE,
+        fingerprint bytea,
+        record bytea NOT NULL
+    );
+    CREATE INDEX tcc_reservations_active ON tcc_reservations (owner) WHERE active;
+    CREATE INDEX tcc_reservations_purge ON tcc_reservations (purge_at) WHERE purge_at IS NOT NULL;
+    CREATE INDEX tcc_reservations_state ON tcc_reservations (state, id);
+"];
+
+const INSERT: &str = "INSERT INTO tcc_reservations \
+    (id, version, state, owner, active, purge_at, record, idempotency_key, fingerprint) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING";
+const UPDATE: &str = "UPDATE tcc_reservations \
+    SET version = $3, state = $4, owner = $5, active = $6, purge_at = $7, record = $8 \
+    WHERE id = $1 AND version = $2";
+const CLAIM: &str = "UPDATE tcc_reservations SET owner = $1, version = version + 1 \
+    WHERE id IN (SELECT r.id FROM tcc_reservations r \
+        WHERE r.active AND r.owner IS DISTINCT FROM $1 \
+        AND NOT EXISTS (SELECT 1 FROM tcc_instances i WHERE i.id = r.owner AND i.lease_until > now()) \
+        ORDER BY r.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+    RETURNING id, version, record";
+const PURGE: &str = "DELETE FROM tcc_reservations WHERE id IN (SELECT id FROM tcc_reservations \
+    WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// The PostgreSQL log. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct PgLog {
+    pool: Pool,
+    /// This process in `tcc_instances`.
+    instance: Uuid,
+    options: Arc<PostgresOptions>,
+    /// Whether the last call reached the database.
+    reachable: Arc<AtomicBool>,
+}
+
+impl PgLog {
+    pub(super) async fn connect(options: PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
+            StoreError::Setup(format!(
+                "--store is not a PostgreSQL URL (postgres://user:password@host:port/database): {e}"
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let target = describe(&config);
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| {
+                StoreError::Setup(format!("cannot set up connections to {target}: {e}"))
+            })?;
+        let log = Self {
+            pool,
+            instance: Uuid::now_v7(),
+            options: Arc::new(options),
+            reachable: Arc::new(AtomicBool::new(true)),
+        };
+        let mut client = log.pool.get().await.map_err(|e| {
+            StoreError::Setup(format!(
+                "cannot connect to PostgreSQL at {target}: {}",
+                pool_text(&e)
+            ))
+        })?;
+        migrate(&mut client).await.map_err(|e| {
+            StoreError::Setup(format!("cannot prepare the schema in {target}: {e}"))
+        })?;
+        client
+            .execute(
+                "INSERT INTO tcc_instances (id, name, lease_until) \
+                 VALUES ($1, $2, now() + make_interval(secs => $3))",
+                &[
+                    &log.instance,
+                    &log.options.instance_name,
+                    &log.lease_seconds(),
+                ],
+            )
+            .await
+            .map_err(|e| StoreError::Setup(format!("cannot register in {target}: {e}")))?;
+        tracing::info!(database = %target, instance = %log.instance,
+            lease = ?log.options.lease, "connected to PostgreSQL");
+        Ok(log)
+    }
+
+    pub(super) fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn lease_seconds(&self) -> f64 {
+        self.options.lease.as_secs_f64()
+    }
+
+    /// Runs `op` on a pooled connection, again on serialization failures and deadlocks, and
+    /// turns its errors into [`StoreError`]s (connection trouble: `Unavailable`).
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Object) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let policy = backoff::ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(5))
+            .with_max_interval(Duration::from_millis(500))
+            .with_max_elapsed_time(Some(Duration::from_secs(10)))
+            .build();
+        let (pool, op) = (&self.pool, &op);
+        let result = backoff::future::retry(policy, || async move {
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| backoff::Error::permanent(pool_error(e)))?;
+            op(client).await.map_err(|e| {
+                let code = e.code();
+                if code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                    || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                {
+                    backoff::Error::transient(db_error(e))
+                } else {
+                    backoff::Error::permanent(db_error(e))
+                }
+            })
+        })
+        .await;
+        let reached = !matches!(result, Err(StoreError::Unavailable(_)));
+        self.reachable.store(reached, Ordering::Relaxed);
+        result
+    }
+
+    pub(super) async fn create(
+        &self,
+        reservation: &mut Reservation,
+        key: Option<&KeyEntry<'_>>,
+    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
+        reservation.revision = 1;
+        let row = Row::of(reservation, &self.options.retention);
+        let (id, owner) = (*reservation.id.as_uuid(), self.instance);
+        let (key_text, fingerprint) = (key.map(|k| k.key), key.map(|k| k.fingerprint.to_vec()));
+        let (row, key_text, fingerprint) = (&row, &key_text, &fingerprint);
+        let inserted = self
+            .run(move |c| async move {
+                let statement = c.prepare_cached(INSERT).await?;
+                c.execute(
+                    &statement,
+                    &[
+                        &id,
+                        &row.version,
+                        &row.state,
+                        &owner,
+                        &row.active,
+                        &row.purge_at,
+                        &row.record,
+                        key_text,
+                        fingerprint,
+                    ],
+                )
+                .await
+            })
+            .await;
+        match inserted {
+            Ok(1) => Ok(None),
+            Ok(_) => {
+                reservation.revision = 0;
+                let key = key.map_or("", |k| k.key);
+                self.idempotency_key(key)
+                    .await?
+                    .map(Some)
+                    .ok_or(StoreError::Conflict(reservation.id))
+            }
+            Err(e) => {
+                reservation.revision = 0;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn write(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
+        let expected = version(reservation.revision)?;
+        reservation.revision += 1;
+        let row = Row::of(reservation, &self.options.retention);
+        let (id, owner, row) = (*reservation.id.as_uuid(), self.instance, &row);
+        let updated = self
+            .run(move |c| async move {
+                let statement = c.prepare_cached(UPDATE).await?;
+                c.execute(
+                    &statement,
+                    &[
+                        &id,
+                        &expected,
+                        &row.version,
+                        &row.state,
+                        &owner,
+                        &row.active,
+                        &row.purge_at,
+                        &row.record,
+                    ],
+                )
+                .await
+            })
+            .await;
+        match updated {
+            Ok(1) => Ok(()),
+            Ok(_) => {
+                reservation.revision -= 1;
+                Err(StoreError::Conflict(reservation.id))
+            }
+            Err(e) => {
+                reservation.revision -= 1;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
+        let uuid = *id.as_uuid();
+        let row = self
+            .run(move |c| async move {
+                let statement = c
+                    .prepare_cached("SELECT version, record FROM tcc_reservations WHERE id = $1")
+                    .await?;
+                c.query_opt(&statement, &[&uuid]).await
+            })
+            .await?;
+        row.map(|row| decode(id, row.get(0), row.get(1)))
+            .transpose()
+    }
+
+    pub(super) async fn idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
+        let row = self
+            .run(move |c| async move {
+                let statement = c
+                    .prepare_cached(
+                        "SELECT id, fingerprint FROM tcc_reservations WHERE idempotency_key = $1",
+                    )
+                    .await?;
+                c.query_opt(&statement, &[&key]).await
+            })
+            .await?;
+        row.map(|row| {
+            let id: Uuid = row.get(0);
+            let fingerprint: Vec<u8> = row.get(1);
+            let fingerprint = fingerprint.try_into().map_err(|_| StoreError::Corrupt {
+                key: format!("idempotency key {key:?}"),
+                detail: "the fingerprint is not 32 bytes".into(),
+            })?;
+            Ok((ReservationId::from_bytes(id.into_bytes()), fingerprint))
+        })
+        .transpose()
+    }
+
+    pub(super) async fn remove(&self, id: ReservationId) -> Result<(), StoreError> {
+        let uuid = *id.as_uuid();
+        self.run(move |c| async move {
+            c.execute("DELETE FROM tcc_reservations WHERE id = $1", &[&uuid])
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn newest_first(
+        &self,
+        before: Option<ReservationId>,
+        limit: usize,
+        state: Option<State>,
+    ) -> Result<(Vec<Reservation>, bool), StoreError> {
+        let before = before.map(|id| *id.as_uuid());
+        let state = state.map(State::as_str);
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let rows = self
+            .run(move |c| async move {
+                let statement = c
+                    .prepare_cached(
+                        "SELECT id, version, record FROM tcc_reservations \
+                         WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR state = $2) \
+                         ORDER BY id DESC LIMIT $3",
+                    )
+                    .await?;
+                c.query(&statement, &[&before, &state, &fetch]).await
+            })
+            .await?;
+        let more = rows.len() > limit;
+        let page = rows
+            .iter()
+            .take(limit)
+            .map(|row| {
+                let id: Uuid = row.get(0);
+                decode(
+                    ReservationId::from_bytes(id.into_bytes()),
+                    row.get(1),
+                    row.get(2),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((page, more))
+    }
+
+    pub(super) async fn heartbeat(&self) -> Result<(), StoreError> {
+        let (instance, name, lease) = (
+            self.instance,
+            &self.options.instance_name,
+            self.lease_seconds(),
+        );
+        self.run(move |c| async move {
+            let renewed = c
+                .execute(
+                    "UPDATE tcc_instances SET lease_until = now() + make_interval(secs => $2) \
+                     WHERE id = $1",
+                    &[&instance, &lease],
+                )
+                .await?;
+            if renewed == 0 {
+                // An operator deleted the row: register again.
+                c.execute(
+                    "INSERT INTO tcc_instances (id, name, lease_until) \
+                     VALUES ($1, $2, now() + make_interval(secs => $3)) ON CONFLICT (id) DO NOTHING",
+                    &[&instance, name, &lease],
+                )
+                .await?;
+            }
+            // Instances dead for a day are only noise for operators.
+            c.execute(
+                "DELETE FROM tcc_instances WHERE lease_until < now() - interval '1 day'",
+                &[],
+            )
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn claim_orphans(&self, limit: usize) -> Result<Vec<Reservation>, StoreError> {
+        let (instance, limit) = (self.instance, i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = self
+            .run(move |c| async move {
+                let statement = c.prepare_cached(CLAIM).await?;
+                c.query(&statement, &[&instance, &limit]).await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: Uuid = row.get(0);
+                decode(
+                    ReservationId::from_bytes(id.into_bytes()),
+                    row.get(1),
+                    row.get(2),
+                )
+            })
+            .collect()
+    }
+
+    pub(super) async fn purge_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let deleted = self
+            .run(move |c| async move {
+                let statement = c.prepare_cached(PURGE).await?;
+                c.execute(&statement, &[&now, &limit]).await
+            })
+            .await?;
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+    }
+
+    pub(super) async fn count_by_state(&self) -> Result<Vec<(State, u64)>, StoreError> {
+        let rows = self
+            .run(|c| async move {
+                c.query(
+                    "SELECT state, count(*) FROM tcc_reservations GROUP BY state",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let name: &str = row.get(0);
+                let count: i64 = row.get(1);
+                let state = State::ALL.into_iter().find(|s| s.as_str() == name)?;
+                Some((state, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect())
+    }
+
+    pub(super) async fn release(&self) {
+        let instance = self.instance;
+        let released = self
+            .run(move |c| async move {
+                c.execute(
+                    "UPDATE tcc_instances SET lease_until = now() WHERE id = $1",
+                    &[&instance],
+                )
+                .await
+            })
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(%error, "could not end this instance's lease; others take over its reservations when it lapses");
+        }
+    }
+}
+
+/// The columns written for a reservation.
+struct Row {
+    version: i64,
+    state: &'static str,
+    active: bool,
+    purge_at: Option<DateTime<Utc>>,
+    record: Vec<u8>,
+}
+
+impl Row {
+    fn of(r: &Reservation, retention: &Retention) -> Self {
+        Self {
+            version: i64::try_from(r.revision).unwrap_or(i64::MAX),
+            state: r.state.as_str(),
+            active: !r.state.is_terminal() || r.callback_due(),
+            purge_at: r.purge_at(retention.retention, retention.transaction_retention),
+            record: record::encode(r),
+        }
+    }
+}
+
+fn version(revision: u64) -> Result<i64, StoreError> {
+    i64::try_from(revision)
+        .map_err(|_| StoreError::Database(format!("revision {revision} is out of range")))
+}
+
+/// Decodes a row's record; the row's version is the revision (a claim counts it up without
+/// rewriting the record).
+fn decode(id: ReservationId, version: i64, bytes: &[u8]) -> Result<Reservation, StoreError> {
+    let mut reservation = record::decode(id, bytes)?;
+    reservation.revision = u64::try_from(version).unwrap_or(0);
+    Ok(reservation)
+}
+
+/// Creates the schema or brings it up to date, in one transaction holding `tcc_schema`
+/// exclusively (instances starting together wait for each other).
+async fn migrate(client: &mut Object) -> Result<(), String> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match migrate_once(client).await {
+            Err(MigrateError::Db(e))
+                if attempts < 5
+                    && matches!(
+                        e.code(),
+                        Some(c) if *c == SqlState::UNIQUE_VIOLATION
+                            || *c == SqlState::DUPLICATE_TABLE
+                            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                            || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    ) =>
+            {
+                // Two instances created `tcc_schema` at the same moment: the loser retries.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(MigrateError::Db(e)) => return Err(db_error(e).to_string()),
+            Err(MigrateError::TooNew(found)) => {
+                return Err(format!(
+                    "the schema is at version {found}, newer than this coordinator knows ({}): \
+                     run a newer coordinator",
+                    MIGRATIONS.len()
+                ))
+            }
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+enum MigrateError {
+    Db(tokio_postgres::Error),
+    TooNew(usize),
+}
+
+impl From<tokio_postgres::Error> for MigrateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        MigrateError::Db(e)
+    }
+}
+
+async fn migrate_once(client: &mut Object) -> Result<(), MigrateError> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS tcc_schema (version integer NOT NULL)")
+        .await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("LOCK TABLE tcc_schema IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let found = tx
+        .query_opt("SELECT version FROM tcc_schema", &[])
+        .await?
+        .map_or(0, |row| row.get::<_, i32>(0));
+    let found = usize::try_from(found).unwrap_or(0);
+    if found > MIGRATIONS.len() {
+        return Err(MigrateError::TooNew(found));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(found) {
+        tracing::info!(version = i + 1, "migrating the PostgreSQL schema");
+        tx.batch_execute(migration).await?;
+    }
+    let now = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+    if found == 0 {
+        tx.execute("INSERT INTO tcc_schema (version) VALUES ($1)", &[&now])
+            .await?;
+    } else {
+        tx.execute("UPDATE tcc_schema SET version = $1", &[&now])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Creates a schema with a fresh name in the database at `url` and returns a URL whose
+/// connections use it (`search_path`): tests and benchmarks get empty tables of their own.
+pub(super) async fn scratch_schema(url: &str) -> String {
+    let schema = format!("tcc_test_{}", Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("TCC_TEST_POSTGRES must name a reachable database");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("a scratch schema");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
+/// `user@host:port/database`: the URL without its password, for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+fn pool_text(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => db_error_text(e),
+        other => other.to_string(),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db_error(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Connection trouble (no answer, a closed connection, the server shutting down or out of
+/// connections) is `Unavailable`; anything the database refused is `Database`.
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    let unavailable = match e.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08: connection exception; 53: insufficient resources; 57: operator intervention.
+            matches!(class, "08" | "53" | "57")
+        }
+    };
+    if unavailable {
+        StoreError::Unavailable(db_error_text(&e))
+    } else {
+        StoreError::Database(db_error_text(&e))
+    }
+}
+
+/// The error with its cause (tokio-postgres' Display alone says only "error connecting to
+/// server").
+fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}

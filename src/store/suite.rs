@@ -1,0 +1,385 @@
+//! The store test suite: the same tests against the embedded log and against PostgreSQL.
+//!
+//! The PostgreSQL half runs when `TCC_TEST_POSTGRES` names a database
+//! (`postgres://user@host:port/db`; `.ci/postgres.sh` starts a throwaway one). Each test
+//! gets a schema of its own in it. Without the variable those tests say they were skipped,
+//! unless `TCC_REQUIRE_POSTGRES=1` (CI), which makes its absence a failure.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::*;
+use crate::domain::{Event, Reservation};
+
+const RETENTION: Retention = Retention {
+    retention: Duration::from_secs(60),
+    transaction_retention: Duration::from_secs(60),
+};
+
+fn reservation() -> Reservation {
+    Reservation::new(
+        ReservationId::new(),
+        // The log keeps milliseconds.
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        Duration::from_secs(30),
+        vec![],
+        serde_json::Map::new(),
+        Duration::from_secs(5),
+    )
+}
+
+fn sled_store(max_waiting: usize) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        8 << 20,
+        SyncMode::Fdatasync,
+        max_waiting,
+        &Default::default(),
+    )
+    .unwrap();
+    (store, dir)
+}
+
+/// A URL for a schema of its own in the test database, or `None` (skipped) without one.
+pub(crate) async fn test_database() -> Option<String> {
+    super::scratch_database_from_env().await
+}
+
+async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store {
+    Store::connect(
+        PostgresOptions {
+            url: url.to_owned(),
+            connections: 8,
+            lease,
+            retention: RETENTION,
+            instance_name: "store suite".into(),
+        },
+        max_waiting,
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs each test against sled, then against PostgreSQL when there is one.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_log {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = super::sled_store(1024);
+                    super::$name(&store).await;
+                }
+            )*
+        }
+        mod postgres_log {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(url) = super::test_database().await else { return };
+                    let store = super::postgres_store(&url, std::time::Duration::from_secs(10), 1024).await;
+                    super::$name(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    a_created_reservation_reads_back_equal_at_revision_1,
+    a_write_over_a_stale_revision_is_refused_and_changes_nothing,
+    concurrent_writers_of_one_reservation_win_one_revision_each,
+    an_idempotency_key_maps_to_the_first_reservation_only,
+    listing_is_newest_first_filtered_and_paged,
+    removing_drops_the_record_and_frees_its_key,
+    concurrent_creates_are_all_durable_and_readable,
+    client_writes_past_the_queue_limit_are_refused_until_one_is_durable,
+);
+
+async fn a_created_reservation_reads_back_equal_at_revision_1(store: &Store) {
+    let mut r = reservation();
+    assert_eq!(store.create(&mut r, None).await.unwrap(), None);
+    assert_eq!(r.revision, 1);
+    assert_eq!(store.load(r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.load(ReservationId::new()).await.unwrap(), None);
+}
+
+async fn a_write_over_a_stale_revision_is_refused_and_changes_nothing(store: &Store) {
+    let mut r = reservation();
+    store.create(&mut r, None).await.unwrap();
+    let (mut first, mut second) = (r.clone(), r.clone());
+    first.apply(Event::Confirm, Utc::now()).unwrap();
+    second.apply(Event::Cancel, Utc::now()).unwrap();
+    store.replace(&mut first).await.unwrap();
+    assert_eq!(first.revision, 2);
+    assert!(matches!(
+        store.replace(&mut second).await,
+        Err(StoreError::Conflict(id)) if id == r.id
+    ));
+    assert_eq!(
+        second.revision, 1,
+        "a refused write leaves the revision as read"
+    );
+    let stored = store.load(r.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, State::Confirming);
+    assert_eq!(stored.revision, 2);
+    // Once read again, the write goes through.
+    let mut again = stored;
+    again.metadata.insert("k".into(), "v".into());
+    store.replace(&mut again).await.unwrap();
+    assert_eq!(store.load(r.id).await.unwrap().unwrap().revision, 3);
+}
+
+async fn concurrent_writers_of_one_reservation_win_one_revision_each(store: &Store) {
+    let mut r = reservation();
+    store.create(&mut r, None).await.unwrap();
+    let writers = (0..16).map(|i| {
+        let (store, id) = (store.clone(), r.id);
+        tokio::spawn(async move {
+            let mut won = 0;
+            for round in 0..10 {
+                let mut read = store.load(id).await.unwrap().unwrap();
+                read.metadata
+                    .insert(format!("w{i}"), serde_json::json!(round));
+                match store.replace(&mut read).await {
+                    Ok(()) => won += 1,
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            won
+        })
+    });
+    let won: u64 = futures_util::future::join_all(writers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    let stored = store.load(r.id).await.unwrap().unwrap();
+    assert!(won >= 1);
+    assert_eq!(
+        stored.revision,
+        1 + won,
+        "every winning write counted exactly once"
+    );
+}
+
+async fn an_idempotency_key_maps_to_the_first_reservation_only(store: &Store) {
+    let key = format!("order-{}", uuid::Uuid::new_v4());
+    let mut first = reservation();
+    first.idempotency_key = Some(key.clone());
+    let entry = KeyEntry {
+        key: &key,
+        fingerprint: [7; 32],
+    };
+    assert_eq!(store.create(&mut first, Some(entry)).await.unwrap(), None);
+    let mut second = reservation();
+    second.idempotency_key = Some(key.clone());
+    let taken = KeyEntry {
+        key: &key,
+        fingerprint: [8; 32],
+    };
+    assert_eq!(
+        store.create(&mut second, Some(taken)).await.unwrap(),
+        Some((first.id, [7; 32]))
+    );
+    assert_eq!(second.revision, 0);
+    assert_eq!(store.load(second.id).await.unwrap(), None, "nothing stored");
+    assert_eq!(
+        store.idempotency_key(&key).await.unwrap(),
+        Some((first.id, [7; 32]))
+    );
+}
+
+async fn listing_is_newest_first_filtered_and_paged(store: &Store) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut r = reservation();
+        if i % 2 == 1 {
+            r.apply(Event::Cancel, Utc::now()).unwrap();
+        }
+        store.create(&mut r, None).await.unwrap();
+        ids.push((r.id, r.state));
+        tokio::time::sleep(Duration::from_millis(2)).await; // distinct UUIDv7 instants
+    }
+    let newest: Vec<_> = ids.iter().rev().map(|(id, _)| *id).collect();
+    let (page, more) = store.newest_first(None, 3, None).await.unwrap();
+    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), newest[..3]);
+    assert!(more);
+    let (rest, more) = store.newest_first(Some(page[2].id), 3, None).await.unwrap();
+    assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), newest[3..]);
+    assert!(!more);
+    let (cancelling, _) = store
+        .newest_first(None, 10, Some(State::Cancelling))
+        .await
+        .unwrap();
+    assert_eq!(cancelling.len(), 2);
+    assert!(cancelling.iter().all(|r| r.state == State::Cancelling));
+}
+
+async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
+    let key = format!("order-{}", uuid::Uuid::new_v4());
+    let mut r = reservation();
+    r.idempotency_key = Some(key.clone());
+    let entry = KeyEntry {
+        key: &key,
+        fingerprint: [1; 32],
+    };
+    store.create(&mut r, Some(entry)).await.unwrap();
+    store.remove(&r).await.unwrap();
+    assert_eq!(store.load(r.id).await.unwrap(), None);
+    assert_eq!(store.idempotency_key(&key).await.unwrap(), None);
+    let mut stale = r.clone();
+    assert!(matches!(
+        store.replace(&mut stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.load(r.id).await.unwrap(),
+        None,
+        "a removed record stays removed"
+    );
+}
+
+async fn concurrent_creates_are_all_durable_and_readable(store: &Store) {
+    let creates = (0..200).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut r = reservation();
+            store.create(&mut r, None).await.unwrap();
+            r
+        })
+    });
+    for r in futures_util::future::join_all(creates).await {
+        let r = r.unwrap();
+        assert_eq!(store.load(r.id).await.unwrap(), Some(r));
+    }
+}
+
+async fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable(store: &Store) {
+    // The suite's stores admit 1024; take them all.
+    let held: Vec<_> = (0..1024).map(|_| store.admit().unwrap()).collect();
+    assert!(matches!(store.admit(), Err(StoreError::Overloaded(1024))));
+    drop(held);
+    assert!(store.admit().is_ok());
+}
+
+// ---- what only a shared store does ------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_log_groups_concurrent_writes_into_few_flushes() {
+    let (store, _dir) = sled_store(1024);
+    concurrent_creates_are_all_durable_and_readable(&store).await;
+    let flushes = store.flushes();
+    assert!(
+        (1..200).contains(&flushes),
+        "{flushes} flushes for 200 creates"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested").join("data");
+    Store::open(&data, 8 << 20, SyncMode::Flush, 1, &Default::default()).unwrap();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let lease = Duration::from_secs(30);
+    let (first, second) = (
+        postgres_store(&url, lease, 16).await,
+        postgres_store(&url, lease, 16).await,
+    );
+    let mut pending = reservation();
+    first.create(&mut pending, None).await.unwrap();
+    let mut finished = reservation();
+    finished.apply(Event::Cancel, Utc::now()).unwrap();
+    finished.state = State::Cancelled;
+    finished.finished_at = Some(Utc::now());
+    first.create(&mut finished, None).await.unwrap();
+
+    assert!(
+        second.claim_orphans(100).await.unwrap().is_empty(),
+        "nothing is claimed from a live instance"
+    );
+    first.release().await; // as if its lease had lapsed
+    let claimed = second.claim_orphans(100).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![pending.id],
+        "only unfinished work is claimed"
+    );
+    assert_eq!(claimed[0].revision, 2, "a claim counts the revision up");
+    assert!(
+        second.claim_orphans(100).await.unwrap().is_empty(),
+        "claimed once"
+    );
+    // The old owner's copy is stale: its write fails its condition.
+    pending.apply(Event::Confirm, Utc::now()).unwrap();
+    assert!(matches!(
+        first.replace(&mut pending).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_in_bounded_batches() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let store = postgres_store(&url, Duration::from_secs(10), 64).await;
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    for _ in 0..25 {
+        let mut r = reservation();
+        r.apply(Event::Cancel, long_ago).unwrap();
+        r.state = State::Cancelled;
+        r.finished_at = Some(long_ago);
+        store.create(&mut r, None).await.unwrap();
+    }
+    let mut kept = reservation();
+    store.create(&mut kept, None).await.unwrap();
+    let now = Utc::now();
+    assert_eq!(store.purge_due(now, 10).await.unwrap(), 10);
+    assert_eq!(store.purge_due(now, 10).await.unwrap(), 10);
+    assert_eq!(store.purge_due(now, 10).await.unwrap(), 5);
+    assert_eq!(store.purge_due(now, 10).await.unwrap(), 0);
+    assert!(store.load(kept.id).await.unwrap().is_some());
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts, vec![(State::Reserved, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_one_clear_error_at_start() {
+    // A port nothing listens on (the test database's, plus one, is as good as any).
+    let Err(error) = Store::connect(
+        PostgresOptions {
+            url: "postgres://tcc:secret-password@127.0.0.1:9/tcc".into(),
+            connections: 1,
+            lease: Duration::from_secs(10),
+            retention: RETENTION,
+            instance_name: "unreachable".into(),
+        },
+        1,
+    )
+    .await
+    else {
+        panic!("connected to nothing");
+    };
+    let text = error.to_string();
+    assert!(
+        text.starts_with("cannot connect to PostgreSQL at tcc@127.0.0.1:9/tcc"),
+        "{text}"
+    );
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("secret-password"), "{text}");
+}

@@ -1,0 +1,211 @@
+//! Several coordinator processes on one PostgreSQL database (`--store`), killed with SIGKILL.
+//!
+//! Run when `TCC_TEST_POSTGRES` names a database (`.ci/postgres.sh` starts a throwaway
+//! cluster and sets it); each test gets a schema of its own. Without it they are skipped,
+//! unless `TCC_REQUIRE_POSTGRES` is set (CI).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::helpers::{client, create, in_secs, wait_for, Participant, PATIENCE};
+use super::{command_without_log, Binary};
+
+/// Short, so that takeovers happen within a test's patience.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// A coordinator process on the shared database, its stderr in `{dir}/{name}.log`.
+fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
+    let mut command = command_without_log();
+    command
+        .args(["--store", database, "--lease"])
+        .arg(format!("{}ms", LEASE.as_millis()));
+    Binary::spawn(command, &dir.join(format!("{name}.log")))
+}
+
+/// Every link (`/holds/{n}`) got at most one kind of decision: never both `PUT` and `DELETE`.
+fn no_link_got_both(participants: &[&Participant]) {
+    for p in participants {
+        let put: BTreeSet<_> = p.paths("PUT").into_iter().collect();
+        let deleted: BTreeSet<_> = p.paths("DELETE").into_iter().collect();
+        let both: Vec<_> = put.intersection(&deleted).collect();
+        assert!(
+            both.is_empty(),
+            "links that got both PUT and DELETE: {both:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_another() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second, third) = (
+        instance(&database, dir.path(), "first"),
+        instance(&database, dir.path(), "second"),
+        instance(&database, dir.path(), "third"),
+    );
+    let http = client();
+    let (up, down) = (Participant::start().await, Participant::start().await);
+
+    // Create on the first; the third reads it.
+    let id = create(
+        &http,
+        &first.base,
+        &json!({"participants": [up.link(1), down.link(1)]}),
+    )
+    .await;
+    let (status, body) = wait_for(&http, &third.base, &id, |_, _| true).await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("reserved")));
+
+    // Confirm on the second, with one participant down: it keeps retrying its PUT.
+    down.stop();
+    let confirm = http
+        .post(format!("{}/reservations/{id}/confirm", second.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 202);
+    wait_for(&http, &third.base, &id, |_, b| {
+        b["participants"][1]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(up.paths("PUT"), ["/holds/1"]);
+
+    // Kill the second mid-confirmation; bring the participant back.
+    second.kill_9();
+    down.restart().await;
+
+    // Another instance takes over once the lease lapses, and finishes.
+    let (status, _) = wait_for(&http, &third.base, &id, |s, _| s == 303).await;
+    assert_eq!(status, 303);
+    let (status, _) = wait_for(&http, &first.base, &id, |s, _| s == 303).await;
+    assert_eq!(status, 303, "every instance tells the same truth");
+    assert!(down.paths("PUT").iter().all(|p| p == "/holds/1"));
+    assert!(!down.paths("PUT").is_empty());
+    assert_eq!(up.count("DELETE") + down.count("DELETE"), 0);
+    no_link_got_both(&[&up, &down]);
+    drop((first, third));
+}
+
+#[tokio::test]
+async fn pending_reservations_of_a_killed_instance_are_cancelled_at_their_deadlines_by_survivors() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (doomed, survivor) = (
+        instance(&database, dir.path(), "doomed"),
+        instance(&database, dir.path(), "survivor"),
+    );
+    let http = client();
+    let p = Participant::start().await;
+    let timeout = Duration::from_secs(4);
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        let body = json!({"timeout_ms": timeout.as_millis(), "participants": [p.link(n)]});
+        ids.push(create(&http, &doomed.base, &body).await);
+    }
+    let deadline = Instant::now() + timeout;
+    doomed.kill_9();
+
+    for id in &ids {
+        let (status, body) = wait_for(&http, &survivor.base, id, |s, _| s == 410).await;
+        assert_eq!(status, 410, "{body}");
+    }
+    p.wait_until("a DELETE for every link", |p| p.count("DELETE") >= 5)
+        .await;
+    assert_eq!(p.count("PUT"), 0);
+    no_link_got_both(&[&p]);
+    // A deadline that fell while its owner was dead fires within the lease period (plus
+    // one heartbeat tick and the call itself; the slack is for a loaded machine).
+    let last = p.times("DELETE").into_iter().max().unwrap();
+    let late = last.saturating_duration_since(deadline);
+    assert!(
+        late <= LEASE + Duration::from_secs(3),
+        "the last DELETE came {late:?} after the deadline"
+    );
+}
+
+#[tokio::test]
+async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decision() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    const RACES: u32 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let (left, right) = (
+        instance(&database, dir.path(), "left"),
+        instance(&database, dir.path(), "right"),
+    );
+    let http = client();
+    let p = Participant::start().await;
+    let expires = in_secs(600);
+
+    let outcomes: Vec<(u32, u16, u16)> = futures_util::stream::iter(1..=RACES)
+        .map(|n| {
+            let (http, left, right, p, expires) = (&http, &left.base, &right.base, &p, &expires);
+            async move {
+                let body = json!({"participants": [p.link_expiring(n, expires)]});
+                let id = create(http, if n % 2 == 0 { left } else { right }, &body).await;
+                // Alternate which instance gets which verb.
+                let (confirm_on, cancel_on) = if n % 3 == 0 {
+                    (right, left)
+                } else {
+                    (left, right)
+                };
+                let confirm = http
+                    .post(format!("{confirm_on}/reservations/{id}/confirm"))
+                    .send();
+                let cancel = http
+                    .post(format!("{cancel_on}/reservations/{id}/cancel"))
+                    .send();
+                let (confirm, cancel) = tokio::join!(confirm, cancel);
+                (
+                    n,
+                    confirm.unwrap().status().as_u16(),
+                    cancel.unwrap().status().as_u16(),
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+
+    let start = Instant::now();
+    while (p.count("PUT") + p.count("DELETE")) < RACES as usize {
+        assert!(
+            start.elapsed() < PATIENCE * 4,
+            "only {} PUTs and {} DELETEs for {RACES} races",
+            p.count("PUT"),
+            p.count("DELETE")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let put: BTreeSet<_> = p.paths("PUT").into_iter().collect();
+    let deleted: BTreeSet<_> = p.paths("DELETE").into_iter().collect();
+    for (n, confirm, cancel) in outcomes {
+        let path = format!("/holds/{n}");
+        let confirmed = confirm == 202;
+        let cancelled = cancel == 202;
+        assert!(
+            confirmed != cancelled,
+            "race {n}: confirm answered {confirm} and cancel {cancel}: exactly one must win"
+        );
+        assert_eq!(
+            put.contains(&path),
+            confirmed,
+            "race {n}: PUT iff the confirm won"
+        );
+        assert_eq!(
+            deleted.contains(&path),
+            cancelled,
+            "race {n}: DELETE iff the cancel won"
+        );
+    }
+    no_link_got_both(&[&p]);
+}
