@@ -8,7 +8,10 @@
 //!
 //! Options: `--rounds N` (pairs of direct and coordinator rounds, default 5), `--seconds S`
 //! (length of a round, default 5), `--count N` (reservations for `timeout-storm` and
-//! `pending`), `--json FILE`.
+//! `pending`), `--json FILE`, and for `confirm`, `try` and `fanout`: `--store postgres` (the
+//! log in the PostgreSQL database `TCC_TEST_POSTGRES` names, a fresh schema per run; see
+//! `.ci/postgres.sh`) and `--instances N` (N coordinator processes on that database, requests
+//! spread round-robin: each transaction is created on one and confirmed on the next).
 //!
 //! It starts, on loopback, the real coordinator binary (release build, fresh data directory,
 //! durable log) and a participant service with K participants in a separate process (this
@@ -45,6 +48,9 @@ struct Options {
     seconds: f64,
     count: Option<usize>,
     json: Option<String>,
+    /// The coordinators' log: `sled` (each its own data directory) or `postgres`.
+    store: String,
+    instances: usize,
 }
 
 const SCENARIOS: [&str; 5] = ["confirm", "try", "fanout", "timeout-storm", "pending"];
@@ -56,6 +62,8 @@ fn options() -> Options {
         seconds: 5.0,
         count: None,
         json: None,
+        store: "sled".into(),
+        instances: 1,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
@@ -82,6 +90,19 @@ fn options() -> Options {
                 )
             }
             "--json" => o.json = Some(value("--json")),
+            "--store" => {
+                o.store = value("--store");
+                if !["sled", "postgres"].contains(&o.store.as_str()) {
+                    usage("--store is sled or postgres");
+                }
+            }
+            "--instances" => {
+                o.instances = value("--instances")
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .unwrap_or_else(|| usage("--instances takes a number, at least 1"))
+            }
             "all" => o.scenarios.extend(SCENARIOS.map(String::from)),
             name if SCENARIOS.contains(&name) => o.scenarios.push(name.to_owned()),
             other => usage(&format!("unknown argument `{other}`")),
@@ -90,13 +111,19 @@ fn options() -> Options {
     if o.scenarios.is_empty() {
         o.scenarios.push("confirm".into());
     }
+    if o.instances > 1 && o.store != "postgres" {
+        usage("several --instances share a log only with --store postgres");
+    }
+    if o.store == "postgres" && std::env::var_os("TCC_TEST_POSTGRES").is_none() {
+        usage("--store postgres needs TCC_TEST_POSTGRES=postgres://… (bash .ci/postgres.sh starts one)");
+    }
     o
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "tcc bench: {problem}\nusage: cargo bench --bench tcc -- [confirm|try|fanout|timeout-storm|pending|all]... \
-         [--rounds N] [--seconds S] [--count N] [--json FILE]"
+         [--rounds N] [--seconds S] [--count N] [--json FILE] [--store sled|postgres] [--instances N]"
     );
     std::process::exit(2)
 }
@@ -196,18 +223,27 @@ fn start_participants(k: usize) -> (Process, Vec<String>) {
     (Process(child), bases)
 }
 
-fn start_coordinator(data: &std::path::Path) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--max-timeout",
-            "2h",
-            "--max-wait",
-            "60s",
-        ])
-        .arg("--data-dir")
-        .arg(data)
+/// Where a coordinator keeps its log.
+enum Log<'a> {
+    Dir(&'a std::path::Path),
+    Postgres(&'a str),
+}
+
+fn start_coordinator(log: &Log<'_>) -> (Process, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    command.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--max-timeout",
+        "2h",
+        "--max-wait",
+        "60s",
+    ]);
+    match log {
+        Log::Dir(dir) => command.arg("--data-dir").arg(dir),
+        Log::Postgres(url) => command.args(["--store", url, "--store-connections", "8"]),
+    };
+    let mut child = command
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -272,12 +308,16 @@ async fn try_hold(http: &reqwest::Client, participant: &str) -> Value {
 }
 
 /// One transaction through the coordinator: created, then confirmed with `Prefer: wait`.
+/// With several coordinators, created on `coordinators[n]` and confirmed on the next one.
 async fn coordinated(
     http: &reqwest::Client,
-    base: &str,
+    coordinators: &[String],
+    n: usize,
     participants: &[String],
     style: Style,
 ) -> Duration {
+    let base = &coordinators[n % coordinators.len()];
+    let confirm_base = &coordinators[(n + 1) % coordinators.len()];
     let entries: Vec<Value> = match style {
         Style::Links => {
             let tries = participants.iter().map(|p| try_hold(http, p));
@@ -308,7 +348,7 @@ async fn coordinated(
     let body: Value = created.json().await.unwrap();
     let id = body["id"].as_str().unwrap();
     let confirmed = http
-        .post(format!("{base}/reservations/{id}/confirm"))
+        .post(format!("{confirm_base}/reservations/{id}/confirm"))
         .header("Prefer", "wait=30")
         .send()
         .await
@@ -371,10 +411,24 @@ fn round2(x: f64) -> Value {
 async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -> Value {
     let (_participants, bases) = start_participants(k);
     let dir = tempfile::tempdir().unwrap();
-    let (_coordinator, base) = start_coordinator(&dir.path().join("data"));
+    let database = if o.store == "postgres" {
+        tcc_coordinator::scratch_database_from_env().await
+    } else {
+        None
+    };
+    let (_coordinators, coordinators): (Vec<Process>, Vec<String>) = (0..o.instances)
+        .map(|i| match &database {
+            Some(url) => start_coordinator(&Log::Postgres(url)),
+            None => start_coordinator(&Log::Dir(&dir.path().join(format!("data-{i}")))),
+        })
+        .unzip();
     let http = client(c);
-    wait_ready(&http, &base).await;
+    for base in &coordinators {
+        wait_ready(&http, base).await;
+    }
     let bases = Arc::new(bases);
+    let coordinators = Arc::new(coordinators);
+    let sequence = Arc::new(AtomicU64::new(0));
 
     let direct_round = |seconds: f64| {
         let (http, bases) = (http.clone(), bases.clone());
@@ -388,10 +442,16 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         })
     };
     let coordinated_round = |seconds: f64| {
-        let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
+        let (http, bases, coordinators, sequence) = (
+            http.clone(),
+            bases.clone(),
+            coordinators.clone(),
+            sequence.clone(),
+        );
         round(c, seconds, move || {
-            let (http, bases, base) = (http.clone(), bases.clone(), base.clone());
-            async move { coordinated(&http, &base, &bases, style).await }
+            let (http, bases, coordinators) = (http.clone(), bases.clone(), coordinators.clone());
+            let n = sequence.fetch_add(1, Ordering::Relaxed) as usize;
+            async move { coordinated(&http, &coordinators, n, &bases, style).await }
         })
     };
 
@@ -425,6 +485,8 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         .fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(*r), b.max(*r)));
     json!({
         "scenario": name,
+        "store": o.store,
+        "instances": o.instances,
         "k": k,
         "c": c,
         "rounds": o.rounds,
@@ -505,7 +567,7 @@ async fn timeout_storm(count: usize) -> Value {
     let (_participants, bases) = start_participants(1);
     let participant = bases[0].clone();
     let dir = tempfile::tempdir().unwrap();
-    let (_coordinator, base) = start_coordinator(&dir.path().join("data"));
+    let (_coordinator, base) = start_coordinator(&Log::Dir(&dir.path().join("data")));
     let http = client(64);
     wait_ready(&http, &base).await;
 
@@ -630,7 +692,7 @@ async fn pending(count: usize) -> Value {
     let (_participants, bases) = start_participants(1);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (coordinator, base) = start_coordinator(&data);
+    let (coordinator, base) = start_coordinator(&Log::Dir(&data));
     let http = client(64);
     wait_ready(&http, &base).await;
 
@@ -643,7 +705,7 @@ async fn pending(count: usize) -> Value {
 
     // From starting the process to `/health/ready` answering 200 (recovery finished).
     let t = Instant::now();
-    let (restarted, base) = start_coordinator(&data);
+    let (restarted, base) = start_coordinator(&Log::Dir(&data));
     wait_ready(&http, &base).await;
     let ready_s = t.elapsed().as_secs_f64();
     let rss_restarted = resident_mib(restarted.pid());

@@ -424,9 +424,28 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
     pub async fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        // A shared store's records change under our feet: what clients read comes from it.
+        if !self.inner.store.is_shared() {
+            if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
+                return Ok(Reservation::clone(r));
+            }
+        }
+        self.read(id).await
+    }
+
+    /// The reservation as this instance last saved it while working on it, else as read.
+    /// With a shared store the copy may be stale; that is harmless where it is used (to
+    /// change it, or to drive it): every write is conditional on the revision, and a stale
+    /// copy's write fails, drops the copy and reads again.
+    async fn current(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
             return Ok(Reservation::clone(r));
         }
+        self.read(id).await
+    }
+
+    /// Reads a reservation from the store.
+    async fn read(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         let retention = self.inner.limits.retention;
         match self.inner.store.load(id).await? {
             Some(r) if r.is_past_retention(self.now(), retention) => {
@@ -690,7 +709,7 @@ impl Coordinator {
         &self,
         id: ReservationId,
     ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
-        let Ok(before) = self.get(id).await else {
+        let Ok(before) = self.current(id).await else {
             return Ok(None); // purged, or past its retention: nothing to expire
         };
         let mut after = before.clone();
@@ -701,7 +720,10 @@ impl Coordinator {
             Ok(()) => Ok(Some((before, after))),
             // Another instance changed it meanwhile (decided it, or moved its deadline and
             // armed its own timer): nothing is due here.
-            Err(StoreError::Conflict(_)) => Ok(None),
+            Err(StoreError::Conflict(_)) => {
+                self.inner.working.lock().expect("working lock").remove(&id);
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -805,7 +827,7 @@ impl Coordinator {
         let _guard = self.lock_for(id).lock().await;
         let mut conflicts = 0;
         loop {
-            let before = self.get(id).await?;
+            let before = self.current(id).await?;
             let mut after = before.clone();
             let out = change(&mut after, self.now());
             if after == before {
@@ -852,12 +874,8 @@ impl Coordinator {
         }
     }
 
-    /// Keeps a reservation being worked on in memory, and forgets it once it is not. Not
-    /// with a shared store: other instances change records under our feet.
+    /// Keeps a reservation being worked on in memory, and forgets it once it is not.
     fn remember(&self, r: &Reservation) {
-        if self.inner.store.is_shared() {
-            return;
-        }
         let mut working = self.inner.working.lock().expect("working lock");
         if r.state.is_in_progress() {
             working.insert(r.id, Arc::new(r.clone()));
@@ -898,7 +916,7 @@ impl Coordinator {
                 self.inner.drivers.lock().expect("drivers lock").remove(&id);
                 return;
             }
-            let phase = match self.get(id).await {
+            let phase = match self.current(id).await {
                 Ok(r) => match r.state {
                     State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
                     State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
@@ -1158,7 +1176,7 @@ impl Coordinator {
                 .await
                 .into_iter()
                 .collect::<Result<(), _>>()?;
-            reloaded = self.get(r.id).await?;
+            reloaded = self.current(r.id).await?;
             &reloaded
         };
         let targets = r
