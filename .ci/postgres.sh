@@ -5,7 +5,8 @@
 # tests use) and sets a trap that stops the cluster when the calling shell exits.
 set -euo pipefail
 
-PG_PORT="${PG_PORT:-55432}"
+# A free port unless PG_PORT names one.
+PG_PORT="${PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 PG_DIR="$(pwd)/target/postgres-ci"
 
 pg_bin() {
