@@ -139,6 +139,7 @@ impl App {
                         retention: config.limits.retention,
                         transaction_retention: config.limits.transaction_retention,
                     },
+                    ca: config.store_ca.clone(),
                     instance_name: config.public_url.as_ref().map_or_else(
                         || format!("{} (pid {})", config.listen, std::process::id()),
                         ToString::to_string,

@@ -108,6 +108,8 @@ pub struct Config {
     pub lease: Duration,
     /// With a PostgreSQL store: connections kept open at most.
     pub store_connections: usize,
+    /// With a PostgreSQL store and `sslmode=require`: more CAs trusted for its certificate.
+    pub store_ca: Option<PathBuf>,
     pub limits: Limits,
     pub max_body_bytes: usize,
     /// The URL participants see in `TCC-Reservation`; `http://{listen address}` when unset.
@@ -279,6 +281,11 @@ pub struct Cli {
     #[arg(long, env = "TCC_STORE_CONNECTIONS", default_value_t = 16)]
     store_connections: usize,
 
+    /// With --store …?sslmode=require: a PEM bundle of certificate authorities trusted for
+    /// the database's certificate, besides the system's (the certificate is always verified).
+    #[arg(long, env = "TCC_STORE_CA")]
+    store_ca: Option<PathBuf>,
+
     /// Memory for the log's page cache, in bytes.
     #[arg(long, env = "TCC_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
     cache_bytes: u64,
@@ -425,6 +432,7 @@ impl Cli {
             },
             lease: self.lease,
             store_connections: self.store_connections,
+            store_ca: self.store_ca,
             limits: Limits {
                 default_timeout: self.default_timeout,
                 max_timeout: self.max_timeout,

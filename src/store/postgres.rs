@@ -55,6 +55,9 @@ pub struct PostgresOptions {
     pub retention: Retention,
     /// How operators recognise this instance in `tcc_instances` (its public URL).
     pub instance_name: String,
+    /// More certificate authorities (PEM) trusted for the database's certificate, besides
+    /// the system's; used with `sslmode=require`.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// How long a statement waits for a connection, or for the database to accept one.
@@ -121,13 +124,16 @@ impl PgLog {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let target = describe(&config);
-        let manager = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            let tls = tls_config(options.ca.as_deref()).map_err(StoreError::Setup)?;
+            let tls = rustls_tokio_postgres::MakeRustlsConnect::new(tls);
+            Manager::from_config(config, tls, recycling)
+        } else {
+            Manager::from_config(config, tokio_postgres::NoTls, recycling)
+        };
         let pool = Pool::builder(manager)
             .max_size(options.connections.max(1))
             .runtime(Runtime::Tokio1)
@@ -614,6 +620,38 @@ pub(super) async fn scratch_schema(url: &str) -> String {
         .expect("a scratch schema");
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}options=-csearch_path%3D{schema}")
+}
+
+/// The TLS client for `sslmode=require`: the server's certificate is verified against the
+/// system's roots and `ca` (stricter than libpq's `require`, which encrypts without checking
+/// who answers).
+fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let (system, _) =
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let mut added = 0;
+    if let Some(path) = ca {
+        let unusable =
+            |e: &dyn std::fmt::Display| format!("cannot use --store-ca {}: {e}", path.display());
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| unusable(&e))? {
+            roots
+                .add(cert.map_err(|e| unusable(&e))?)
+                .map_err(|e| unusable(&e))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(unusable(&"it holds no PEM certificate"));
+        }
+    }
+    tracing::debug!(
+        system,
+        added,
+        "trusting certificate authorities for the database"
+    );
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// `user@host:port/database`: the URL without its password, for messages.

@@ -55,6 +55,7 @@ async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store
             lease,
             retention: RETENTION,
             instance_name: "store suite".into(),
+            ca: None,
         },
         max_waiting,
     )
@@ -368,6 +369,7 @@ async fn an_unreachable_database_is_one_clear_error_at_start() {
             lease: Duration::from_secs(10),
             retention: RETENTION,
             instance_name: "unreachable".into(),
+            ca: None,
         },
         1,
     )

@@ -350,3 +350,61 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
     assert_eq!(confirmed.status(), 202);
     wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
 }
+
+/// Runs the binary until it exits (it is expected to refuse to start); returns its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let output = command_without_log()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "it started: {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_database_reached_with_sslmode_require_is_verified_tls() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let (Ok(ca), Ok(role)) = (
+        std::env::var("TCC_TEST_POSTGRES_CA"),
+        std::env::var("TCC_TEST_POSTGRES_TLS_ROLE"),
+    ) else {
+        assert!(
+            std::env::var_os("TCC_REQUIRE_POSTGRES").is_none(),
+            "TCC_TEST_POSTGRES_CA and TCC_TEST_POSTGRES_TLS_ROLE are needed (.ci/postgres.sh sets them)"
+        );
+        eprintln!("skipped: the test database has no TLS role (see .ci/postgres.sh)");
+        return;
+    };
+    // The role may connect over TLS only: a plain connection is refused by the server.
+    let mut url = url::Url::parse(&database).unwrap();
+    url.set_username(&role).unwrap();
+    let plain = url.to_string();
+    let stderr = refused_start(&["--store", &plain]);
+    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+
+    url.query_pairs_mut().append_pair("sslmode", "require");
+    let tls = url.to_string();
+    // The certificate is verified: without the CA that signed it, no connection.
+    let stderr = refused_start(&["--store", &tls]);
+    assert!(stderr.contains("cannot connect to PostgreSQL"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    // With it, the coordinator runs over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = command_without_log();
+    command.args(["--store", &tls, "--store-ca", &ca]);
+    let coordinator = Binary::spawn(command, &dir.path().join("tls.log"));
+    let http = client();
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+    let (status, _) = wait_for(&http, &coordinator.base, &id, |_, _| true).await;
+    assert_eq!(status, 200);
+}
