@@ -24,7 +24,7 @@ use crate::domain::{
 };
 use crate::participant::{CancelOutcome, ConfirmOutcome, ParticipantClient, TryOutcome};
 use crate::retry::{RetryPolicy, Schedule};
-use crate::store::{KeyEntry, Store, StoreError};
+use crate::store::{KeyEntry, Ownership, Store, StoreError};
 use crate::telemetry::{Metrics, VerbLabels};
 use tracing::Instrument;
 
@@ -254,6 +254,16 @@ impl Coordinator {
                     && r.decided_at.is_some_and(|at| at <= since)
             })
             .count()
+    }
+
+    /// The runtime that must run the store's calls, when the store talks to a database over
+    /// the network (its connections live on the main runtime); `None` for the embedded log,
+    /// callable from any thread.
+    pub(crate) fn io_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.inner
+            .store
+            .is_shared()
+            .then(|| self.inner.runtime.clone())
     }
 
     /// Whether the store answered its last call (a shared database may be out of reach).
@@ -543,7 +553,7 @@ impl Coordinator {
     ) -> Result<Reservation, CoordinatorError> {
         let _admitted = self.admit()?;
         let (reservation, outcome) = self
-            .update(id, |r, now| {
+            .update_as(id, Ownership::Take, |r, now| {
                 if r.expire_if_due(now) && event == Event::Confirm {
                     return Err(Refusal::Gone);
                 }
@@ -639,7 +649,7 @@ impl Coordinator {
         let is_try = matches!(participant.source, ParticipantSource::Try(_));
         let max = self.inner.limits.max_participants;
         let (reservation, outcome) = self
-            .update(id, |r, now| {
+            .update_as(id, Ownership::Take, |r, now| {
                 if r.expire_if_due(now) {
                     return Err(CoordinatorError::Refused {
                         refusal: Refusal::Gone,
@@ -716,7 +726,7 @@ impl Coordinator {
         if !after.expire_if_due(self.now()) {
             return Ok(None);
         }
-        match self.inner.store.write(&mut after).await {
+        match self.inner.store.write(&mut after, Ownership::Take).await {
             Ok(()) => Ok(Some((before, after))),
             // Another instance changed it meanwhile (decided it, or moved its deadline and
             // armed its own timer): nothing is due here.
@@ -822,6 +832,17 @@ impl Coordinator {
     async fn update<T>(
         &self,
         id: ReservationId,
+        change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
+    ) -> Result<(Reservation, T), CoordinatorError> {
+        self.update_as(id, Ownership::Keep, change).await
+    }
+
+    /// [`Coordinator::update`], taking the reservation's work over when `ownership` says so
+    /// (a client's request: this instance starts the work it asked for).
+    async fn update_as<T>(
+        &self,
+        id: ReservationId,
+        ownership: Ownership,
         mut change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
     ) -> Result<(Reservation, T), CoordinatorError> {
         let _guard = self.lock_for(id).lock().await;
@@ -838,7 +859,7 @@ impl Coordinator {
                 }
                 return Ok((after, out));
             }
-            match self.inner.store.replace(&mut after).await {
+            match self.inner.store.replace(&mut after, ownership).await {
                 Ok(()) => {
                     self.saved(&before, &after);
                     return Ok((after, out));
@@ -917,6 +938,12 @@ impl Coordinator {
                 return;
             }
             let phase = match self.current(id).await {
+                Ok(r) if !self.inner.store.owns(&r) => {
+                    // Another instance sharing the store works on it now.
+                    self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                    return;
+                }
                 Ok(r) => match r.state {
                     State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
                     State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,

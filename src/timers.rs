@@ -110,7 +110,8 @@ impl<T: Ord + Copy> Deadlines<T> {
 /// Starts the deadline thread: its own single-threaded runtime runs [`run`] and the
 /// expiries it fires, so that deadlines keep their time while the main runtime is busy with
 /// thousands of participant calls (it competes for the CPU as one thread among the OS's,
-/// not as one task among the runtime's).
+/// not as one task among the runtime's). With a database store, the expiries run on the
+/// main runtime instead: database connections belong to it (this runtime has no I/O).
 ///
 /// # Errors
 /// When the thread or its runtime cannot be created.
@@ -159,7 +160,8 @@ pub async fn run(
                 for batch in expiring.chunks(EXPIRY_BATCH) {
                     let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
                     let (coordinator, rearm) = (coordinator.clone(), arm.clone());
-                    tasks.spawn(async move {
+                    let io = coordinator.io_runtime();
+                    let expiring = async move {
                         if let Err(error) = coordinator.expire(&ids).await {
                             // The log is out of reach: the deadlines stay due, and are tried
                             // again (expiring is harmless for those already expired).
@@ -170,7 +172,11 @@ pub async fn run(
                                 rearm.arm(at, id, Due::Deadline);
                             }
                         }
-                    });
+                    };
+                    match io {
+                        Some(runtime) => tasks.spawn_on(expiring, &runtime),
+                        None => tasks.spawn(expiring),
+                    };
                 }
                 for (id, _) in purging {
                     let coordinator = coordinator.clone();

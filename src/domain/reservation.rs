@@ -218,6 +218,9 @@ pub struct Reservation {
     /// revision it was read at (a conditional update), and counts it up when it does.
     /// 0 for a reservation not yet stored.
     pub revision: u64,
+    /// With a store shared by several coordinators: the instance working on it (see
+    /// `store`). `None` with the embedded log, where the one process owns everything.
+    pub owner: Option<uuid::Uuid>,
 }
 
 /// A completion callback and how its delivery stands.
@@ -302,6 +305,7 @@ impl Reservation {
             history: Vec::new(),
             history_dropped: 0,
             revision: 0,
+            owner: None,
             callback: None,
         };
         for p in participants {

@@ -80,6 +80,16 @@ pub struct KeyEntry<'a> {
     pub fingerprint: [u8; 32],
 }
 
+/// Whether a write makes the writer the reservation's owner (shared stores; the embedded
+/// log's one process owns everything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// A client's request or a deadline changed it: the instance that did starts its work.
+    Take,
+    /// A participant's outcome was recorded: whoever owns it goes on owning it.
+    Keep,
+}
+
 /// How long finished reservations are kept: what the shared store's retention sweep needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -202,8 +212,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] when the record changed (or was purged) since it was read;
     /// other [`StoreError`]s when the write failed. The caller must not act on it then.
-    pub async fn replace(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
-        self.write(reservation).await?;
+    pub async fn replace(
+        &self,
+        reservation: &mut Reservation,
+        ownership: Ownership,
+    ) -> Result<(), StoreError> {
+        self.write(reservation, ownership).await?;
         self.wait_durable().await
     }
 
@@ -212,10 +226,23 @@ impl Store {
     ///
     /// # Errors
     /// As [`Store::replace`].
-    pub async fn write(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
+    pub async fn write(
+        &self,
+        reservation: &mut Reservation,
+        ownership: Ownership,
+    ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Embedded(log) => log.write(reservation),
-            Backend::Postgres(log) => log.write(reservation).await,
+            Backend::Postgres(log) => log.write(reservation, ownership).await,
+        }
+    }
+
+    /// Whether this process owns the reservation's work, as last read or written.
+    #[must_use]
+    pub fn owns(&self, reservation: &Reservation) -> bool {
+        match &self.backend {
+            Backend::Embedded(_) => true,
+            Backend::Postgres(log) => log.owns(reservation),
         }
     }
 

@@ -39,7 +39,7 @@ use deadpool_postgres::{
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{record, KeyEntry, Retention, StoreError};
+use super::{record, KeyEntry, Ownership, Retention, StoreError};
 use crate::domain::{Reservation, ReservationId, State};
 
 /// How to reach the database and how this instance takes part.
@@ -91,14 +91,19 @@ const INSERT: &str = "INSERT INTO tcc_reservations \
     (id, version, state, owner, active, purge_at, record, idempotency_key, fingerprint) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (idempotency_key) DO NOTHING";
 const UPDATE: &str = "UPDATE tcc_reservations \
-    SET version = $3, state = $4, owner = $5, active = $6, purge_at = $7, record = $8 \
-    WHERE id = $1 AND version = $2";
+    SET version = $3, state = $4, owner = CASE WHEN $9 THEN $5 ELSE owner END, active = $6, \
+        purge_at = $7, record = $8 \
+    WHERE id = $1 AND version = $2 RETURNING owner";
 const CLAIM: &str = "UPDATE tcc_reservations SET owner = $1, version = version + 1 \
     WHERE id IN (SELECT r.id FROM tcc_reservations r \
         WHERE r.active AND r.owner IS DISTINCT FROM $1 \
         AND NOT EXISTS (SELECT 1 FROM tcc_instances i WHERE i.id = r.owner AND i.lease_until > now()) \
         ORDER BY r.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-    RETURNING id, version, record";
+    RETURNING id, version, record, owner";
+const LOAD: &str = "SELECT id, version, record, owner FROM tcc_reservations WHERE id = $1";
+const LIST: &str = "SELECT id, version, record, owner FROM tcc_reservations \
+    WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR state = $2) \
+    ORDER BY id DESC LIMIT $3";
 const PURGE: &str = "DELETE FROM tcc_reservations WHERE id IN (SELECT id FROM tcc_reservations \
     WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
@@ -250,7 +255,10 @@ impl PgLog {
             })
             .await;
         match inserted {
-            Ok(1) => Ok(None),
+            Ok(1) => {
+                reservation.owner = Some(self.instance);
+                Ok(None)
+            }
             Ok(_) => {
                 reservation.revision = 0;
                 let key = key.map_or("", |k| k.key);
@@ -266,15 +274,20 @@ impl PgLog {
         }
     }
 
-    pub(super) async fn write(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
+    pub(super) async fn write(
+        &self,
+        reservation: &mut Reservation,
+        ownership: Ownership,
+    ) -> Result<(), StoreError> {
         let expected = version(reservation.revision)?;
         reservation.revision += 1;
         let row = Row::of(reservation, &self.options.retention);
         let (id, owner, row) = (*reservation.id.as_uuid(), self.instance, &row);
+        let take = ownership == Ownership::Take;
         let updated = self
             .run(move |c| async move {
                 let statement = c.prepare_cached(UPDATE).await?;
-                c.execute(
+                c.query_opt(
                     &statement,
                     &[
                         &id,
@@ -285,14 +298,18 @@ impl PgLog {
                         &row.active,
                         &row.purge_at,
                         &row.record,
+                        &take,
                     ],
                 )
                 .await
             })
             .await;
         match updated {
-            Ok(1) => Ok(()),
-            Ok(_) => {
+            Ok(Some(written)) => {
+                reservation.owner = written.get(0);
+                Ok(())
+            }
+            Ok(None) => {
                 reservation.revision -= 1;
                 Err(StoreError::Conflict(reservation.id))
             }
@@ -303,18 +320,19 @@ impl PgLog {
         }
     }
 
+    pub(super) fn owns(&self, reservation: &Reservation) -> bool {
+        reservation.owner == Some(self.instance)
+    }
+
     pub(super) async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
         let uuid = *id.as_uuid();
         let row = self
             .run(move |c| async move {
-                let statement = c
-                    .prepare_cached("SELECT version, record FROM tcc_reservations WHERE id = $1")
-                    .await?;
+                let statement = c.prepare_cached(LOAD).await?;
                 c.query_opt(&statement, &[&uuid]).await
             })
             .await?;
-        row.map(|row| decode(id, row.get(0), row.get(1)))
-            .transpose()
+        row.as_ref().map(decode).transpose()
     }
 
     pub(super) async fn idempotency_key(
@@ -364,13 +382,7 @@ impl PgLog {
         let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         let rows = self
             .run(move |c| async move {
-                let statement = c
-                    .prepare_cached(
-                        "SELECT id, version, record FROM tcc_reservations \
-                         WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR state = $2) \
-                         ORDER BY id DESC LIMIT $3",
-                    )
-                    .await?;
+                let statement = c.prepare_cached(LIST).await?;
                 c.query(&statement, &[&before, &state, &fetch]).await
             })
             .await?;
@@ -378,14 +390,7 @@ impl PgLog {
         let page = rows
             .iter()
             .take(limit)
-            .map(|row| {
-                let id: Uuid = row.get(0);
-                decode(
-                    ReservationId::from_bytes(id.into_bytes()),
-                    row.get(1),
-                    row.get(2),
-                )
-            })
+            .map(decode)
             .collect::<Result<_, _>>()?;
         Ok((page, more))
     }
@@ -432,16 +437,7 @@ impl PgLog {
                 c.query(&statement, &[&instance, &limit]).await
             })
             .await?;
-        rows.iter()
-            .map(|row| {
-                let id: Uuid = row.get(0);
-                decode(
-                    ReservationId::from_bytes(id.into_bytes()),
-                    row.get(1),
-                    row.get(2),
-                )
-            })
-            .collect()
+        rows.iter().map(decode).collect()
     }
 
     pub(super) async fn purge_due(
@@ -523,11 +519,15 @@ fn version(revision: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::Database(format!("revision {revision} is out of range")))
 }
 
-/// Decodes a row's record; the row's version is the revision (a claim counts it up without
-/// rewriting the record).
-fn decode(id: ReservationId, version: i64, bytes: &[u8]) -> Result<Reservation, StoreError> {
-    let mut reservation = record::decode(id, bytes)?;
+/// Decodes a row of `id, version, record, owner` (what `LOAD`, `LIST` and `CLAIM` return);
+/// the row's version is the revision (a claim counts it up
+/// without rewriting the record).
+fn decode(row: &tokio_postgres::Row) -> Result<Reservation, StoreError> {
+    let id: Uuid = row.get(0);
+    let version: i64 = row.get(1);
+    let mut reservation = record::decode(ReservationId::from_bytes(id.into_bytes()), row.get(2))?;
     reservation.revision = u64::try_from(version).unwrap_or(0);
+    reservation.owner = row.get(3);
     Ok(reservation)
 }
 

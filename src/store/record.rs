@@ -348,6 +348,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
             })
             .transpose()?,
         revision,
+        owner: None,
     })
 }
 

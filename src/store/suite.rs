@@ -113,10 +113,10 @@ async fn a_write_over_a_stale_revision_is_refused_and_changes_nothing(store: &St
     let (mut first, mut second) = (r.clone(), r.clone());
     first.apply(Event::Confirm, Utc::now()).unwrap();
     second.apply(Event::Cancel, Utc::now()).unwrap();
-    store.replace(&mut first).await.unwrap();
+    store.replace(&mut first, Ownership::Take).await.unwrap();
     assert_eq!(first.revision, 2);
     assert!(matches!(
-        store.replace(&mut second).await,
+        store.replace(&mut second, Ownership::Take).await,
         Err(StoreError::Conflict(id)) if id == r.id
     ));
     assert_eq!(
@@ -129,7 +129,7 @@ async fn a_write_over_a_stale_revision_is_refused_and_changes_nothing(store: &St
     // Once read again, the write goes through.
     let mut again = stored;
     again.metadata.insert("k".into(), "v".into());
-    store.replace(&mut again).await.unwrap();
+    store.replace(&mut again, Ownership::Take).await.unwrap();
     assert_eq!(store.load(r.id).await.unwrap().unwrap().revision, 3);
 }
 
@@ -144,7 +144,7 @@ async fn concurrent_writers_of_one_reservation_win_one_revision_each(store: &Sto
                 let mut read = store.load(id).await.unwrap().unwrap();
                 read.metadata
                     .insert(format!("w{i}"), serde_json::json!(round));
-                match store.replace(&mut read).await {
+                match store.replace(&mut read, Ownership::Take).await {
                     Ok(()) => won += 1,
                     Err(StoreError::Conflict(_)) => {}
                     Err(e) => panic!("{e}"),
@@ -234,7 +234,7 @@ async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
     assert_eq!(store.idempotency_key(&key).await.unwrap(), None);
     let mut stale = r.clone();
     assert!(matches!(
-        store.replace(&mut stale).await,
+        store.replace(&mut stale, Ownership::Take).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
@@ -328,7 +328,7 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
     // The old owner's copy is stale: its write fails its condition.
     pending.apply(Event::Confirm, Utc::now()).unwrap();
     assert!(matches!(
-        first.replace(&mut pending).await,
+        first.replace(&mut pending, Ownership::Take).await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -384,4 +384,33 @@ async fn an_unreachable_database_is_one_clear_error_at_start() {
     );
     assert!(text.contains("refused"), "{text}");
     assert!(!text.contains("secret-password"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
+    let Some(url) = test_database().await else {
+        return;
+    };
+    let lease = Duration::from_secs(30);
+    let (first, second) = (
+        postgres_store(&url, lease, 16).await,
+        postgres_store(&url, lease, 16).await,
+    );
+    let mut r = reservation();
+    first.create(&mut r, None).await.unwrap();
+    assert!(first.owns(&r) && !second.owns(&r));
+
+    let mut read = second.load(r.id).await.unwrap().unwrap();
+    read.metadata.insert("outcome".into(), "recorded".into());
+    second.replace(&mut read, Ownership::Keep).await.unwrap();
+    assert!(
+        !second.owns(&read),
+        "an outcome recorded elsewhere leaves the owner"
+    );
+    assert!(first.owns(&first.load(r.id).await.unwrap().unwrap()));
+
+    read.apply(Event::Cancel, Utc::now()).unwrap();
+    second.replace(&mut read, Ownership::Take).await.unwrap();
+    assert!(second.owns(&read));
+    assert!(!first.owns(&first.load(r.id).await.unwrap().unwrap()));
 }

@@ -408,3 +408,37 @@ async fn a_database_reached_with_sslmode_require_is_verified_tls() {
     let (status, _) = wait_for(&http, &coordinator.base, &id, |_, _| true).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (owner, other) = (
+        instance(&database, dir.path(), "owner"),
+        instance(&database, dir.path(), "other"),
+    );
+    let http = client();
+    let p = Participant::start().await;
+    p.set(|b| b.confirm_reply = super::Reply::Slow(Duration::from_millis(1500)));
+    let id = create(&http, &owner.base, &json!({"participants": [p.link(1)]})).await;
+    let confirm = |base: &str| {
+        http.post(format!("{base}/reservations/{id}/confirm"))
+            .send()
+    };
+    assert_eq!(confirm(&owner.base).await.unwrap().status(), 202);
+    p.wait_until("the PUT arrived", |p| p.count("PUT") >= 1)
+        .await;
+
+    // The client retries on the other instance while the owner's PUT is still in flight.
+    assert_eq!(confirm(&other.base).await.unwrap().status(), 202);
+    let (status, _) = wait_for(&http, &other.base, &id, |s, _| s == 303).await;
+    assert_eq!(status, 303);
+    assert_eq!(
+        p.paths("PUT"),
+        ["/holds/1"],
+        "only the owner calls the participant: {:?}",
+        p.summary()
+    );
+}
