@@ -42,6 +42,12 @@ pub enum AppError {
     #[error("cannot start the deadline thread: {0}")]
     TimerThread(std::io::Error),
     #[error(
+        "the deadline thread stopped unexpectedly (see the panic above), so the coordinator \
+         stopped too; start it again: deadlines are re-armed at start (with --store, by the \
+         instance that takes the reservations over)"
+    )]
+    DeadlineThread,
+    #[error(
         "refusing to serve {0} without authentication: give --api-token (or TCC_API_TOKENS), \
          listen on a loopback address, or pass --allow-unauthenticated"
     )]
@@ -129,34 +135,6 @@ impl App {
         let metrics = Metrics::default();
         let queue = config.max_log_queue;
 
-        let store = match (&config.storage, &data_dir) {
-            (Storage::Postgres(url), _) => {
-                let options = PostgresOptions {
-                    url: url.expose().to_owned(),
-                    connections: config.store_connections,
-                    lease: config.lease,
-                    retention: Retention {
-                        retention: config.limits.retention,
-                        transaction_retention: config.limits.transaction_retention,
-                    },
-                    ca: config.store_ca.clone(),
-                    instance_name: config.public_url.as_ref().map_or_else(
-                        || format!("{} (pid {})", config.listen, std::process::id()),
-                        ToString::to_string,
-                    ),
-                };
-                Store::connect(options, queue).await?
-            }
-            (_, dir) => {
-                let dir = dir.clone().unwrap_or_default();
-                let (cache, sync) = (config.cache_bytes, config.sync);
-                let metrics = metrics.clone();
-                tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
-                    .await
-                    .map_err(|e| StoreError::Blocking(e.to_string()))??
-            }
-        };
-
         let acceptor = TcpListener::bind(config.listen)
             .into_acceptor()
             .await
@@ -175,6 +153,35 @@ impl App {
             "http"
         };
         let base_url = format!("{scheme}://{local_addr}");
+
+        let store = match (&config.storage, &data_dir) {
+            (Storage::Postgres(url), _) => {
+                let options = PostgresOptions {
+                    url: url.expose().to_owned(),
+                    connections: config.store_connections,
+                    lease: config.lease,
+                    retention: Retention {
+                        retention: config.limits.retention,
+                        transaction_retention: config.limits.transaction_retention,
+                    },
+                    ca: config.store_ca.clone(),
+                    instance_name: config.public_url.as_ref().map_or_else(
+                        || format!("{base_url} (pid {})", std::process::id()),
+                        ToString::to_string,
+                    ),
+                };
+                Store::connect(options, queue).await?
+            }
+            (_, dir) => {
+                let dir = dir.clone().unwrap_or_default();
+                let (cache, sync) = (config.cache_bytes, config.sync);
+                let metrics = metrics.clone();
+                tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
+                    .await
+                    .map_err(|e| StoreError::Blocking(e.to_string()))??
+            }
+        };
+
         let silence_cutting = SilenceCutting::new(acceptor, config.idle_timeout);
         let acceptor = match &config.tls {
             Some(files) => {
@@ -340,7 +347,10 @@ impl App {
             .run_with_graceful_shutdown(routes, shutdown.clone().cancelled_owned(), Some(GRACE))
             .await;
         shutdown.cancel();
-        let _ = tokio::task::spawn_blocking(move || deadlines.join()).await;
+        let deadlines_failed = !matches!(
+            tokio::task::spawn_blocking(move || deadlines.join()).await,
+            Ok(Ok(()))
+        );
         let flushes = coordinator.store().flushes();
         drop(coordinator);
         tasks.close();
@@ -350,6 +360,9 @@ impl App {
             );
         } else {
             tracing::info!(flushes, "stopped; the transaction log is closed");
+        }
+        if deadlines_failed {
+            return Err(AppError::DeadlineThread);
         }
         if let Some(error) = recovery_failed
             .lock()

@@ -852,9 +852,12 @@ impl Coordinator {
             let mut after = before.clone();
             let out = change(&mut after, self.now());
             if after == before {
-                if after.state.is_in_progress() {
-                    // A repeated request for work whose first save may have committed without
+                if after.state.is_in_progress() && self.inner.store.is_shared() {
+                    // A repeated request for work whose first write may have committed without
                     // an answer (a lost database connection): make sure someone drives it.
+                    // (Only with a shared store, where what is read is committed; the embedded
+                    // log can show a deadline's decision before its flush, and nothing may
+                    // call a participant before that.)
                     self.ensure_driven(id);
                 }
                 return Ok((after, out));
@@ -896,8 +899,16 @@ impl Coordinator {
     }
 
     /// Keeps a reservation being worked on in memory, and forgets it once it is not.
+    /// A copy never replaces a newer one: a batch of deadlines is remembered after its flush,
+    /// when a driver may already have saved a later revision.
     fn remember(&self, r: &Reservation) {
         let mut working = self.inner.working.lock().expect("working lock");
+        if working
+            .get(&r.id)
+            .is_some_and(|kept| kept.revision > r.revision)
+        {
+            return;
+        }
         if r.state.is_in_progress() {
             working.insert(r.id, Arc::new(r.clone()));
         } else {

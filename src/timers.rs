@@ -124,9 +124,20 @@ pub fn start(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
+    let stop = shutdown.clone();
     std::thread::Builder::new()
         .name("tcc-deadlines".into())
-        .spawn(move || runtime.block_on(run(arm, coordinator, tasks, shutdown)))
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(run(arm, coordinator, tasks, shutdown));
+            }));
+            if let Err(panic) = ran {
+                // A coordinator without deadlines must not go on serving: stop, and let the
+                // join report it (the process then exits with an error).
+                stop.cancel();
+                std::panic::resume_unwind(panic);
+            }
+        })
 }
 
 /// Runs the deadline loop until `shutdown`: receives deadlines to arm, fires due ones.
