@@ -15,7 +15,8 @@
 //! | `participant` | one HTTP call per verb, each answer classified; the outgoing call policy |
 //! | [`telemetry`] | the log subscriber and the metrics of one coordinator |
 //! | `retry` | the backoff policy |
-//! | `store` | the sled log: records, keys, group commit |
+//! | `store` | the log behind one interface with conditional writes: sled (embedded), PostgreSQL (shared) |
+//! | `cluster` | with PostgreSQL: the lease heartbeat, takeover of lapsed instances' work, retention |
 //! | `timers`, `recovery` | deadlines; resuming after a restart |
 //!
 //! Dependencies point one way: `api -> coordinator -> {domain, store, participant}`.
@@ -28,6 +29,9 @@
 //!   deadlines that passed meanwhile fire at once. A link gets `PUT` or `DELETE`, never both.
 //! - **Timeouts from a heap**, not a scan: an expired reservation's cancellation starts at its
 //!   deadline.
+//! - **Several instances, one truth** (`--store postgres://…`): every write is conditional on
+//!   the revision it read, so two instances never both decide a reservation; one live instance
+//!   owns each reservation's work, and others take it over once its lease lapses.
 //!
 //! ## Running one inside your tests
 //!

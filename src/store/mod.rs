@@ -112,9 +112,6 @@ enum Backend {
     Postgres(postgres::PgLog),
 }
 
-/// Reservations taken over from a coordinator whose lease lapsed.
-pub type Claimed = Vec<Reservation>;
-
 impl Store {
     /// Opens (or creates) the embedded log in `dir` and starts its flusher thread. Blocking:
     /// call it from `spawn_blocking` or before the runtime is busy.
@@ -355,7 +352,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] when the database fails.
-    pub async fn claim_orphans(&self, limit: usize) -> Result<Claimed, StoreError> {
+    pub async fn claim_orphans(&self, limit: usize) -> Result<Vec<Reservation>, StoreError> {
         match &self.backend {
             Backend::Embedded(_) => Ok(Vec::new()),
             Backend::Postgres(log) => log.claim_orphans(limit).await,
