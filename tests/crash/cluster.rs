@@ -80,7 +80,16 @@ async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_an
     second.kill_9();
     down.restart().await;
 
-    // Another instance takes over once the lease lapses, and finishes.
+    // Another instance takes over once the lease lapses, and finishes. A client holding a
+    // repeated confirm on the third (`Prefer: wait`) is answered when it is done, whichever
+    // instance finished it.
+    let held = http
+        .post(format!("{}/reservations/{id}/confirm", third.base))
+        .header("Prefer", "wait=14")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 303, "{:?}", held.text().await);
     let (status, _) = wait_for(&http, &third.base, &id, |s, _| s == 303).await;
     assert_eq!(status, 303);
     let (status, _) = wait_for(&http, &first.base, &id, |s, _| s == 303).await;
