@@ -42,11 +42,6 @@ fn sled_store(max_waiting: usize) -> (Store, tempfile::TempDir) {
     (store, dir)
 }
 
-/// A URL for a schema of its own in the test database, or `None` (skipped) without one.
-pub(crate) async fn test_database() -> Option<String> {
-    super::scratch_database_from_env().await
-}
-
 async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store {
     Store::connect(
         PostgresOptions {
@@ -79,7 +74,7 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(url) = super::test_database().await else { return };
+                    let Some(url) = super::super::scratch_database_from_env().await else { return };
                     let store = super::postgres_store(&url, std::time::Duration::from_secs(10), 1024).await;
                     super::$name(&store).await;
                 }
@@ -293,7 +288,7 @@ fn the_data_directory_is_created_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() {
-    let Some(url) = test_database().await else {
+    let Some(url) = scratch_database_from_env().await else {
         return;
     };
     let lease = Duration::from_secs(30);
@@ -335,7 +330,7 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_deletes_in_bounded_batches() {
-    let Some(url) = test_database().await else {
+    let Some(url) = scratch_database_from_env().await else {
         return;
     };
     let store = postgres_store(&url, Duration::from_secs(10), 64).await;
@@ -388,7 +383,7 @@ async fn an_unreachable_database_is_one_clear_error_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
-    let Some(url) = test_database().await else {
+    let Some(url) = scratch_database_from_env().await else {
         return;
     };
     let lease = Duration::from_secs(30);

@@ -267,13 +267,24 @@ impl DatabaseLink {
     }
 }
 
-async fn ready_status(http: &reqwest::Client, base: &str) -> u16 {
-    http.get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+/// Waits until `GET /health/ready` answers `status`.
+async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
+    let start = Instant::now();
+    loop {
+        let answer = http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/health/ready never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // Several threads: the proxy must run while the test thread waits for the binary to start.
@@ -298,11 +309,7 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
     .await;
 
     link.cut();
-    let start = Instant::now();
-    while ready_status(&http, &coordinator.base).await != 503 {
-        assert!(start.elapsed() < PATIENCE, "still ready without a database");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_readiness(&http, &coordinator.base, 503).await;
     let refused = http
         .post(format!("{}/reservations", coordinator.base))
         .json(&json!({"participants": [p.link(2)]}))
@@ -326,11 +333,7 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
     assert_eq!(decided.status(), 503, "no decision without the database");
 
     link.restore();
-    let start = Instant::now();
-    while ready_status(&http, &coordinator.base).await != 200 {
-        assert!(start.elapsed() < PATIENCE, "never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_readiness(&http, &coordinator.base, 200).await;
     let listed: serde_json::Value = http
         .get(format!("{}/reservations", coordinator.base))
         .send()
@@ -360,7 +363,8 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
     wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
 }
 
-/// Runs the binary until it exits (it is expected to refuse to start); returns its stderr.
+/// Runs the binary until it exits (it is expected to refuse to start); returns the one line
+/// it wrote to stderr.
 fn refused_start(args: &[&str]) -> String {
     let output = command_without_log()
         .args(args)
@@ -368,7 +372,9 @@ fn refused_start(args: &[&str]) -> String {
         .output()
         .unwrap();
     assert!(!output.status.success(), "it started: {args:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(stderr.trim().lines().count(), 1, "one sentence: {stderr}");
+    stderr
 }
 
 #[tokio::test]
