@@ -457,3 +457,38 @@ async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
         p.summary()
     );
 }
+
+#[tokio::test]
+async fn every_acknowledged_reservation_survives_kill_9_of_its_instance() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (doomed, survivor) = (
+        instance(&database, dir.path(), "doomed"),
+        instance(&database, dir.path(), "survivor"),
+    );
+    let http = client();
+    let p = Participant::start().await;
+
+    // 40 concurrent creates, each acknowledged, then SIGKILL at once.
+    let creates = (0..40).map(|n| {
+        let (http, base, body) = (&http, &doomed.base, json!({"participants": [p.link(n)]}));
+        async move { create(http, base, &body).await }
+    });
+    let ids = futures_util::future::join_all(creates).await;
+    doomed.kill_9();
+
+    for id in &ids {
+        let read = http
+            .get(format!("{}/reservations/{id}", survivor.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            read.status(),
+            200,
+            "reservation {id} was acknowledged but lost"
+        );
+    }
+}
