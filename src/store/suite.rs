@@ -58,6 +58,17 @@ async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store
     .unwrap()
 }
 
+/// Two stores on one fresh schema, as two coordinator processes would have them; `None` (the
+/// test is skipped) without a test database.
+async fn two_instances() -> Option<(Store, Store)> {
+    let url = scratch_database_from_env().await?;
+    let lease = Duration::from_secs(30);
+    Some((
+        postgres_store(&url, lease, 16).await,
+        postgres_store(&url, lease, 16).await,
+    ))
+}
+
 /// Runs each test against sled, then against PostgreSQL when there is one.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -288,14 +299,9 @@ fn the_data_directory_is_created_private() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() {
-    let Some(url) = scratch_database_from_env().await else {
+    let Some((first, second)) = two_instances().await else {
         return;
     };
-    let lease = Duration::from_secs(30);
-    let (first, second) = (
-        postgres_store(&url, lease, 16).await,
-        postgres_store(&url, lease, 16).await,
-    );
     let mut pending = reservation();
     first.create(&mut pending, None).await.unwrap();
     let mut finished = reservation();
@@ -383,14 +389,9 @@ async fn an_unreachable_database_is_one_clear_error_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
-    let Some(url) = scratch_database_from_env().await else {
+    let Some((first, second)) = two_instances().await else {
         return;
     };
-    let lease = Duration::from_secs(30);
-    let (first, second) = (
-        postgres_store(&url, lease, 16).await,
-        postgres_store(&url, lease, 16).await,
-    );
     let mut r = reservation();
     first.create(&mut r, None).await.unwrap();
     assert!(first.owns(&r) && !second.owns(&r));

@@ -25,6 +25,15 @@ fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
     Binary::spawn(command, &dir.join(format!("{name}.log")))
 }
 
+/// Coordinator processes named `names` on a fresh schema of the test database, their logs in
+/// the returned directory; `None` (the test is skipped) when there is no test database.
+async fn cluster<const N: usize>(names: [&str; N]) -> Option<(tempfile::TempDir, [Binary; N])> {
+    let database = tcc_coordinator::scratch_database_from_env().await?;
+    let dir = tempfile::tempdir().unwrap();
+    let instances = names.map(|name| instance(&database, dir.path(), name));
+    Some((dir, instances))
+}
+
 /// Every link (`/holds/{n}`) got at most one kind of decision: never both `PUT` and `DELETE`.
 fn no_link_got_both(participants: &[&Participant]) {
     for p in participants {
@@ -40,15 +49,9 @@ fn no_link_got_both(participants: &[&Participant]) {
 
 #[tokio::test]
 async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_another() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+    let Some((_dir, [first, second, third])) = cluster(["first", "second", "third"]).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (first, second, third) = (
-        instance(&database, dir.path(), "first"),
-        instance(&database, dir.path(), "second"),
-        instance(&database, dir.path(), "third"),
-    );
     let http = client();
     let (up, down) = (Participant::start().await, Participant::start().await);
 
@@ -98,19 +101,13 @@ async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_an
     assert!(!down.paths("PUT").is_empty());
     assert_eq!(up.count("DELETE") + down.count("DELETE"), 0);
     no_link_got_both(&[&up, &down]);
-    drop((first, third));
 }
 
 #[tokio::test]
 async fn pending_reservations_of_a_killed_instance_are_cancelled_at_their_deadlines_by_survivors() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+    let Some((_dir, [doomed, survivor])) = cluster(["doomed", "survivor"]).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (doomed, survivor) = (
-        instance(&database, dir.path(), "doomed"),
-        instance(&database, dir.path(), "survivor"),
-    );
     let http = client();
     let p = Participant::start().await;
     let timeout = Duration::from_secs(4);
@@ -142,15 +139,10 @@ async fn pending_reservations_of_a_killed_instance_are_cancelled_at_their_deadli
 
 #[tokio::test]
 async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decision() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+    const RACES: u32 = 1000;
+    let Some((_dir, [left, right])) = cluster(["left", "right"]).await else {
         return;
     };
-    const RACES: u32 = 1000;
-    let dir = tempfile::tempdir().unwrap();
-    let (left, right) = (
-        instance(&database, dir.path(), "left"),
-        instance(&database, dir.path(), "right"),
-    );
     let http = client();
     let p = Participant::start().await;
     let expires = in_secs(600);
@@ -426,14 +418,9 @@ async fn a_database_reached_with_sslmode_require_is_verified_tls() {
 
 #[tokio::test]
 async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+    let Some((_dir, [owner, other])) = cluster(["owner", "other"]).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (owner, other) = (
-        instance(&database, dir.path(), "owner"),
-        instance(&database, dir.path(), "other"),
-    );
     let http = client();
     let p = Participant::start().await;
     p.set(|b| b.confirm_reply = super::Reply::Slow(Duration::from_millis(1500)));
@@ -460,14 +447,9 @@ async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
 
 #[tokio::test]
 async fn every_acknowledged_reservation_survives_kill_9_of_its_instance() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+    let Some((_dir, [doomed, survivor])) = cluster(["doomed", "survivor"]).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (doomed, survivor) = (
-        instance(&database, dir.path(), "doomed"),
-        instance(&database, dir.path(), "survivor"),
-    );
     let http = client();
     let p = Participant::start().await;
 
