@@ -486,6 +486,35 @@ mod tests {
             config.limits.transaction_retention,
             Duration::from_secs(7 * 24 * 3600)
         );
+        assert_eq!(config.lease, Duration::from_secs(10));
+        assert_eq!(config.store_connections, 16);
+    }
+
+    #[test]
+    fn a_postgres_store_is_chosen_by_url_and_its_password_never_shows() {
+        let config = Cli::parse_from(["x", "--store", "postgres://tcc:hunter2@db/tcc"])
+            .into_config()
+            .unwrap();
+        assert!(matches!(&config.storage, Storage::Postgres(url)
+            if url.expose() == "postgres://tcc:hunter2@db/tcc"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        let error = Cli::parse_from(["x", "--store", "mysql://db/tcc"])
+            .into_config()
+            .unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("--store takes a PostgreSQL URL"));
+        let error = Cli::parse_from(["x", "--store", "postgres://db/tcc", "--ephemeral"])
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().contains("cannot be combined"));
+        let error = Cli::parse_from(["x", "--lease", "100ms"])
+            .into_config()
+            .unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("--lease must be at least 500ms"));
     }
 
     #[test]

@@ -59,14 +59,6 @@ pub enum StoreError {
     Setup(String),
 }
 
-impl StoreError {
-    /// The store is out of reach for now: answer 503 and let the client retry.
-    #[must_use]
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Overloaded(_))
-    }
-}
-
 /// A client write admitted to the log (see [`Store::admit`]); hold it until the write is
 /// durable.
 #[must_use = "the admission counts only while it is held"]

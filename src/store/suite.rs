@@ -410,3 +410,20 @@ async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
     assert!(second.owns(&read));
     assert!(!first.owns(&first.load(r.id).await.unwrap().unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_are_retried() {
+    let Some(url) = scratch_database_from_env().await else {
+        return;
+    };
+    // Serializable transactions make concurrent updates of one row fail with SQLSTATE 40001,
+    // as distributed PostgreSQL-compatible databases do: the store must retry them (and then
+    // report the lost race as a conflict), never fail the write.
+    let url = url.replacen(
+        "options=",
+        "options=-cdefault_transaction_isolation%3Dserializable%20",
+        1,
+    );
+    let store = postgres_store(&url, Duration::from_secs(10), 1024).await;
+    concurrent_writers_of_one_reservation_win_one_revision_each(&store).await;
+}

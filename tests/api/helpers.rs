@@ -140,6 +140,14 @@ pub async fn create(http: &reqwest::Client, base: &str, body: &Value) -> String 
     id
 }
 
+/// `POST {base}/reservations/{id}/{verb}` (`confirm`, `cancel`, `forget`) with no body.
+pub async fn decide(http: &reqwest::Client, base: &str, id: &str, verb: &str) -> reqwest::Response {
+    http.post(format!("{base}/reservations/{id}/{verb}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn wait_for(
     http: &reqwest::Client,
     base: &str,

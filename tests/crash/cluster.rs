@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::helpers::{client, create, in_secs, wait_for, Participant, PATIENCE};
+use super::helpers::{client, create, decide, in_secs, wait_for, Participant, PATIENCE};
 use super::{command_without_log, Binary};
 
 /// Short, so that takeovers happen within a test's patience.
@@ -67,11 +67,7 @@ async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_an
 
     // Confirm on the second, with one participant down: it keeps retrying its PUT.
     down.stop();
-    let confirm = http
-        .post(format!("{}/reservations/{id}/confirm", second.base))
-        .send()
-        .await
-        .unwrap();
+    let confirm = decide(&http, &second.base, &id, "confirm").await;
     assert_eq!(confirm.status(), 202);
     wait_for(&http, &third.base, &id, |_, b| {
         b["participants"][1]["attempts"].as_u64() >= Some(1)
@@ -159,18 +155,11 @@ async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decis
                 } else {
                     (left, right)
                 };
-                let confirm = http
-                    .post(format!("{confirm_on}/reservations/{id}/confirm"))
-                    .send();
-                let cancel = http
-                    .post(format!("{cancel_on}/reservations/{id}/cancel"))
-                    .send();
-                let (confirm, cancel) = tokio::join!(confirm, cancel);
-                (
-                    n,
-                    confirm.unwrap().status().as_u16(),
-                    cancel.unwrap().status().as_u16(),
-                )
+                let (confirm, cancel) = tokio::join!(
+                    decide(http, confirm_on, &id, "confirm"),
+                    decide(http, cancel_on, &id, "cancel")
+                );
+                (n, confirm.status().as_u16(), cancel.status().as_u16())
             }
         })
         .buffer_unordered(32)
@@ -317,11 +306,7 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
         .unwrap();
     assert_eq!(read.status(), 503, "a read cannot be answered either");
     assert!(read.headers().contains_key("retry-after"));
-    let decided = http
-        .post(format!("{}/reservations/{kept}/confirm", coordinator.base))
-        .send()
-        .await
-        .unwrap();
+    let decided = decide(&http, &coordinator.base, &kept, "confirm").await;
     assert_eq!(decided.status(), 503, "no decision without the database");
 
     link.restore();
@@ -346,11 +331,7 @@ async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_
     );
     assert_eq!(p.count("PUT") + p.count("DELETE"), 0);
     // And it works again.
-    let confirmed = http
-        .post(format!("{}/reservations/{kept}/confirm", coordinator.base))
-        .send()
-        .await
-        .unwrap();
+    let confirmed = decide(&http, &coordinator.base, &kept, "confirm").await;
     assert_eq!(confirmed.status(), 202);
     wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
 }
@@ -425,16 +406,14 @@ async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
     let p = Participant::start().await;
     p.set(|b| b.confirm_reply = super::Reply::Slow(Duration::from_millis(1500)));
     let id = create(&http, &owner.base, &json!({"participants": [p.link(1)]})).await;
-    let confirm = |base: &str| {
-        http.post(format!("{base}/reservations/{id}/confirm"))
-            .send()
-    };
-    assert_eq!(confirm(&owner.base).await.unwrap().status(), 202);
+    let confirmed = decide(&http, &owner.base, &id, "confirm").await;
+    assert_eq!(confirmed.status(), 202);
     p.wait_until("the PUT arrived", |p| p.count("PUT") >= 1)
         .await;
 
     // The client retries on the other instance while the owner's PUT is still in flight.
-    assert_eq!(confirm(&other.base).await.unwrap().status(), 202);
+    let repeated = decide(&http, &other.base, &id, "confirm").await;
+    assert_eq!(repeated.status(), 202);
     let (status, _) = wait_for(&http, &other.base, &id, |s, _| s == 303).await;
     assert_eq!(status, 303);
     assert_eq!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 mod cluster;
 
-use helpers::{client, create, wait_for, Behaviour, Participant, Reply};
+use helpers::{client, create, decide, wait_for, Behaviour, Participant, Reply};
 use serde_json::json;
 
 /// The real coordinator binary, running.
@@ -253,11 +253,7 @@ async fn a_logged_confirm_decision_completes_after_kill_9() {
         &json!({"participants": [slow.link(1)]}),
     )
     .await;
-    let confirm = http
-        .post(format!("{}/reservations/{id}/confirm", coordinator.base))
-        .send()
-        .await
-        .unwrap();
+    let confirm = decide(&http, &coordinator.base, &id, "confirm").await;
     assert_eq!(confirm.status(), 202);
     slow.wait_until("the first PUT", |p| p.count("PUT") == 1)
         .await;
@@ -322,11 +318,7 @@ async fn kill_9_after_the_confirm_decision_and_before_any_put_lands() {
     )
     .await;
     p.stop();
-    let confirm = http
-        .post(format!("{}/reservations/{id}/confirm", coordinator.base))
-        .send()
-        .await
-        .unwrap();
+    let confirm = decide(&http, &coordinator.base, &id, "confirm").await;
     assert_eq!(confirm.status(), 202);
     wait_for(&http, &coordinator.base, &id, |_, b| {
         b["participants"][0]["attempts"].as_u64() >= Some(1)
@@ -533,10 +525,7 @@ async fn participant_credentials_stay_out_of_logs_and_answers_and_the_log_is_pri
         b["state"] == "reserved"
     })
     .await;
-    http.post(format!("{}/reservations/{id}/confirm", coordinator.base))
-        .send()
-        .await
-        .unwrap();
+    decide(&http, &coordinator.base, &id, "confirm").await;
     p.wait_until("two failed confirms", |p| p.count("PUT") >= 2)
         .await;
 
