@@ -2,7 +2,8 @@
 # Starts a throwaway PostgreSQL cluster for the PostgreSQL tests: its own data directory under
 # target/, its own port, trust authentication on loopback only. Installs PostgreSQL from
 # Debian's packages when it is absent. Source it: it exports TCC_TEST_POSTGRES (the URL the
-# tests use), TCC_TEST_POSTGRES_CA and TCC_TEST_POSTGRES_TLS_ROLE (for the TLS test), and sets
+# tests use), TCC_TEST_POSTGRES_CA and TCC_TEST_POSTGRES_TLS_ROLE (for the TLS test),
+# TCC_TEST_POSTGRES_DIR and TCC_TEST_POSTGRES_BIN (for the chaos soak), and sets
 # a trap that stops the cluster when the calling shell exits.
 set -euo pipefail
 
@@ -61,8 +62,18 @@ chmod 600 "$TLS_DIR/server.key"
 mv "$PG_DIR/pg_hba.conf.new" "$PG_DIR/pg_hba.conf"
 [ "$(id -u)" = 0 ] && chown postgres "$PG_DIR/pg_hba.conf"
 
-as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$PG_DIR/server.log" -w \
-    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=300 -c ssl=on -c ssl_cert_file=$TLS_DIR/server.crt -c ssl_key_file=$TLS_DIR/server.key" start >/dev/null
+# The settings live in the cluster's configuration, so that a plain `pg_ctl start` (the chaos
+# soak stops and starts the database) serves the same way.
+cat >> "$PG_DIR/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_DIR'
+max_connections = 300
+ssl = on
+ssl_cert_file = '$TLS_DIR/server.crt'
+ssl_key_file = '$TLS_DIR/server.key'
+CONF
+as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -l "$PG_DIR/server.log" -w start >/dev/null
 psql -q "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -c "CREATE ROLE tls_only LOGIN SUPERUSER" >/dev/null
 
 stop_postgres() {
@@ -74,4 +85,7 @@ export TCC_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 # The CA of the cluster's certificate, and a role that may only connect over TLS.
 export TCC_TEST_POSTGRES_CA="$TLS_DIR/ca.crt"
 export TCC_TEST_POSTGRES_TLS_ROLE=tls_only
+# Where the cluster lives and its binaries: the chaos soak stops and starts it.
+export TCC_TEST_POSTGRES_DIR="$PG_DIR"
+export TCC_TEST_POSTGRES_BIN="$PG_BIN"
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on port $PG_PORT ($PG_DIR)"

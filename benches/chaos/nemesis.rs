@@ -1,0 +1,308 @@
+//! The coordinators under test and the nemesis that hurts them.
+//!
+//! The coordinators are the real release binary, each on a fixed loopback port (so that a
+//! restarted one is found where its clients and participants expect it) and, on sled, its own
+//! data directory kept across restarts. With PostgreSQL there are three instances on one
+//! database, which the nemesis also stops (`pg_ctl -m immediate`, a crash for the database) and
+//! starts again.
+//!
+//! The schedule of kills and database stops is drawn from the seed before the run starts, so
+//! the same seed gives the same schedule.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+/// What the nemesis does at one moment of the run.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// SIGKILL instance `instance`, start it again after `down`.
+    Kill { instance: usize, down: Duration },
+    /// Stop the database, start it again after `down`; with `restart`, also kill that
+    /// instance while the database is down and start it again before the database is back.
+    StopDatabase {
+        down: Duration,
+        restart: Option<usize>,
+    },
+}
+
+/// The nemesis' plan: actions and when, from the start of the run.
+pub fn schedule(seed: u64, seconds: f64, instances: usize, database: bool) -> Vec<(f64, Action)> {
+    let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
+    let mut plan = Vec::new();
+    let mut at = 0.0;
+    loop {
+        at += rng.random_range(2.0..9.0);
+        if at > seconds - 2.0 {
+            return plan;
+        }
+        let instance = rng.random_range(0..instances);
+        let action = if database && rng.random_bool(0.3) {
+            Action::StopDatabase {
+                down: Duration::from_millis(rng.random_range(2_000..6_000)),
+                restart: rng.random_bool(0.5).then_some(instance),
+            }
+        } else {
+            Action::Kill {
+                instance,
+                down: Duration::from_millis(rng.random_range(0..1_500)),
+            }
+        };
+        plan.push((at, action));
+    }
+}
+
+/// The flags every instance runs with: short timeouts so that a minute holds many deadlines,
+/// retries and retention ends.
+pub const COORDINATOR_FLAGS: &[&str] = &[
+    "--participant-timeout",
+    "1s",
+    "--max-retry-interval",
+    "2s",
+    "--max-wait",
+    "5s",
+    "--default-timeout",
+    "10s",
+];
+
+/// How long finished reservations stay readable in the soak (short, to check that nothing is
+/// called after it ends).
+pub const RETENTION: Duration = Duration::from_secs(45);
+
+/// One coordinator process, started again after each kill.
+struct Instance {
+    port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The coordinators of the run and, with PostgreSQL, the database.
+pub struct Cluster {
+    binary: PathBuf,
+    store: Option<String>,
+    database: Option<Database>,
+    instances: Vec<Mutex<Instance>>,
+    pub kills: Mutex<u64>,
+    pub database_stops: Mutex<u64>,
+}
+
+impl Cluster {
+    /// Starts `count` instances with their logs and data under `dir`.
+    pub fn start(binary: &Path, dir: &Path, count: usize, store: Option<String>) -> Arc<Self> {
+        let database = store.as_ref().map(|_| Database::from_env());
+        let instances = (0..count)
+            .map(|i| {
+                let data_dir = dir.join(format!("coordinator-{i}"));
+                std::fs::create_dir_all(&data_dir).unwrap();
+                Mutex::new(Instance {
+                    port: free_port(),
+                    log: dir.join(format!("coordinator-{i}.log")),
+                    data_dir: data_dir.join("data"),
+                    child: None,
+                })
+            })
+            .collect();
+        let cluster = Arc::new(Self {
+            binary: binary.to_owned(),
+            store,
+            database,
+            instances,
+            kills: Mutex::new(0),
+            database_stops: Mutex::new(0),
+        });
+        for i in 0..count {
+            cluster.launch(i);
+        }
+        cluster
+    }
+
+    /// The API's base URL of every instance.
+    pub fn bases(&self) -> Vec<String> {
+        self.instances
+            .iter()
+            .map(|i| format!("http://127.0.0.1:{}", i.lock().unwrap().port))
+            .collect()
+    }
+
+    /// Where instance `i` writes its log lines.
+    pub fn log_of(&self, i: usize) -> PathBuf {
+        self.instances[i].lock().unwrap().log.clone()
+    }
+
+    fn launch(&self, i: usize) {
+        let mut instance = self.instances[i].lock().unwrap();
+        if instance.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&instance.log)
+            .unwrap();
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["--listen", &format!("127.0.0.1:{}", instance.port)])
+            .args(COORDINATOR_FLAGS)
+            .args(["--retention", &format!("{}s", RETENTION.as_secs())])
+            .args([
+                "--transaction-retention",
+                &format!("{}s", RETENTION.as_secs()),
+            ]);
+        match &self.store {
+            Some(url) => command.args(["--store", url, "--lease", "2s"]),
+            None => command.arg("--data-dir").arg(&instance.data_dir),
+        };
+        let child = command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the coordinator binary starts");
+        instance.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    fn kill(&self, i: usize) {
+        let mut instance = self.instances[i].lock().unwrap();
+        if let Some(mut child) = instance.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Carries out one action of the schedule (blocking: run it on a thread of its own).
+    pub fn act(&self, action: Action) {
+        match action {
+            Action::Kill { instance, down } => {
+                self.kill(instance);
+                *self.kills.lock().unwrap() += 1;
+                std::thread::sleep(down);
+                self.launch(instance);
+            }
+            Action::StopDatabase { down, restart } => {
+                let Some(database) = &self.database else {
+                    return;
+                };
+                database.stop();
+                *self.database_stops.lock().unwrap() += 1;
+                let started = Instant::now();
+                if let Some(i) = restart {
+                    std::thread::sleep(down / 3);
+                    self.kill(i);
+                    *self.kills.lock().unwrap() += 1;
+                    self.launch(i);
+                }
+                std::thread::sleep(down.saturating_sub(started.elapsed()));
+                database.start();
+            }
+        }
+    }
+
+    /// Everything up again: the database started, every instance running (an instance that
+    /// exited by itself is a finding: it is reported, and started again).
+    pub fn heal(&self) -> Vec<String> {
+        let mut exited = Vec::new();
+        if let Some(database) = &self.database {
+            database.start();
+        }
+        for (i, instance) in self.instances.iter().enumerate() {
+            let mut instance = instance.lock().unwrap();
+            if let Some(child) = &mut instance.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited.push(format!(
+                        "coordinator {i} exited by itself ({status}); see {}",
+                        instance.log.display()
+                    ));
+                    instance.child = None;
+                }
+            }
+            drop(instance);
+            self.launch(i);
+        }
+        exited
+    }
+
+    /// Stops every instance (at the end of the run).
+    pub fn stop(&self) {
+        for i in 0..self.instances.len() {
+            self.kill(i);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(database) = &self.database {
+            database.start();
+        }
+    }
+}
+
+/// The PostgreSQL cluster `.ci/postgres.sh` started (it exports its data directory and
+/// binaries as `TCC_TEST_POSTGRES_DIR` and `TCC_TEST_POSTGRES_BIN`).
+struct Database {
+    dir: String,
+    pg_ctl: String,
+}
+
+impl Database {
+    fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                eprintln!("chaos: --store postgres needs {name} (source .ci/postgres.sh)");
+                std::process::exit(2)
+            })
+        };
+        Self {
+            dir: var("TCC_TEST_POSTGRES_DIR"),
+            pg_ctl: format!("{}/pg_ctl", var("TCC_TEST_POSTGRES_BIN")),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        // The server refuses to run as root: as the owner of its data directory.
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", &self.pg_ctl]);
+            c
+        } else {
+            Command::new(&self.pg_ctl)
+        };
+        let _ = command
+            .args(["-D", &self.dir])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn stop(&self) {
+        self.pg_ctl(&["-m", "immediate", "stop"]);
+    }
+
+    fn start(&self) {
+        let log = format!("{}/server.log", self.dir);
+        self.pg_ctl(&["-l", &log, "-w", "start"]);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
