@@ -6,7 +6,10 @@
 //!    answers 503 and client writes get 503 with `Retry-After` until it answers again);
 //! 2. claim unfinished reservations whose owner's lease lapsed, and resume them here
 //!    (deadlines armed, drivers started): work of a dead instance is finished within about
-//!    one lease plus one tick;
+//!    one lease plus one tick; and after the database was out of reach, resume every
+//!    unfinished reservation this instance owns (a write may have committed without its
+//!    answer, so the driver or deadline that should have followed it never started; a
+//!    deadline or retry that fell meanwhile is due now);
 //! 3. delete reservations past their retention, in batches of [`PURGE_BATCH`], at most
 //!    [`PURGE_BATCHES_PER_TICK`] batches a tick (no long locks on a big table);
 //! 4. every [`COUNT_EVERY`], read how many reservations are in each state, for
@@ -46,6 +49,23 @@ pub async fn run(coordinator: Coordinator, lease: Duration, shutdown: Cancellati
         }
         let round = async {
             store.heartbeat().await?;
+            if store.take_interrupted() {
+                let mut after = None;
+                loop {
+                    let mine = store.owned_active(after, CLAIM_BATCH).await?;
+                    for reservation in &mine {
+                        coordinator.take_over(reservation);
+                    }
+                    tracing::debug!(
+                        count = mine.len(),
+                        "resumed this instance's reservations after the database was out of reach"
+                    );
+                    match mine.last() {
+                        Some(last) if mine.len() == CLAIM_BATCH => after = Some(last.id),
+                        _ => break,
+                    }
+                }
+            }
             loop {
                 let claimed = store.claim_orphans(CLAIM_BATCH).await?;
                 let count = claimed.len();

@@ -715,26 +715,42 @@ impl Coordinator {
 
     /// Applies the deadline to one reservation whose lock the caller holds, writing without
     /// waiting for the flush. Returns the states before and after when it expired.
+    ///
+    /// # Errors
+    /// `Store` when the log cannot be read or written: the deadline is still due, and the
+    /// caller arms it again (a deadline that falls while the database is away fires once it
+    /// is back).
     async fn expire_locked(
         &self,
         id: ReservationId,
     ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
-        let Ok(before) = self.current(id).await else {
-            return Ok(None); // purged, or past its retention: nothing to expire
-        };
-        let mut after = before.clone();
-        if !after.expire_if_due(self.now()) {
-            return Ok(None);
-        }
-        match self.inner.store.write(&mut after, Ownership::Take).await {
-            Ok(()) => Ok(Some((before, after))),
-            // Another instance changed it meanwhile (decided it, or moved its deadline and
-            // armed its own timer): nothing is due here.
-            Err(StoreError::Conflict(_)) => {
-                self.inner.working.lock().expect("working lock").remove(&id);
-                Ok(None)
+        let mut conflicts = 0;
+        loop {
+            let before = match self.current(id).await {
+                Ok(r) => r,
+                // Purged, or past its retention: nothing to expire.
+                Err(
+                    CoordinatorError::NotFound(_)
+                    | CoordinatorError::Purged(_)
+                    | CoordinatorError::Refused { .. },
+                ) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut after = before.clone();
+            if !after.expire_if_due(self.now()) {
+                return Ok(None);
             }
-            Err(e) => Err(e.into()),
+            match self.inner.store.write(&mut after, Ownership::Take).await {
+                Ok(()) => return Ok(Some((before, after))),
+                // Another instance changed it meanwhile (decided it, joined a participant,
+                // recorded an outcome): read it again and see whether it is still due.
+                Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                }
+                Err(StoreError::Conflict(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -893,7 +909,14 @@ impl Coordinator {
             }
             self.arm_purge(after);
         }
-        if after.expires_at != before.expires_at || after.state != before.state {
+        // With a shared store, a client's request (a join, a repeated decision) can make this
+        // instance the owner of a reservation another instance worked on: from now on its
+        // deadline and its driver are this instance's, whatever becomes of the other.
+        let taken_over = after.owner != before.owner && self.inner.store.owns(after);
+        if taken_over && (after.state.is_in_progress() || after.callback_due()) {
+            self.ensure_driven(id);
+        }
+        if after.expires_at != before.expires_at || after.state != before.state || taken_over {
             self.arm_deadline(after);
         }
     }

@@ -277,6 +277,7 @@ async fn run(o: &Options) -> bool {
         println!("VIOLATION {v}");
     }
     let kept = dir.keep();
+    write_evidence(&kept, &answers, &holds);
     println!(
         "chaos FAILED with seed {}: repeat with `cargo bench --bench chaos -- --seconds {} \
          --seed {} --store {}`; coordinator logs: {} (in {})",
@@ -411,4 +412,33 @@ async fn read_final(http: &reqwest::Client, base: &str, id: &str) -> Result<Fina
         (200, Some(f)) => Err(format!("still {} after healing", f.state)),
         _ => Err(format!("answered {status}: {body}")),
     }
+}
+
+/// Keeps what the clients were told and what the participants hold, for the post-mortem.
+fn write_evidence(
+    dir: &std::path::Path,
+    answers: &[Answer],
+    holds: &[(String, participants::Hold)],
+) {
+    let answers: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            format!(
+                "{} client={} {:?} reservation={} status={:?} links={:?} {}",
+                a.at,
+                a.client,
+                a.op,
+                a.reservation.as_deref().unwrap_or("-"),
+                a.status,
+                a.links,
+                a.body
+            )
+        })
+        .collect();
+    let holds: Vec<String> = holds
+        .iter()
+        .map(|(service, h)| format!("{service} {h:?}"))
+        .collect();
+    let _ = std::fs::write(dir.join("answers.txt"), answers.join("\n"));
+    let _ = std::fs::write(dir.join("holds.txt"), holds.join("\n"));
 }

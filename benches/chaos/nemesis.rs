@@ -158,7 +158,7 @@ impl Cluster {
             None => command.arg("--data-dir").arg(&instance.data_dir),
         };
         let child = command
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

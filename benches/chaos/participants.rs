@@ -368,9 +368,17 @@ impl Service {
             hold.calls.push(Utc::now());
             hold.tag.clone()
         };
-        let fault = self.fault(verb, &tag);
+        let mut fault = self.fault(verb, &tag);
         if fault == Fault::Refuse {
-            self.ledger.lock().unwrap().holds[n].refused = true;
+            // A participant refuses a hold it has not confirmed; a repeated confirm of a
+            // confirmed hold is answered 204, as the contract asks.
+            let mut ledger = self.ledger.lock().unwrap();
+            let hold = &mut ledger.holds[n];
+            if hold.state == HoldState::Confirmed {
+                fault = Fault::None;
+            } else {
+                hold.refused = true;
+            }
         }
         self.answer(fault, || {
             let mut ledger = self.ledger.lock().unwrap();

@@ -351,6 +351,33 @@ impl Store {
         }
     }
 
+    /// Whether a call failed to reach the database since the last look (and forgets it): a
+    /// write may then have committed without its answer, and what should have followed it
+    /// (a driver, a deadline) may not have started. Always false for the embedded log.
+    #[must_use]
+    pub fn take_interrupted(&self) -> bool {
+        match &self.backend {
+            Backend::Embedded(_) => false,
+            Backend::Postgres(log) => log.take_interrupted(),
+        }
+    }
+
+    /// Up to `limit` unfinished reservations this process owns, with ids after `after`
+    /// (oldest first): what it resumes once the database is back after an interruption.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the database fails.
+    pub async fn owned_active(
+        &self,
+        after: Option<ReservationId>,
+        limit: usize,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(Vec::new()),
+            Backend::Postgres(log) => log.owned_active(after, limit).await,
+        }
+    }
+
     /// Deletes up to `limit` reservations whose retention ended before `now`; returns how
     /// many. Bounded so that no statement holds many locks for long.
     ///

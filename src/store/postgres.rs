@@ -101,6 +101,8 @@ const CLAIM: &str = "UPDATE tcc_reservations SET owner = $1, version = version +
         ORDER BY r.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
     RETURNING id, version, record, owner";
 const LOAD: &str = "SELECT id, version, record, owner FROM tcc_reservations WHERE id = $1";
+const OWNED: &str = "SELECT id, version, record, owner FROM tcc_reservations \
+    WHERE active AND owner = $1 AND id > $2 ORDER BY id LIMIT $3";
 const LIST: &str = "SELECT id, version, record, owner FROM tcc_reservations \
     WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR state = $2) \
     ORDER BY id DESC LIMIT $3";
@@ -114,8 +116,16 @@ pub(super) struct PgLog {
     /// This process in `tcc_instances`.
     instance: Uuid,
     options: Arc<PostgresOptions>,
+    /// `user@host:port/database`, for messages (never the password).
+    target: Arc<str>,
     /// Whether the last call reached the database.
     reachable: Arc<AtomicBool>,
+    /// The schema is ready and this instance registered: until then every call answers
+    /// `Unavailable` without querying (the tables may not exist yet).
+    set_up: Arc<AtomicBool>,
+    /// A call failed to reach the database since [`PgLog::take_interrupted`] last looked: a
+    /// write may have committed without its answer, so its follow-up work may not have run.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl PgLog {
@@ -153,36 +163,99 @@ impl PgLog {
             pool,
             instance: Uuid::now_v7(),
             options: Arc::new(options),
+            target: Arc::from(target.as_str()),
             reachable: Arc::new(AtomicBool::new(true)),
+            interrupted: Arc::new(AtomicBool::new(false)),
+            set_up: Arc::new(AtomicBool::new(false)),
         };
-        let mut client = log.pool.get().await.map_err(|e| {
-            StoreError::Setup(format!(
-                "cannot connect to PostgreSQL at {target}: {}",
-                pool_text(&e)
-            ))
-        })?;
-        migrate(&mut client).await.map_err(|e| {
-            StoreError::Setup(format!("cannot prepare the schema in {target}: {e}"))
+        match log.set_up().await {
+            Ok(()) => {}
+            // Started before its database (a reboot, a rolling restart): wait for it,
+            // unready, rather than exit; the heartbeat tries again every tick.
+            Err(StoreError::Unavailable(error)) => {
+                log.reachable.store(false, Ordering::Relaxed);
+                tracing::warn!(database = %target, %error,
+                    "PostgreSQL cannot be reached yet: waiting for it (not ready, and requests \
+                     answer 503, until it answers)");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(log)
+    }
+
+    /// Connects, creates or migrates the schema, and registers this instance.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached (try again later);
+    /// [`StoreError::Setup`], one sentence, when it answered with a refusal (a wrong
+    /// password, an untrusted certificate, a schema too new).
+    async fn set_up(&self) -> Result<(), StoreError> {
+        let target = &self.target;
+        let unreachable_or = |text: String, unreachable: bool| {
+            let text = format!("cannot connect to PostgreSQL at {target}: {text}");
+            if unreachable {
+                StoreError::Unavailable(text)
+            } else {
+                StoreError::Setup(text)
+            }
+        };
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| unreachable_or(pool_text(&e), pool_unreachable(&e)))?;
+        migrate(&mut client).await.map_err(|(text, unreachable)| {
+            if unreachable {
+                StoreError::Unavailable(format!("cannot reach PostgreSQL at {target}: {text}"))
+            } else {
+                StoreError::Setup(format!("cannot prepare the schema in {target}: {text}"))
+            }
         })?;
         client
             .execute(
                 "INSERT INTO tcc_instances (id, name, lease_until) \
-                 VALUES ($1, $2, now() + make_interval(secs => $3))",
+                 VALUES ($1, $2, now() + make_interval(secs => $3)) ON CONFLICT (id) DO NOTHING",
                 &[
-                    &log.instance,
-                    &log.options.instance_name,
-                    &log.lease_seconds(),
+                    &self.instance,
+                    &self.options.instance_name,
+                    &self.lease_seconds(),
                 ],
             )
             .await
-            .map_err(|e| StoreError::Setup(format!("cannot register in {target}: {e}")))?;
-        tracing::info!(database = %target, instance = %log.instance,
-            lease = ?log.options.lease, "connected to PostgreSQL");
-        Ok(log)
+            .map_err(|e| match db_error(e) {
+                StoreError::Unavailable(text) => StoreError::Unavailable(text),
+                other => StoreError::Setup(format!("cannot register in {target}: {other}")),
+            })?;
+        self.set_up.store(true, Ordering::Release);
+        self.reachable.store(true, Ordering::Relaxed);
+        tracing::info!(database = %target, instance = %self.instance,
+            lease = ?self.options.lease, "connected to PostgreSQL");
+        Ok(())
     }
 
     pub(super) fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn take_interrupted(&self) -> bool {
+        self.interrupted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Up to `limit` unfinished reservations this instance owns, with ids after `after`.
+    pub(super) async fn owned_active(
+        &self,
+        after: Option<ReservationId>,
+        limit: usize,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let (instance, limit) = (self.instance, i64::try_from(limit).unwrap_or(i64::MAX));
+        let after = after.map_or(Uuid::nil(), |id| *id.as_uuid());
+        let rows = self
+            .run(move |c| async move {
+                let statement = c.prepare_cached(OWNED).await?;
+                c.query(&statement, &[&instance, &after, &limit]).await
+            })
+            .await?;
+        rows.iter().map(decode).collect()
     }
 
     fn lease_seconds(&self) -> f64 {
@@ -196,6 +269,13 @@ impl PgLog {
         F: Fn(Object) -> Fut,
         Fut: Future<Output = Result<T, tokio_postgres::Error>>,
     {
+        if !self.set_up.load(Ordering::Acquire) {
+            self.interrupted.store(true, Ordering::Relaxed);
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {} has not been reached since this instance started",
+                self.target
+            )));
+        }
         let policy = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(5))
             .with_max_interval(Duration::from_millis(500))
@@ -221,6 +301,9 @@ impl PgLog {
         .await;
         let reached = !matches!(result, Err(StoreError::Unavailable(_)));
         self.reachable.store(reached, Ordering::Relaxed);
+        if !reached {
+            self.interrupted.store(true, Ordering::Relaxed);
+        }
         result
     }
 
@@ -396,6 +479,9 @@ impl PgLog {
     }
 
     pub(super) async fn heartbeat(&self) -> Result<(), StoreError> {
+        if !self.set_up.load(Ordering::Acquire) {
+            self.set_up().await?;
+        }
         let (instance, name, lease) = (
             self.instance,
             &self.options.instance_name,
@@ -533,7 +619,9 @@ fn decode(row: &tokio_postgres::Row) -> Result<Reservation, StoreError> {
 
 /// Creates the schema or brings it up to date, in one transaction holding `tcc_schema`
 /// exclusively (instances starting together wait for each other).
-async fn migrate(client: &mut Object) -> Result<(), String> {
+/// Creates or migrates the schema; on failure, the sentence and whether the database was
+/// out of reach (rather than refusing).
+async fn migrate(client: &mut Object) -> Result<(), (String, bool)> {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -551,12 +639,18 @@ async fn migrate(client: &mut Object) -> Result<(), String> {
                 // Two instances created `tcc_schema` at the same moment: the loser retries.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(MigrateError::Db(e)) => return Err(db_error(e).to_string()),
+            Err(MigrateError::Db(e)) => {
+                let unreachable = is_unreachable(&e);
+                return Err((db_error_text(&e), unreachable));
+            }
             Err(MigrateError::TooNew(found)) => {
-                return Err(format!(
-                    "the schema is at version {found}, newer than this coordinator knows ({}): \
-                     run a newer coordinator",
-                    MIGRATIONS.len()
+                return Err((
+                    format!(
+                        "the schema is at version {found}, newer than this coordinator knows \
+                         ({}): run a newer coordinator",
+                        MIGRATIONS.len()
+                    ),
+                    false,
                 ))
             }
             Ok(()) => return Ok(()),
@@ -675,6 +769,50 @@ fn pool_text(e: &PoolError) -> String {
     match e {
         PoolError::Backend(e) => db_error_text(e),
         other => other.to_string(),
+    }
+}
+
+/// The database could not be reached (nothing listens, the connection broke or timed out,
+/// the server is starting or shutting down), as opposed to a refusal by a server that
+/// answered (a wrong password, an untrusted certificate, a missing database): the first is
+/// waited for, the second is a configuration to fix.
+fn is_unreachable(e: &tokio_postgres::Error) -> bool {
+    use std::io::ErrorKind;
+    if let Some(code) = e.code() {
+        // 57P01-03: the server is shutting down, restarting or starting; 53300: too many
+        // connections for now.
+        return matches!(code.code(), "57P01" | "57P02" | "57P03" | "53300");
+    }
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::NotConnected
+                    | ErrorKind::TimedOut
+                    | ErrorKind::UnexpectedEof
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            );
+        }
+        source = cause.source();
+    }
+    // tokio-postgres' own connect timeout carries no io error.
+    e.to_string().contains("timeout")
+}
+
+fn pool_unreachable(e: &PoolError) -> bool {
+    match e {
+        PoolError::Backend(e) => is_unreachable(e),
+        PoolError::Timeout(_) => true,
+        _ => false,
     }
 }
 

@@ -361,9 +361,9 @@ async fn retention_deletes_in_bounded_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_database_is_one_clear_error_at_start() {
-    // A port nothing listens on (the test database's, plus one, is as good as any).
-    let Err(error) = Store::connect(
+async fn an_unreachable_database_is_waited_for_and_named_without_its_password() {
+    // A port nothing listens on.
+    let store = Store::connect(
         PostgresOptions {
             url: "postgres://tcc:secret-password@127.0.0.1:9/tcc".into(),
             connections: 1,
@@ -375,16 +375,28 @@ async fn an_unreachable_database_is_one_clear_error_at_start() {
         1,
     )
     .await
-    else {
-        panic!("connected to nothing");
-    };
-    let text = error.to_string();
+    .expect("an unreachable database is waited for, not a reason to stop");
+    assert!(!store.is_reachable());
     assert!(
-        text.starts_with("cannot connect to PostgreSQL at tcc@127.0.0.1:9/tcc"),
+        matches!(store.admit(), Err(StoreError::Unavailable(_))),
+        "no client write is taken meanwhile"
+    );
+    let error = store.heartbeat().await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{text}");
+    assert!(
+        text.contains("cannot connect to PostgreSQL at tcc@127.0.0.1:9/tcc"),
         "{text}"
     );
     assert!(text.contains("refused"), "{text}");
     assert!(!text.contains("secret-password"), "{text}");
+    assert!(
+        matches!(
+            store.load(ReservationId::new()).await,
+            Err(StoreError::Unavailable(_))
+        ),
+        "reads answer unavailable too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use super::{command_without_log, Binary};
 const LEASE: Duration = Duration::from_secs(2);
 
 /// A coordinator process on the shared database, its stderr in `{dir}/{name}.log`.
-fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
+pub(super) fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
     let mut command = command_without_log();
     command
         .args(["--store", database, "--lease"])
@@ -27,7 +27,9 @@ fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
 
 /// Coordinator processes named `names` on a fresh schema of the test database, their logs in
 /// the returned directory; `None` (the test is skipped) when there is no test database.
-async fn cluster<const N: usize>(names: [&str; N]) -> Option<(tempfile::TempDir, [Binary; N])> {
+pub(super) async fn cluster<const N: usize>(
+    names: [&str; N],
+) -> Option<(tempfile::TempDir, [Binary; N])> {
     let database = tcc_coordinator::scratch_database_from_env().await?;
     let dir = tempfile::tempdir().unwrap();
     let instances = names.map(|name| instance(&database, dir.path(), name));
@@ -35,7 +37,7 @@ async fn cluster<const N: usize>(names: [&str; N]) -> Option<(tempfile::TempDir,
 }
 
 /// Every link (`/holds/{n}`) got at most one kind of decision: never both `PUT` and `DELETE`.
-fn no_link_got_both(participants: &[&Participant]) {
+pub(super) fn no_link_got_both(participants: &[&Participant]) {
     for p in participants {
         let put: BTreeSet<_> = p.paths("PUT").into_iter().collect();
         let deleted: BTreeSet<_> = p.paths("DELETE").into_iter().collect();
@@ -198,142 +200,6 @@ async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decis
         );
     }
     no_link_got_both(&[&p]);
-}
-
-/// A TCP proxy to the database that the test can cut (every connection dropped, new ones
-/// closed at once) and restore: a database lost while the coordinator runs.
-struct DatabaseLink {
-    addr: std::net::SocketAddr,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl DatabaseLink {
-    async fn to(upstream: String) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let link = Self {
-            addr,
-            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            connections: std::sync::Arc::default(),
-        };
-        let (up, connections) = (link.up.clone(), link.connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up.load(Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                connections.lock().unwrap().push(task);
-            }
-        });
-        link
-    }
-
-    fn cut(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for task in self.connections.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Waits until `GET /health/ready` answers `status`.
-async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
-    let start = Instant::now();
-    loop {
-        let answer = http
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .unwrap();
-        if answer.status() == status {
-            return;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "/health/ready never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-// Several threads: the proxy must run while the test thread waits for the binary to start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
-        return;
-    };
-    let mut url = url::Url::parse(&database).unwrap();
-    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let link = DatabaseLink::to(upstream).await;
-    url.set_port(Some(link.addr.port())).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
-    let http = client();
-    let p = Participant::start().await;
-    let kept = create(
-        &http,
-        &coordinator.base,
-        &json!({"participants": [p.link(1)]}),
-    )
-    .await;
-
-    link.cut();
-    wait_readiness(&http, &coordinator.base, 503).await;
-    let refused = http
-        .post(format!("{}/reservations", coordinator.base))
-        .json(&json!({"participants": [p.link(2)]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 503);
-    assert!(refused.headers().contains_key("retry-after"));
-    let read = http
-        .get(format!("{}/reservations/{kept}", coordinator.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(read.status(), 503, "a read cannot be answered either");
-    assert!(read.headers().contains_key("retry-after"));
-    let decided = decide(&http, &coordinator.base, &kept, "confirm").await;
-    assert_eq!(decided.status(), 503, "no decision without the database");
-
-    link.restore();
-    wait_readiness(&http, &coordinator.base, 200).await;
-    let listed: serde_json::Value = http
-        .get(format!("{}/reservations", coordinator.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items = listed["items"].as_array().unwrap();
-    assert_eq!(
-        items.len(),
-        1,
-        "the refused create stored nothing: {listed:#}"
-    );
-    assert_eq!(
-        items[0]["state"], "reserved",
-        "the refused confirm decided nothing"
-    );
-    assert_eq!(p.count("PUT") + p.count("DELETE"), 0);
-    // And it works again.
-    let confirmed = decide(&http, &coordinator.base, &kept, "confirm").await;
-    assert_eq!(confirmed.status(), 202);
-    wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
 }
 
 /// Runs the binary until it exits (it is expected to refuse to start); returns the one line

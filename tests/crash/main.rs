@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod cluster;
+mod database;
 
 use helpers::{client, create, decide, wait_for, Behaviour, Participant, Reply};
 use serde_json::json;
@@ -36,7 +37,14 @@ impl Binary {
     }
 
     /// Runs `command`, appending its stderr to `log`; returns once it serves.
-    fn spawn(mut command: Command, log: &Path) -> Self {
+    fn spawn(command: Command, log: &Path) -> Self {
+        let binary = Self::launch(command, log);
+        wait_ready_blocking(&binary.base);
+        binary
+    }
+
+    /// [`Binary::spawn`], returning once it listens, ready or not.
+    fn launch(mut command: Command, log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -56,7 +64,6 @@ impl Binary {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        wait_ready_blocking(&base);
         Self { child, base }
     }
 

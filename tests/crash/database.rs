@@ -1,0 +1,327 @@
+//! The database lost, and coordinators that must carry on: a TCP proxy between the
+//! coordinator and PostgreSQL that a test cuts and restores, and instances killed while their
+//! work is owned elsewhere. Run with `TCC_TEST_POSTGRES` (see `cluster`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::cluster::{cluster, instance, no_link_got_both};
+use super::helpers::{client, create, decide, wait_for, Participant, Reply, PATIENCE};
+use super::{command_without_log, Binary};
+
+/// A TCP proxy to the database that the test can cut (every connection dropped, new ones
+/// closed at once) and restore: a database lost while the coordinator runs.
+struct DatabaseLink {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl DatabaseLink {
+    async fn to(upstream: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let link = Self {
+            addr,
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            connections: std::sync::Arc::default(),
+        };
+        let (up, connections) = (link.up.clone(), link.connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().unwrap().push(task);
+            }
+        });
+        link
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until `GET /health/ready` answers `status`.
+async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
+    let start = Instant::now();
+    loop {
+        let answer = http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "/health/ready never answered {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Several threads: the proxy must run while the test thread waits for the binary to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let (link, url) = behind_a_link(&database).await;
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let http = client();
+    let p = Participant::start().await;
+    let kept = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+
+    link.cut();
+    wait_readiness(&http, &coordinator.base, 503).await;
+    let refused = http
+        .post(format!("{}/reservations", coordinator.base))
+        .json(&json!({"participants": [p.link(2)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let read = http
+        .get(format!("{}/reservations/{kept}", coordinator.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 503, "a read cannot be answered either");
+    assert!(read.headers().contains_key("retry-after"));
+    let decided = decide(&http, &coordinator.base, &kept, "confirm").await;
+    assert_eq!(decided.status(), 503, "no decision without the database");
+
+    link.restore();
+    wait_readiness(&http, &coordinator.base, 200).await;
+    let listed: serde_json::Value = http
+        .get(format!("{}/reservations", coordinator.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        1,
+        "the refused create stored nothing: {listed:#}"
+    );
+    assert_eq!(
+        items[0]["state"], "reserved",
+        "the refused confirm decided nothing"
+    );
+    assert_eq!(p.count("PUT") + p.count("DELETE"), 0);
+    // And it works again.
+    let confirmed = decide(&http, &coordinator.base, &kept, "confirm").await;
+    assert_eq!(confirmed.status(), 202);
+    wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
+}
+
+/// A proxy to `database`, and the URL that reaches the database through it.
+async fn behind_a_link(database: &str) -> (DatabaseLink, url::Url) {
+    let mut url = url::Url::parse(database).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let link = DatabaseLink::to(upstream).await;
+    url.set_port(Some(link.addr.port())).unwrap();
+    (link, url)
+}
+
+/// Waits until the coordinator's log (its stderr) holds `marker`.
+async fn wait_for_log(log: &std::path::Path, marker: &str) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(marker) {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the log never said `{marker}`:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (link, url) = behind_a_link(&database).await;
+    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let http = client();
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"timeout_ms": 1500, "participants": [p.link(1)]}),
+    )
+    .await;
+
+    // The database goes away before the deadline; the deadline falls meanwhile, and the
+    // coordinator says it could not act on it.
+    link.cut();
+    wait_for_log(
+        &dir.path().join("coordinator.log"),
+        "expiring reservations failed",
+    )
+    .await;
+    assert_eq!(
+        p.count("DELETE"),
+        0,
+        "nothing is called before the decision is stored"
+    );
+
+    // Back: the reservation is cancelled at once, by its owner that stayed alive throughout.
+    link.restore();
+    let (status, body) = wait_for(&http, &coordinator.base, &id, |s, _| s == 410).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["reason"], "expired");
+    p.wait_until("the DELETE", |p| p.count("DELETE") >= 1).await;
+    assert_eq!(p.count("PUT"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_while_its_database_is_down_waits_for_it_unready() {
+    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (link, url) = behind_a_link(&database).await;
+    link.cut();
+    let mut command = command_without_log();
+    command.args(["--store", url.as_str(), "--lease", "2s"]);
+    let coordinator = Binary::launch(command, &dir.path().join("coordinator.log"));
+    let http = client();
+
+    wait_readiness(&http, &coordinator.base, 503).await;
+    let refused = http
+        .post(format!("{}/reservations", coordinator.base))
+        .json(&json!({"participants": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "nothing is taken before the database answers"
+    );
+    assert!(refused.headers().contains_key("retry-after"));
+
+    link.restore();
+    wait_readiness(&http, &coordinator.base, 200).await;
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+    assert_eq!(
+        decide(&http, &coordinator.base, &id, "confirm")
+            .await
+            .status(),
+        202
+    );
+    wait_for(&http, &coordinator.base, &id, |s, _| s == 303).await;
+}
+
+#[tokio::test]
+async fn a_join_on_another_instance_takes_over_the_deadline_when_the_creator_dies() {
+    let Some((_dir, [creator, joiner])) = cluster(["creator", "joiner"]).await else {
+        return;
+    };
+    let http = client();
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &creator.base,
+        &json!({"timeout_ms": 2000, "participants": [p.link(1)]}),
+    )
+    .await;
+    // The join makes the joiner the owner; then the creator, which armed the deadline, dies.
+    let joined = http
+        .post(format!("{}/reservations/{id}/participants", joiner.base))
+        .json(&p.link(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 202);
+    creator.kill_9();
+
+    // Nobody decides: the joiner, owner and alive, cancels it at the deadline.
+    let (status, body) = wait_for(&http, &joiner.base, &id, |s, _| s == 410).await;
+    assert_eq!(status, 410, "{body}");
+    p.wait_until("a DELETE for both links", |p| p.count("DELETE") >= 2)
+        .await;
+    assert_eq!(p.count("PUT"), 0);
+    no_link_got_both(&[&p]);
+}
+
+#[tokio::test]
+async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
+    let Some((_dir, [creator, joiner])) = cluster(["creator", "joiner"]).await else {
+        return;
+    };
+    let http = client();
+    let p = Participant::start().await;
+    // The try fails once: the creator's driver waits in backoff when the join lands.
+    p.script("try", [Reply::Status(503)]);
+    let id = create(
+        &http,
+        &creator.base,
+        &json!({"participants": [p.try_("slow")]}),
+    )
+    .await;
+    p.wait_until("the first try", |p| p.count("POST") >= 1)
+        .await;
+    let joined = http
+        .post(format!("{}/reservations/{id}/participants", joiner.base))
+        .json(&p.link(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 202);
+    creator.kill_9();
+
+    // The joiner owns the reservation now and finishes the tries.
+    let (status, body) = wait_for(&http, &joiner.base, &id, |_, b| b["state"] == "reserved").await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("reserved")),
+        "{body}"
+    );
+    assert_eq!(
+        decide(&http, &joiner.base, &id, "confirm").await.status(),
+        202
+    );
+    wait_for(&http, &joiner.base, &id, |s, _| s == 303).await;
+    no_link_got_both(&[&p]);
+}
