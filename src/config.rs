@@ -142,9 +142,15 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The defaults of the command line: `127.0.0.1:8080`, log in `./data`.
+    /// The defaults of the command line: `127.0.0.1:8080`, log in `./data`. Only the
+    /// defaults: the `TCC_*` variables of the environment are not read (a test suite run
+    /// where `TCC_STORE` or `TCC_DATA_DIR` happens to be set must not pick them up).
     fn default() -> Self {
-        Cli::parse_from(["tcc-coordinator"])
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["tcc-coordinator"]);
+        Cli::from_arg_matches(&matches)
+            .expect("the defaults parse")
             .into_config()
             .expect("the defaults are valid")
     }
@@ -470,6 +476,16 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_test_configuration_ignores_the_environment() {
+        // A variable no other test reads, set as a developer's shell might have it.
+        std::env::set_var("TCC_STUCK_AFTER", "7m");
+        let config = Config::ephemeral();
+        std::env::remove_var("TCC_STUCK_AFTER");
+        assert_eq!(config.stuck_after, Duration::from_secs(60));
+        assert_eq!(config.storage, Storage::Ephemeral);
+    }
 
     #[test]
     fn the_defaults_match_the_documentation() {

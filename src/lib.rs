@@ -57,4 +57,4 @@ pub use coordinator::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver};
 pub use recovery::RecoveryError;
 pub use retry::RetryPolicy;
-pub use store::{scratch_database_from_env, StoreError, SyncMode};
+pub use store::{required_scratch_database, scratch_database_from_env, StoreError, SyncMode};

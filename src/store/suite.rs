@@ -1,9 +1,8 @@
 //! The store test suite: the same tests against the embedded log and against PostgreSQL.
 //!
-//! The PostgreSQL half runs when `TCC_TEST_POSTGRES` names a database
-//! (`postgres://user@host:port/db`; `.ci/postgres.sh` starts a throwaway one). Each test
-//! gets a schema of its own in it. Without the variable those tests say they were skipped,
-//! unless `TCC_REQUIRE_POSTGRES=1` (CI), which makes its absence a failure.
+//! The PostgreSQL half is `#[ignore = "needs TCC_TEST_POSTGRES"]`: it runs with
+//! `--include-ignored` when `TCC_TEST_POSTGRES` names a database (`postgres://user@host:port/db`;
+//! `.ci/postgres.sh` starts a throwaway one), each test in a schema of its own.
 
 use std::time::Duration;
 
@@ -58,15 +57,14 @@ async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store
     .unwrap()
 }
 
-/// Two stores on one fresh schema, as two coordinator processes would have them; `None` (the
-/// test is skipped) without a test database.
-async fn two_instances() -> Option<(Store, Store)> {
-    let url = scratch_database_from_env().await?;
+/// Two stores on one fresh schema, as two coordinator processes would have them.
+async fn two_instances() -> (Store, Store) {
+    let url = required_scratch_database().await;
     let lease = Duration::from_secs(30);
-    Some((
+    (
         postgres_store(&url, lease, 16).await,
         postgres_store(&url, lease, 16).await,
-    ))
+    )
 }
 
 /// Runs each test against sled, then against PostgreSQL when there is one.
@@ -84,8 +82,9 @@ macro_rules! suite {
         mod postgres_log {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs TCC_TEST_POSTGRES"]
                 async fn $name() {
-                    let Some(url) = super::super::scratch_database_from_env().await else { return };
+                    let url = super::super::required_scratch_database().await;
                     let store = super::postgres_store(&url, std::time::Duration::from_secs(10), 1024).await;
                     super::$name(&store).await;
                 }
@@ -298,10 +297,9 @@ fn the_data_directory_is_created_private() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() {
-    let Some((first, second)) = two_instances().await else {
-        return;
-    };
+    let (first, second) = two_instances().await;
     let mut pending = reservation();
     first.create(&mut pending, None).await.unwrap();
     let mut finished = reservation();
@@ -335,10 +333,9 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn retention_deletes_in_bounded_batches() {
-    let Some(url) = scratch_database_from_env().await else {
-        return;
-    };
+    let url = required_scratch_database().await;
     let store = postgres_store(&url, Duration::from_secs(10), 64).await;
     let long_ago = Utc::now() - chrono::Duration::hours(1);
     for _ in 0..25 {
@@ -400,10 +397,9 @@ async fn an_unreachable_database_is_waited_for_and_named_without_its_password() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
-    let Some((first, second)) = two_instances().await else {
-        return;
-    };
+    let (first, second) = two_instances().await;
     let mut r = reservation();
     first.create(&mut r, None).await.unwrap();
     assert!(first.owns(&r) && !second.owns(&r));
@@ -424,10 +420,9 @@ async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn serialization_failures_are_retried() {
-    let Some(url) = scratch_database_from_env().await else {
-        return;
-    };
+    let url = required_scratch_database().await;
     // Serializable transactions make concurrent updates of one row fail with SQLSTATE 40001,
     // as distributed PostgreSQL-compatible databases do: the store must retry them (and then
     // report the lost race as a conflict), never fail the write.

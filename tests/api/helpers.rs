@@ -443,6 +443,11 @@ impl Participant {
             .extend(replies);
     }
 
+    /// Drops the replies still scripted for `verb`: the defaults apply from the next call.
+    pub fn clear_script(&self, verb: &'static str) {
+        self.shared.scripts.lock().unwrap().remove(verb);
+    }
+
     /// A participant entry with a link the client already holds (hold `n`).
     pub fn link(&self, n: u32) -> Value {
         self.link_expiring(n, &in_secs(600))
@@ -510,4 +515,12 @@ impl Participant {
 
 pub fn expires_at(body: &Value) -> DateTime<Utc> {
     body["expires_at"].as_str().unwrap().parse().unwrap()
+}
+
+/// Returns once `instant` (a deadline the coordinator stated) has passed: a wait computed from
+/// the coordinator's own answer, not a guess at how long something takes.
+pub async fn wait_past(instant: DateTime<Utc>) {
+    let left = (instant - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(20)).await;
+    assert!(Utc::now() > instant);
 }

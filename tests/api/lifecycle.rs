@@ -241,7 +241,8 @@ async fn confirm_after_the_deadline_answers_410_and_calls_no_participant() {
     let id = app
         .create(&json!({"timeout_ms": 300, "participants": [p.link(1)]}))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let body = app.get_json(&format!("/reservations/{id}")).await;
+    crate::helpers::wait_past(crate::helpers::expires_at(&body)).await;
 
     // Act
     let confirm = app.post(&format!("/reservations/{id}/confirm")).await;

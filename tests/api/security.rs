@@ -148,7 +148,11 @@ async fn past_the_in_flight_cap_requests_get_503_with_retry_after_and_health_sti
         .json(&json!({"participants": [participant.try_("stock")]}))
         .send();
     let holder = tokio::spawn(holder);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    participant
+        .wait_until("the slow try, while the create holds the slot", |p| {
+            p.count("POST") >= 1
+        })
+        .await;
 
     let refused = app
         .post_json(

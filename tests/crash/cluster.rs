@@ -1,8 +1,8 @@
 //! Several coordinator processes on one PostgreSQL database (`--store`), killed with SIGKILL.
 //!
 //! Run when `TCC_TEST_POSTGRES` names a database (`.ci/postgres.sh` starts a throwaway
-//! cluster and sets it); each test gets a schema of its own. Without it they are skipped,
-//! unless `TCC_REQUIRE_POSTGRES` is set (CI).
+//! cluster and sets it); each test gets a schema of its own. They are
+//! `#[ignore = "needs TCC_TEST_POSTGRES"]`: run them with `--include-ignored`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -26,14 +26,12 @@ pub(super) fn instance(database: &str, dir: &std::path::Path, name: &str) -> Bin
 }
 
 /// Coordinator processes named `names` on a fresh schema of the test database, their logs in
-/// the returned directory; `None` (the test is skipped) when there is no test database.
-pub(super) async fn cluster<const N: usize>(
-    names: [&str; N],
-) -> Option<(tempfile::TempDir, [Binary; N])> {
-    let database = tcc_coordinator::scratch_database_from_env().await?;
+/// the returned directory.
+pub(super) async fn cluster<const N: usize>(names: [&str; N]) -> (tempfile::TempDir, [Binary; N]) {
+    let database = tcc_coordinator::required_scratch_database().await;
     let dir = tempfile::tempdir().unwrap();
     let instances = names.map(|name| instance(&database, dir.path(), name));
-    Some((dir, instances))
+    (dir, instances)
 }
 
 /// Every link (`/holds/{n}`) got at most one kind of decision: never both `PUT` and `DELETE`.
@@ -50,10 +48,9 @@ pub(super) fn no_link_got_both(participants: &[&Participant]) {
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_another() {
-    let Some((_dir, [first, second, third])) = cluster(["first", "second", "third"]).await else {
-        return;
-    };
+    let (_dir, [first, second, third]) = cluster(["first", "second", "third"]).await;
     let http = client();
     let (up, down) = (Participant::start().await, Participant::start().await);
 
@@ -102,10 +99,9 @@ async fn any_instance_answers_and_a_killed_owners_confirmation_is_finished_by_an
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn pending_reservations_of_a_killed_instance_are_cancelled_at_their_deadlines_by_survivors() {
-    let Some((_dir, [doomed, survivor])) = cluster(["doomed", "survivor"]).await else {
-        return;
-    };
+    let (_dir, [doomed, survivor]) = cluster(["doomed", "survivor"]).await;
     let http = client();
     let p = Participant::start().await;
     let timeout = Duration::from_secs(4);
@@ -136,11 +132,10 @@ async fn pending_reservations_of_a_killed_instance_are_cancelled_at_their_deadli
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decision() {
     const RACES: u32 = 1000;
-    let Some((_dir, [left, right])) = cluster(["left", "right"]).await else {
-        return;
-    };
+    let (_dir, [left, right]) = cluster(["left", "right"]).await;
     let http = client();
     let p = Participant::start().await;
     let expires = in_secs(600);
@@ -217,21 +212,13 @@ fn refused_start(args: &[&str]) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_reached_with_sslmode_require_is_verified_tls() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
-        return;
-    };
-    let (Ok(ca), Ok(role)) = (
-        std::env::var("TCC_TEST_POSTGRES_CA"),
-        std::env::var("TCC_TEST_POSTGRES_TLS_ROLE"),
-    ) else {
-        assert!(
-            std::env::var_os("TCC_REQUIRE_POSTGRES").is_none(),
-            "TCC_TEST_POSTGRES_CA and TCC_TEST_POSTGRES_TLS_ROLE are needed (.ci/postgres.sh sets them)"
-        );
-        eprintln!("skipped: the test database has no TLS role (see .ci/postgres.sh)");
-        return;
-    };
+    let database = tcc_coordinator::required_scratch_database().await;
+    let ca = std::env::var("TCC_TEST_POSTGRES_CA")
+        .expect("TCC_TEST_POSTGRES_CA names the CA of the test cluster (.ci/postgres.sh sets it)");
+    let role = std::env::var("TCC_TEST_POSTGRES_TLS_ROLE")
+        .expect("TCC_TEST_POSTGRES_TLS_ROLE names a TLS-only role (.ci/postgres.sh sets it)");
     // The role may connect over TLS only: a plain connection is refused by the server.
     let mut url = url::Url::parse(&database).unwrap();
     url.set_username(&role).unwrap();
@@ -264,10 +251,9 @@ async fn a_database_reached_with_sslmode_require_is_verified_tls() {
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
-    let Some((_dir, [owner, other])) = cluster(["owner", "other"]).await else {
-        return;
-    };
+    let (_dir, [owner, other]) = cluster(["owner", "other"]).await;
     let http = client();
     let p = Participant::start().await;
     p.set(|b| b.confirm_reply = super::Reply::Slow(Duration::from_millis(1500)));
@@ -291,10 +277,9 @@ async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn every_acknowledged_reservation_survives_kill_9_of_its_instance() {
-    let Some((_dir, [doomed, survivor])) = cluster(["doomed", "survivor"]).await else {
-        return;
-    };
+    let (_dir, [doomed, survivor]) = cluster(["doomed", "survivor"]).await;
     let http = client();
     let p = Participant::start().await;
 

@@ -80,10 +80,9 @@ async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
 
 // Several threads: the proxy must run while the test thread waits for the binary to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
-        return;
-    };
+    let database = tcc_coordinator::required_scratch_database().await;
     let (link, url) = behind_a_link(&database).await;
     let dir = tempfile::tempdir().unwrap();
     let coordinator = instance(url.as_str(), dir.path(), "coordinator");
@@ -169,10 +168,9 @@ async fn wait_for_log(log: &std::path::Path, marker: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
-        return;
-    };
+    let database = tcc_coordinator::required_scratch_database().await;
     let dir = tempfile::tempdir().unwrap();
     let (link, url) = behind_a_link(&database).await;
     let coordinator = instance(url.as_str(), dir.path(), "coordinator");
@@ -209,10 +207,9 @@ async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn an_instance_started_while_its_database_is_down_waits_for_it_unready() {
-    let Some(database) = tcc_coordinator::scratch_database_from_env().await else {
-        return;
-    };
+    let database = tcc_coordinator::required_scratch_database().await;
     let dir = tempfile::tempdir().unwrap();
     let (link, url) = behind_a_link(&database).await;
     link.cut();
@@ -254,10 +251,9 @@ async fn an_instance_started_while_its_database_is_down_waits_for_it_unready() {
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_join_on_another_instance_takes_over_the_deadline_when_the_creator_dies() {
-    let Some((_dir, [creator, joiner])) = cluster(["creator", "joiner"]).await else {
-        return;
-    };
+    let (_dir, [creator, joiner]) = cluster(["creator", "joiner"]).await;
     let http = client();
     let p = Participant::start().await;
     let id = create(
@@ -286,10 +282,9 @@ async fn a_join_on_another_instance_takes_over_the_deadline_when_the_creator_die
 }
 
 #[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
-    let Some((_dir, [creator, joiner])) = cluster(["creator", "joiner"]).await else {
-        return;
-    };
+    let (_dir, [creator, joiner]) = cluster(["creator", "joiner"]).await;
     let http = client();
     let p = Participant::start().await;
     // The try fails once: the creator's driver waits in backoff when the join lands.

@@ -96,6 +96,12 @@ fn wait_ready_blocking(base: &str) {
     }
 }
 
+/// Scripted answers that hold each call for `secs` (longer than the coordinator's call
+/// timeout): whatever the machine's speed, a kill lands while a call is in flight.
+fn held(secs: u64) -> Vec<Reply> {
+    vec![Reply::Slow(Duration::from_secs(secs)); 50]
+}
+
 /// The coordinator's command line as the tests run it, on a free port.
 fn command(data_dir: &Path) -> Command {
     let mut command = command_without_log();
@@ -202,8 +208,9 @@ async fn a_restart_cancels_deadlines_that_passed_while_down_and_keeps_later_ones
         &json!({"timeout_ms": 60_000, "participants": [p.link(2)]}),
     )
     .await;
+    let (_, read) = wait_for(&http, &coordinator.base, &short, |_, _| true).await;
     coordinator.kill_9();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    helpers::wait_past(helpers::expires_at(&read)).await;
     assert!(
         p.calls().is_empty(),
         "nothing was called while down: {:?}",
@@ -247,13 +254,11 @@ async fn a_restart_cancels_deadlines_that_passed_while_down_and_keeps_later_ones
 
 #[tokio::test]
 async fn a_logged_confirm_decision_completes_after_kill_9() {
-    // Arrange: a participant slow to confirm, so the crash lands while its PUT is in flight.
+    // Arrange: a participant that holds its confirm answers until told otherwise, so the
+    // crash lands while a PUT is in flight.
     let (_dir, data, coordinator, http) = fresh();
-    let slow = Participant::start_with(Behaviour {
-        confirm_reply: Reply::Slow(Duration::from_millis(500)),
-        ..Behaviour::default()
-    })
-    .await;
+    let slow = Participant::start().await;
+    slow.script("confirm", held(60));
     let id = create(
         &http,
         &coordinator.base,
@@ -267,6 +272,7 @@ async fn a_logged_confirm_decision_completes_after_kill_9() {
 
     // Act
     coordinator.kill_9();
+    slow.clear_script("confirm");
     let restarted = Binary::start(&data);
 
     // Assert: the decision stands; the participant is confirmed, never cancelled.
@@ -414,23 +420,21 @@ async fn kill_9_during_a_coordinator_driven_try() {
     // Arrange: a slow try is in flight when the coordinator dies; the participant holds
     // stock the coordinator never heard about, and the deadline passes while it is down.
     let (_dir, data, coordinator, http) = fresh();
-    let p = Participant::start_with(Behaviour {
-        try_reply: Reply::Slow(Duration::from_millis(800)),
-        ..Behaviour::default()
-    })
-    .await;
+    let p = Participant::start().await;
+    p.script("try", held(60));
     let id = create(
         &http,
         &coordinator.base,
         &json!({"timeout_ms": 1500, "participants": [p.try_("stock")]}),
     )
     .await;
-    p.wait_until("the try", |p| p.count("POST") == 1).await;
+    let (_, read) = wait_for(&http, &coordinator.base, &id, |_, _| true).await;
+    p.wait_until("the try", |p| p.count("POST") >= 1).await;
 
     // Act
     coordinator.kill_9();
-    p.set(|b| b.try_reply = Reply::Ok);
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    p.clear_script("try");
+    helpers::wait_past(helpers::expires_at(&read)).await;
     let restarted = Binary::start(&data);
 
     // Assert: the try is repeated with the same key, the same link comes back, and it is
@@ -631,13 +635,15 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
     let (_dir, data, coordinator, http) = fresh();
     let p = Participant::start().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let created = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..16)
         .map(|c| {
-            let (http, base, stop, link) = (
+            let (http, base, stop, link, created) = (
                 http.clone(),
                 coordinator.base.clone(),
                 stop.clone(),
                 p.link(c),
+                created.clone(),
             );
             tokio::spawn(async move {
                 let mut acknowledged = Vec::new();
@@ -651,6 +657,7 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
                         Ok(r) if r.status() == 202 => {
                             let body: serde_json::Value = r.json().await.unwrap();
                             acknowledged.push(body["id"].as_str().unwrap().to_owned());
+                            created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         _ => break, // refused or cut off by the shutdown: not acknowledged
                     }
@@ -659,7 +666,15 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Under load: clients have been acknowledged and keep sending.
+    let start = std::time::Instant::now();
+    while created.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        assert!(
+            start.elapsed() < helpers::PATIENCE,
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Act: SIGTERM while requests are in flight.
     let mut coordinator = coordinator;
@@ -702,8 +717,10 @@ async fn a_pending_completion_callback_is_delivered_after_a_restart() {
             "callback": format!("{}/callbacks/1", receiver.base)}),
     )
     .await;
-    wait_for(&http, &coordinator.base, &id, |s, _| s == 410).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // a failed delivery or two
+    wait_for(&http, &coordinator.base, &id, |s, b| {
+        s == 410 && b["callback"]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
 
     // Act: kill -9, bring the receiver back, restart.
     coordinator.kill_9();
