@@ -717,10 +717,27 @@ async fn a_pending_completion_callback_is_delivered_after_a_restart() {
             "callback": format!("{}/callbacks/1", receiver.base)}),
     )
     .await;
-    wait_for(&http, &coordinator.base, &id, |s, b| {
-        s == 410 && b["callback"]["attempts"].as_u64() >= Some(1)
-    })
-    .await;
+    wait_for(&http, &coordinator.base, &id, |s, _| s == 410).await;
+    // A delivery failed (the listing shows the callback's attempts; a 410 does not).
+    let start = std::time::Instant::now();
+    loop {
+        let listed: serde_json::Value = http
+            .get(format!("{}/reservations", coordinator.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if listed["items"][0]["callback"]["attempts"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < helpers::PATIENCE,
+            "no delivery was tried: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Act: kill -9, bring the receiver back, restart.
     coordinator.kill_9();
