@@ -174,6 +174,22 @@ pub async fn wait_for(
     }
 }
 
+/// Polls `check` until it answers `Some`, and returns what it found; fails the test after
+/// [`PATIENCE`], naming `what` it waited for.
+pub async fn eventually<T, Fut>(what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(start.elapsed() < PATIENCE, "this never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A finished reservation: 303 (confirmed) or 410 (cancelled) or a terminal 200 (conflict).
 pub fn is_settled(status: u16, body: &Value) -> bool {
     status == 303 || status == 410 || body["state"] == "conflict"

@@ -102,16 +102,11 @@ async fn retries_deadlines_and_stuck_reservations_show() {
         .wait_until("two failed confirms", |p| p.count("PUT") >= 2)
         .await;
     // The stuck gauge counts once the confirm is older than `stuck_after`.
-    let start = std::time::Instant::now();
-    let text = loop {
+    let text = crate::helpers::eventually("a stuck reservation in the metrics", || async {
         let text = metrics(&app).await;
-        if sample(&text, "tcc_reservations_stuck") >= 1.0
-            || start.elapsed() > crate::helpers::PATIENCE
-        {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (sample(&text, "tcc_reservations_stuck") >= 1.0).then_some(text)
+    })
+    .await;
     assert_eq!(sample(&text, "tcc_reservations_stuck"), 1.0, "{text}");
     assert!(sample(&text, r#"tcc_participant_retries_total{verb="confirm"}"#) >= 1.0);
     assert!(

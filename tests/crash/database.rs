@@ -2,12 +2,10 @@
 //! coordinator and PostgreSQL that a test cuts and restores, and instances killed while their
 //! work is owned elsewhere. Run with `TCC_TEST_POSTGRES` (see `cluster`).
 
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 
 use super::cluster::{cluster, instance, no_link_got_both};
-use super::helpers::{client, create, decide, wait_for, Participant, Reply, PATIENCE};
+use super::helpers::{client, create, decide, eventually, wait_for, Participant, Reply};
 use super::{command_without_log, Binary};
 
 /// A TCP proxy to the database that the test can cut (every connection dropped, new ones
@@ -60,32 +58,29 @@ impl DatabaseLink {
 
 /// Waits until `GET /health/ready` answers `status`.
 async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
-    let start = Instant::now();
-    loop {
-        let answer = http
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .unwrap();
-        if answer.status() == status {
-            return;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "/health/ready never answered {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = format!("{base}/health/ready");
+    eventually(&format!("/health/ready answers {status}"), || async {
+        let answer = http.get(&url).send().await.ok()?;
+        (answer.status() == status).then_some(())
+    })
+    .await;
+}
+
+/// A coordinator on a fresh schema, reaching the database through a proxy the test can cut;
+/// its log is `coordinator.log` in the returned directory.
+async fn coordinator_behind_a_link() -> (DatabaseLink, tempfile::TempDir, Binary) {
+    let database = tcc_coordinator::required_scratch_database().await;
+    let (link, url) = behind_a_link(&database).await;
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    (link, dir, coordinator)
 }
 
 // Several threads: the proxy must run while the test thread waits for the binary to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
-    let database = tcc_coordinator::required_scratch_database().await;
-    let (link, url) = behind_a_link(&database).await;
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let (link, _dir, coordinator) = coordinator_behind_a_link().await;
     let http = client();
     let p = Participant::start().await;
     let kept = create(
@@ -153,27 +148,18 @@ async fn behind_a_link(database: &str) -> (DatabaseLink, url::Url) {
 
 /// Waits until the coordinator's log (its stderr) holds `marker`.
 async fn wait_for_log(log: &std::path::Path, marker: &str) {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(marker) {
-            return;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "the log never said `{marker}`:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("the log says `{marker}`"), || async {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|text| text.contains(marker))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back() {
-    let database = tcc_coordinator::required_scratch_database().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (link, url) = behind_a_link(&database).await;
-    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let (link, dir, coordinator) = coordinator_behind_a_link().await;
     let http = client();
     let p = Participant::start().await;
     let id = create(

@@ -667,14 +667,10 @@ async fn sigterm_under_load_loses_nothing_acknowledged() {
         })
         .collect();
     // Under load: clients have been acknowledged and keep sending.
-    let start = std::time::Instant::now();
-    while created.load(std::sync::atomic::Ordering::Relaxed) < 50 {
-        assert!(
-            start.elapsed() < helpers::PATIENCE,
-            "the load never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    helpers::eventually("50 creates acknowledged", || async {
+        (created.load(std::sync::atomic::Ordering::Relaxed) >= 50).then_some(())
+    })
+    .await;
 
     // Act: SIGTERM while requests are in flight.
     let mut coordinator = coordinator;
@@ -719,25 +715,12 @@ async fn a_pending_completion_callback_is_delivered_after_a_restart() {
     .await;
     wait_for(&http, &coordinator.base, &id, |s, _| s == 410).await;
     // A delivery failed (the listing shows the callback's attempts; a 410 does not).
-    let start = std::time::Instant::now();
-    loop {
-        let listed: serde_json::Value = http
-            .get(format!("{}/reservations", coordinator.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if listed["items"][0]["callback"]["attempts"].as_u64() >= Some(1) {
-            break;
-        }
-        assert!(
-            start.elapsed() < helpers::PATIENCE,
-            "no delivery was tried: {listed}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let listing = format!("{}/reservations", coordinator.base);
+    helpers::eventually("a failed delivery", || async {
+        let listed: serde_json::Value = http.get(&listing).send().await.ok()?.json().await.ok()?;
+        (listed["items"][0]["callback"]["attempts"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
 
     // Act: kill -9, bring the receiver back, restart.
     coordinator.kill_9();
