@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Storage};
+use crate::coordinator::RecoveryError;
 use crate::coordinator::{Coordinator, Parts};
 use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
-use crate::recovery::RecoveryError;
 use crate::store::{PostgresOptions, Retention, Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::{api, cluster, recovery, timers};
+use crate::{api, cluster, coordinator, timers};
 
 /// How long open connections get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(5);
@@ -252,7 +252,7 @@ impl App {
         let (failure, stop) = (failed.clone(), shutdown.clone());
         let skip_unreadable = config.recover_skip_unreadable;
         tasks.spawn(async move {
-            match recovery::recover(&recovering, skip_unreadable).await {
+            match coordinator::recover(&recovering, skip_unreadable).await {
                 Ok(found) => {
                     tracing::info!(
                         resumed = found.resumed,

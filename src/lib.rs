@@ -45,7 +45,7 @@ mod coordinator;
 pub mod domain;
 mod listener;
 mod participant;
-mod recovery;
+
 mod retry;
 mod store;
 pub mod telemetry;
@@ -54,7 +54,7 @@ mod timers;
 pub use app::{App, AppError, StopHandle};
 pub use config::{ApiToken, Cli, Config, DatabaseUrl, Storage, TlsFiles};
 pub use coordinator::Limits;
+pub use coordinator::RecoveryError;
 pub use participant::{AllowRule, AllowRuleError, NameResolver};
-pub use recovery::RecoveryError;
 pub use retry::RetryPolicy;
 pub use store::{required_scratch_database, scratch_database_from_env, StoreError, SyncMode};

@@ -1,14 +1,72 @@
-//! Resume after a restart: read the log back once, re-arm every deadline and restart every
-//! driver. A deadline that passed while the coordinator was down fires at once (the timer
-//! pops it immediately); a later one waits for its time.
+//! Resumption: reading the log back at start, re-arming every deadline and restarting every
+//! driver (a deadline that passed while the coordinator was down fires at once; a later one
+//! waits for its time); also a reservation taken over from another instance.
 //!
 //! A record that cannot be read (a truncated or hand-edited data directory, a record written
 //! by a newer version) stops recovery before anything resumes: dropping it silently could
 //! leave a participant holding stock forever. `--recover-skip-unreadable` skips such records
 //! instead, naming each one in the log.
 
-use crate::coordinator::Coordinator;
+use chrono::{DateTime, Utc};
+
+use super::{Coordinator, Due};
+use crate::domain::{Reservation, ReservationId, State};
 use crate::store::StoreError;
+
+impl Coordinator {
+    /// What recovery keeps of a record read back from the log: enough to re-arm its timers
+    /// and restart its driver, small enough to hold for millions.
+    pub(crate) fn resumption(&self, reservation: &Reservation) -> Resumption {
+        let limits = &self.inner.limits;
+        Resumption {
+            id: reservation.id,
+            state: reservation.state,
+            expires_at: reservation.expires_at,
+            purge_at: reservation.purge_at(limits.retention, limits.transaction_retention),
+            callback_due: reservation.callback_due(),
+        }
+    }
+
+    /// Resumes a reservation read back from the log at start: arms its deadline or its
+    /// purge, and restarts its driver.
+    pub(crate) fn resume(&self, r: &Resumption) {
+        let shared = self.inner.store.is_shared();
+        if !shared {
+            // A shared store's counts come from the database.
+            self.inner.metrics.entered(r.state);
+        }
+        if matches!(r.state, State::Trying | State::Reserved) {
+            self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
+        }
+        if let (Some(at), false) = (r.purge_at, shared) {
+            self.inner.deadlines.arm(at, r.id, Due::Purge);
+        }
+        if r.state.is_in_progress() || r.callback_due {
+            self.ensure_driven(r.id);
+        }
+    }
+
+    /// Resumes a reservation taken over from an instance whose lease lapsed (shared stores).
+    pub(crate) fn take_over(&self, reservation: &Reservation) {
+        self.resume(&self.resumption(reservation));
+    }
+}
+
+/// A reservation as recovery remembers it (see [`Coordinator::resumption`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resumption {
+    id: ReservationId,
+    state: State,
+    expires_at: DateTime<Utc>,
+    purge_at: Option<DateTime<Utc>>,
+    callback_due: bool,
+}
+
+impl Resumption {
+    pub(crate) fn is_unfinished(&self) -> bool {
+        !self.state.is_terminal()
+    }
+}
 
 /// What recovery found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

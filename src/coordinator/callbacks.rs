@@ -1,0 +1,49 @@
+//! Completion callbacks: `POST` the final representation until it is acknowledged.
+
+use super::{Coordinator, CoordinatorError};
+use crate::domain::Reservation;
+
+impl Coordinator {
+    /// `POST`s the final representation to the callback until it answers 2xx (or the
+    /// coordinator stops: recovery resumes it at the next start).
+    pub(super) async fn deliver_callback(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        let Some(callback) = &r.callback else {
+            return Ok(());
+        };
+        let body = (self.inner.render)(r, self.now());
+        let mut schedule = self.inner.retry.schedule();
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let outcome = self
+                .inner
+                .client
+                .callback(&callback.url, body.clone(), r.trace.as_ref())
+                .await;
+            let (delivered, error, delay) = match outcome {
+                Ok(()) => (true, None, None),
+                Err(hint) => {
+                    let delay = schedule.next_delay(hint.retry_after);
+                    tracing::warn!(reservation_id = %r.id, url = %callback.url, error = %hint.error,
+                        ?delay, "completion callback failed; retrying");
+                    (false, Some(hint.error), Some(delay))
+                }
+            };
+            self.update(r.id, |r, now| {
+                if let Some(c) = &mut r.callback {
+                    c.attempts += 1;
+                    c.last_error.clone_from(&error);
+                    if delivered {
+                        c.delivered_at = Some(now);
+                    }
+                }
+            })
+            .await?;
+            match delay {
+                Some(delay) if self.pause(delay, None).await => {}
+                _ => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The commands clients give: create (with its `Idempotency-Key` replay), confirm, cancel,
+//! forget, join, and the Atomikos-style create-and-decide. Each goes through the unit of work
+//! and returns the reservation as saved.
+
+use super::{
+    check_link_expiry, invalid, source_field, too_many, Coordinator, CoordinatorError,
+    CreateReservation, IdempotencyKey,
+};
+use crate::domain::{
+    Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId, State,
+    TraceContext,
+};
+use crate::store::{KeyEntry, Ownership};
+
+impl Coordinator {
+    /// Creates a reservation; returns once it is durable in the log. Tries, if any, start
+    /// right after.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Invalid`] naming the offending field; [`CoordinatorError::Store`].
+    pub async fn create(
+        &self,
+        request: CreateReservation,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Reservation, CoordinatorError> {
+        if let Some(key) = &idempotency {
+            if let Some(existing) = self.inner.store.idempotency_key(&key.key).await? {
+                return self.replay(key, existing).await;
+            }
+        }
+        let _admitted = self.admit()?;
+        let limits = &self.inner.limits;
+        let timeout = request.timeout.unwrap_or(limits.default_timeout);
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(invalid(
+                "timeout_ms",
+                format!(
+                    "must be between 1 and {} (the configured maximum)",
+                    limits.max_timeout.as_millis()
+                ),
+            ));
+        }
+        self.check_participant_count(request.participants.len())?;
+        let now = self.now();
+        if let Some(url) = &request.callback {
+            self.check_url(url, "callback").await?;
+        }
+        for (i, p) in request.participants.iter().enumerate() {
+            check_link_expiry(p, now, &format!("participants[{i}]"))?;
+            self.check_policy(p, &source_field(p, &format!("participants[{i}]")))
+                .await?;
+        }
+        let mut reservation = Reservation::new(
+            ReservationId::new(),
+            now,
+            timeout,
+            request.participants,
+            request.metadata,
+            limits.participant_timeout,
+        );
+        reservation.trace = Some(request.trace.unwrap_or_else(new_trace));
+        reservation.callback = request.callback.map(Callback::new);
+        if let Some(key) = &idempotency {
+            reservation.idempotency_key = Some(key.key.clone());
+        }
+        let entry = idempotency.as_ref().map(|key| KeyEntry {
+            key: &key.key,
+            fingerprint: key.fingerprint,
+        });
+        if let Some(existing) = self.inner.store.create(&mut reservation, entry).await? {
+            // Another request with the same key won the race.
+            let key = idempotency
+                .as_ref()
+                .expect("only a keyed create can find its key taken");
+            return self.replay(key, existing).await;
+        }
+        self.remember(&reservation);
+        self.inner.metrics.entered(reservation.state);
+        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
+            participants = reservation.participants.len(), "reservation created");
+        self.arm_deadline(&reservation);
+        if reservation.state.is_in_progress() {
+            self.ensure_driven(reservation.id);
+        }
+        Ok(reservation)
+    }
+
+    /// The answer to a repeated create: the original reservation when the body is the same.
+    pub(super) async fn replay(
+        &self,
+        key: &IdempotencyKey,
+        (id, fingerprint): (ReservationId, [u8; 32]),
+    ) -> Result<Reservation, CoordinatorError> {
+        if fingerprint != key.fingerprint {
+            return Err(invalid(
+                "Idempotency-Key",
+                format!(
+                    "was first used with another request body (reservation {id}); \
+                     use a new key for a new reservation"
+                ),
+            ));
+        }
+        self.get(id).await
+    }
+
+    /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
+    /// Past the deadline the reservation is cancelled instead and the answer is `Gone`.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Refused`] with `Gone` or `Conflict`; `NotFound`; `Store`.
+    pub async fn confirm(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Confirm).await
+    }
+
+    /// Decides to cancel. Idempotent.
+    ///
+    /// # Errors
+    /// As [`Coordinator::confirm`].
+    pub async fn cancel(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Cancel).await
+    }
+
+    pub(super) async fn decide(
+        &self,
+        id: ReservationId,
+        event: Event,
+    ) -> Result<Reservation, CoordinatorError> {
+        let _admitted = self.admit()?;
+        let (reservation, outcome) = self
+            .update_as(id, Ownership::Take, |r, now| {
+                if r.expire_if_due(now) && event == Event::Confirm {
+                    return Err(Refusal::Gone);
+                }
+                r.apply(event, now)
+            })
+            .await?;
+        match outcome {
+            Ok(_) => Ok(reservation),
+            Err(refusal) => Err(CoordinatorError::Refused {
+                refusal,
+                reservation: Box::new(reservation),
+            }),
+        }
+    }
+
+    /// A reservation over links that is decided as it is created (`Event::Confirm` or
+    /// `Event::Cancel`), in one durable write: the Atomikos-style synchronous API. Links
+    /// that expire too soon to be confirmed turn a confirm into a cancel
+    /// (`too_close_to_expiry`), as for any reservation.
+    ///
+    /// # Errors
+    /// `Invalid` (too many participants); `Store`.
+    pub async fn create_decided(
+        &self,
+        links: Vec<NewParticipant>,
+        event: Event,
+        field_of: impl Fn(usize) -> String,
+        trace: Option<TraceContext>,
+    ) -> Result<Reservation, CoordinatorError> {
+        self.check_participant_count(links.len())?;
+        let _admitted = self.admit()?;
+        for (i, p) in links.iter().enumerate() {
+            self.check_policy(p, &field_of(i)).await?;
+        }
+        let limits = &self.inner.limits;
+        let now = self.now();
+        let mut reservation = Reservation::new(
+            ReservationId::new(),
+            now,
+            limits.default_timeout,
+            links,
+            serde_json::Map::new(),
+            limits.participant_timeout,
+        );
+        reservation.trace = Some(trace.unwrap_or_else(new_trace));
+        let event = if reservation.is_past_deadline(now) {
+            reservation.deadline_event()
+        } else {
+            event
+        };
+        if let Err(refusal) = reservation.apply(event, now) {
+            // Only links were given, so the reservation is `reserved` and both apply.
+            return Err(CoordinatorError::Refused {
+                refusal,
+                reservation: Box::new(reservation),
+            });
+        }
+        self.inner.store.create(&mut reservation, None).await?;
+        self.remember(&reservation);
+        self.inner.metrics.entered(reservation.state);
+        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
+            participants = reservation.participants.len(), "reservation created decided");
+        self.ensure_driven(reservation.id);
+        Ok(reservation)
+    }
+
+    /// An operator has reconciled a conflict by hand: the reservation is forgotten and answers
+    /// 410 from now on. Idempotent.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Refused`] (`Conflict`) for any state but `conflict`; `NotFound`;
+    /// `Store`.
+    pub async fn forget(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Forget).await
+    }
+
+    /// Adds a participant while the reservation is `trying` or `reserved`. A link already
+    /// present is not added twice.
+    ///
+    /// # Errors
+    /// `Invalid` (too many participants, an expired link); `Refused`; `NotFound`; `Store`.
+    pub async fn join(
+        &self,
+        id: ReservationId,
+        participant: NewParticipant,
+    ) -> Result<Reservation, CoordinatorError> {
+        let _admitted = self.admit()?;
+        let margin = self.inner.limits.participant_timeout;
+        let now = self.now();
+        check_link_expiry(&participant, now, "")?;
+        self.check_policy(&participant, &source_field(&participant, ""))
+            .await?;
+        let is_try = matches!(participant.source, ParticipantSource::Try(_));
+        let max = self.inner.limits.max_participants;
+        let (reservation, outcome) = self
+            .update_as(id, Ownership::Take, |r, now| {
+                if r.expire_if_due(now) {
+                    return Err(CoordinatorError::Refused {
+                        refusal: Refusal::Gone,
+                        reservation: Box::new(r.clone()),
+                    });
+                }
+                if r.participants.len() >= max {
+                    return Err(too_many("participants", max));
+                }
+                r.join(participant.clone(), margin)
+                    .map_err(|refusal| CoordinatorError::Refused {
+                        refusal,
+                        reservation: Box::new(r.clone()),
+                    })
+            })
+            .await?;
+        outcome?;
+        if is_try && reservation.state == State::Trying {
+            self.ensure_driven(id);
+        }
+        Ok(reservation)
+    }
+}
+
+/// A trace of the coordinator's own, for a client that sent no `traceparent`.
+pub(super) fn new_trace() -> TraceContext {
+    TraceContext::new(uuid::Uuid::new_v4().into_bytes())
+        .unwrap_or_else(|| TraceContext::new([1; 16]).expect("a non-zero trace id"))
+}

@@ -1,0 +1,130 @@
+//! Deadlines and purges: what the timer thread asks for when an instant comes (expire
+//! undecided reservations, drop records whose retention ended), and arming those timers.
+
+use super::{Coordinator, CoordinatorError, Due, MAX_CONFLICTS};
+use crate::domain::{Reservation, ReservationId, State};
+use crate::store::{Ownership, StoreError};
+
+impl Coordinator {
+    /// Cancels every reservation of `ids` whose deadline has passed with nothing decided.
+    /// Called by the timers with all the deadlines due at once; harmless for the others.
+    /// The decisions share one flush, and no participant is called before it.
+    ///
+    /// # Errors
+    /// `Store`; nothing after the failure is expired (the timers' entries are gone, but
+    /// recovery re-arms every deadline at the next start).
+    pub async fn expire(&self, ids: &[ReservationId]) -> Result<usize, CoordinatorError> {
+        let mut expired = Vec::new();
+        // First the reservations nobody else is updating, then, waiting, the others: one
+        // busy stripe must not hold up the whole batch.
+        let mut busy = Vec::new();
+        for &id in ids {
+            match self.lock_for(id).try_lock() {
+                Ok(_guard) => expired.extend(self.expire_locked(id).await?),
+                Err(_) => busy.push(id),
+            }
+        }
+        for id in busy {
+            let _guard = self.lock_for(id).lock().await;
+            expired.extend(self.expire_locked(id).await?);
+        }
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.inner.store.wait_durable().await?;
+        for (before, after) in &expired {
+            let metrics = &self.inner.metrics;
+            metrics.deadlines_fired.inc();
+            let late = after.decided_at.unwrap_or(after.expires_at) - after.expires_at;
+            metrics
+                .deadline_lateness_seconds
+                .observe(late.to_std().unwrap_or_default().as_secs_f64());
+            tracing::info!(reservation_id = %after.id, reason = ?after.reason,
+                "deadline passed: cancelling every participant");
+            self.saved(before, after);
+        }
+        Ok(expired.len())
+    }
+
+    /// Applies the deadline to one reservation whose lock the caller holds, writing without
+    /// waiting for the flush. Returns the states before and after when it expired.
+    ///
+    /// # Errors
+    /// `Store` when the log cannot be read or written: the deadline is still due, and the
+    /// caller arms it again (a deadline that falls while the database is away fires once it
+    /// is back).
+    pub(super) async fn expire_locked(
+        &self,
+        id: ReservationId,
+    ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
+        let mut conflicts = 0;
+        loop {
+            let before = match self.current(id).await {
+                Ok(r) => r,
+                // Purged, or past its retention: nothing to expire.
+                Err(
+                    CoordinatorError::NotFound(_)
+                    | CoordinatorError::Purged(_)
+                    | CoordinatorError::Refused { .. },
+                ) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let mut after = before.clone();
+            if !after.expire_if_due(self.now()) {
+                return Ok(None);
+            }
+            match self.inner.store.write(&mut after, Ownership::Take).await {
+                Ok(()) => return Ok(Some((before, after))),
+                // Another instance changed it meanwhile (decided it, joined a participant,
+                // recorded an outcome): read it again and see whether it is still due.
+                Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                }
+                Err(StoreError::Conflict(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Drops the record of a reservation whose retention has ended. Called by the timers.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn purge(&self, id: ReservationId) -> Result<(), CoordinatorError> {
+        let limits = self.inner.limits;
+        let _guard = self.lock_for(id).lock().await;
+        let Some(r) = self.inner.store.load(id).await? else {
+            return Ok(());
+        };
+        if r.purge_at(limits.retention, limits.transaction_retention)
+            .is_some_and(|at| at <= self.now())
+        {
+            // Not flushed here: a purge lost in a crash is simply done again at recovery.
+            self.inner.store.remove(&r).await?;
+            self.inner.metrics.left(r.state);
+            tracing::debug!(reservation_id = %id, "retention ended: record purged");
+        }
+        Ok(())
+    }
+
+    pub(super) fn arm_deadline(&self, reservation: &Reservation) {
+        if matches!(reservation.state, State::Trying | State::Reserved) {
+            // A deadline armed after the timers stopped (at shutdown) is re-armed by
+            // recovery at the next start.
+            self.inner
+                .deadlines
+                .arm(reservation.expires_at, reservation.id, Due::Deadline);
+        }
+    }
+
+    pub(super) fn arm_purge(&self, reservation: &Reservation) {
+        if self.inner.store.is_shared() {
+            return; // the retention sweep deletes in batches (see `cluster`)
+        }
+        let limits = &self.inner.limits;
+        if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
+            self.inner.deadlines.arm(at, reservation.id, Due::Purge);
+        }
+    }
+}

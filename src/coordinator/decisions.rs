@@ -1,0 +1,263 @@
+//! The confirm and cancel phases: call every participant at once, record the first answers
+//! together, then retry each on its own schedule until it settles.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+
+use super::{Coordinator, CoordinatorError};
+use crate::domain::{ParticipantState, Reservation, ReservationId, TraceContext};
+use crate::participant::{CancelOutcome, ConfirmOutcome};
+use crate::retry::Schedule;
+use crate::telemetry::VerbLabels;
+
+impl Coordinator {
+    pub(super) async fn run_confirms(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        let targets = r
+            .unsettled()
+            .filter_map(|(i, p)| {
+                let link = p.link.as_ref()?;
+                Some((i, p.name.clone(), Call::Confirm(link.uri.clone())))
+            })
+            .collect();
+        self.fan_out(r.id, r.trace, targets).await
+    }
+
+    pub(super) async fn run_cancels(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+        // A try whose answer never arrived (a timeout, a crash) may hold a change: ask again
+        // with the same Idempotency-Key to learn its link, so it can be cancelled.
+        let unanswered: Vec<_> = r
+            .unsettled()
+            .filter(|(_, p)| p.state == ParticipantState::Trying)
+            .filter_map(|(i, p)| p.try_request.clone().map(|t| (i, t)))
+            .collect();
+        let reloaded;
+        let r = if unanswered.is_empty() {
+            r
+        } else {
+            let calls = unanswered
+                .into_iter()
+                .map(|(i, t)| self.recover_link(r, i, t));
+            join_all(calls)
+                .await
+                .into_iter()
+                .collect::<Result<(), _>>()?;
+            reloaded = self.current(r.id).await?;
+            &reloaded
+        };
+        let targets = r
+            .unsettled()
+            .filter_map(|(i, p)| p.link.clone().map(|l| (i, p.name.clone(), Call::Cancel(l))))
+            .collect();
+        self.fan_out(r.id, r.trace, targets).await
+    }
+
+    pub(super) fn count_retry(&self, verb: &'static str) {
+        self.inner
+            .metrics
+            .retries
+            .get_or_create(&VerbLabels { verb })
+            .inc();
+    }
+
+    /// One confirm or cancel call, its answer classified into what to record.
+    pub(super) async fn call(
+        &self,
+        target: &Call,
+        trace: Option<TraceContext>,
+        schedule: &mut Schedule,
+    ) -> Attempt {
+        let trace = trace.as_ref();
+        let started = std::time::Instant::now();
+        let mut attempt = match target {
+            Call::Confirm(uri) => match self.inner.client.confirm(uri, trace).await {
+                ConfirmOutcome::Confirmed => Attempt::settled(ParticipantState::Confirmed, None),
+                ConfirmOutcome::Gone(e) => {
+                    Attempt::settled(ParticipantState::Gone, Some(format!("confirm: {e}")))
+                }
+                ConfirmOutcome::Refused(e) => Attempt::settled(
+                    ParticipantState::Refused,
+                    Some(format!("confirm refused: {e}")),
+                ),
+                ConfirmOutcome::Retry(hint) => Attempt {
+                    settled: None,
+                    delay: Some(schedule.next_delay(hint.retry_after)),
+                    error: Some(hint.error),
+                    verb: "",
+                    took: Duration::ZERO,
+                },
+            },
+            Call::Cancel(link) => match self.inner.client.cancel(&link.uri, trace).await {
+                CancelOutcome::Cancelled => Attempt::settled(ParticipantState::Cancelled, None),
+                CancelOutcome::ExpiresOnItsOwn => Attempt::settled(
+                    ParticipantState::Cancelled,
+                    Some("cancel: 405, the participant lets the link expire on its own".into()),
+                ),
+                CancelOutcome::Retry(hint) => {
+                    let delay = schedule.next_delay(hint.retry_after);
+                    if self.now() + chrono::Duration::from_std(delay).unwrap_or_default()
+                        >= link.expires
+                    {
+                        // The participant cancels by itself once its link expires.
+                        Attempt::settled(ParticipantState::Expired, Some(hint.error))
+                    } else {
+                        Attempt {
+                            settled: None,
+                            delay: Some(delay),
+                            error: Some(hint.error),
+                            verb: "",
+                            took: Duration::ZERO,
+                        }
+                    }
+                }
+            },
+        };
+        attempt.verb = target.verb();
+        attempt.took = started.elapsed();
+        attempt
+    }
+
+    /// Calls every target at once and records all the first answers in one write (which
+    /// also ends the phase when they settle it); then retries, each on its own schedule,
+    /// the participants that need it, recording every later answer as it comes. Stops at
+    /// shutdown; the phase resumes at the next start.
+    pub(super) async fn fan_out(
+        &self,
+        id: ReservationId,
+        trace: Option<TraceContext>,
+        targets: Vec<(usize, String, Call)>,
+    ) -> Result<(), CoordinatorError> {
+        let mut schedules: Vec<Schedule> = targets
+            .iter()
+            .map(|_| self.inner.retry.schedule())
+            .collect();
+        let first = join_all(
+            targets
+                .iter()
+                .zip(schedules.iter_mut())
+                .map(|((_, _, target), schedule)| self.call(target, trace, schedule)),
+        )
+        .await;
+        self.update(id, |r, now| {
+            for ((i, _, _), attempt) in targets.iter().zip(&first) {
+                attempt.record(r, *i, now);
+            }
+            r.finish_phase(now);
+        })
+        .await?;
+        let retries = targets.iter().zip(schedules).zip(first).filter_map(
+            |(((i, name, target), schedule), attempt)| {
+                attempt.delay.map(|delay| {
+                    attempt.log_retry(id, target.verb(), name);
+                    self.count_retry(target.verb());
+                    self.retry_one(id, trace, *i, name, target, schedule, delay)
+                })
+            },
+        );
+        join_all(retries)
+            .await
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        if self.inner.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        // Nothing left to call (no participants, or all settled before): end the phase.
+        self.update(id, |r, now| r.finish_phase(now)).await?;
+        Ok(())
+    }
+
+    /// Calls one participant again after `delay`, until it settles or the coordinator stops.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn retry_one(
+        &self,
+        id: ReservationId,
+        trace: Option<TraceContext>,
+        index: usize,
+        name: &str,
+        target: &Call,
+        mut schedule: Schedule,
+        mut delay: Duration,
+    ) -> Result<(), CoordinatorError> {
+        loop {
+            if !self.pause(delay, None).await {
+                return Ok(());
+            }
+            let attempt = self.call(target, trace, &mut schedule).await;
+            let next = attempt.delay;
+            if next.is_some() {
+                attempt.log_retry(id, target.verb(), name);
+                self.count_retry(target.verb());
+            }
+            self.record(id, index, |r, i, now| {
+                attempt.record(r, i, now);
+                // The last answer ends the phase in the same write.
+                r.finish_phase(now);
+            })
+            .await?;
+            match next {
+                Some(d) => delay = d,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A call the confirm or cancel phase makes to one participant.
+pub(super) enum Call {
+    Confirm(crate::domain::ParticipantUrl),
+    Cancel(crate::domain::ParticipantLink),
+}
+
+impl Call {
+    fn verb(&self) -> &'static str {
+        match self {
+            Call::Confirm(_) => "confirm",
+            Call::Cancel(_) => "cancel",
+        }
+    }
+}
+
+/// The outcome of one participant call, ready to record.
+pub(super) struct Attempt {
+    /// The participant's new settled state, or `None` to retry.
+    settled: Option<ParticipantState>,
+    error: Option<String>,
+    /// When to call again, if at all.
+    delay: Option<Duration>,
+    verb: &'static str,
+    took: Duration,
+}
+
+impl Attempt {
+    fn settled(state: ParticipantState, error: Option<String>) -> Self {
+        Self {
+            settled: Some(state),
+            error,
+            delay: None,
+            verb: "",
+            took: Duration::ZERO,
+        }
+    }
+
+    /// Records the answer on participant `i` and in the reservation's history.
+    fn record(&self, r: &mut Reservation, i: usize, now: DateTime<Utc>) {
+        let next = self
+            .delay
+            .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
+        r.participants[i].record_attempt(now, self.settled, self.error.clone(), next);
+        let result = match (&self.error, self.settled) {
+            (Some(error), _) => error.clone(),
+            (None, Some(state)) => state.as_str().to_owned(),
+            (None, None) => String::new(),
+        };
+        r.note_call(now, i, self.verb, result, self.took);
+    }
+
+    fn log_retry(&self, id: ReservationId, verb: &'static str, name: &str) {
+        if let (Some(error), Some(delay)) = (&self.error, self.delay) {
+            tracing::warn!(reservation_id = %id, participant = name, verb, %error, ?delay,
+                "participant call failed; retrying");
+        }
+    }
+}

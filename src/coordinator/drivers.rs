@@ -1,0 +1,110 @@
+//! Driver supervision: at most one driver task per reservation, started or woken on demand,
+//! running the current phase until nothing is left to do, stopping at shutdown or when
+//! another instance owns the work.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Coordinator, CoordinatorError};
+use crate::domain::{Reservation, ReservationId, State};
+
+/// How long a driver waits before re-reading the log after the log failed.
+pub(super) const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+impl Coordinator {
+    /// Starts the reservation's driver, or wakes it when it runs already.
+    pub(super) fn ensure_driven(&self, id: ReservationId) {
+        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+        if let Some(wake) = drivers.get(&id) {
+            wake.cancel();
+            return;
+        }
+        let wake = CancellationToken::new();
+        drivers.insert(id, wake.clone());
+        drop(drivers);
+        let this = self.clone();
+        // On the main runtime, also when the deadline thread expires a reservation.
+        self.inner.tasks.spawn_on(
+            async move { this.drive(id, wake).await },
+            &self.inner.runtime,
+        );
+    }
+
+    /// The driver: runs phases until the reservation needs nothing more from participants.
+    pub(super) async fn drive(&self, id: ReservationId, mut wake: CancellationToken) {
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                return;
+            }
+            let phase = match self.current(id).await {
+                Ok(r) if !self.inner.store.owns(&r) => {
+                    // Another instance sharing the store works on it now.
+                    self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                    return;
+                }
+                Ok(r) => match r.state {
+                    State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
+                    State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
+                    State::Cancelling => self.run_cancels(&r).instrument(span(&r)).await,
+                    _ if r.callback_due() => self.deliver_callback(&r).instrument(span(&r)).await,
+                    _ => {
+                        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+                        if !wake.is_cancelled() {
+                            drivers.remove(&id);
+                            return;
+                        }
+                        Ok(())
+                    }
+                },
+                Err(CoordinatorError::NotFound(_) | CoordinatorError::Purged(_)) => {
+                    // Its retention ended (a callback that was never acknowledged): nothing
+                    // is left to do.
+                    self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                    return;
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = phase {
+                tracing::error!(reservation_id = %id, %error, "driving the reservation failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(STORE_RETRY_DELAY) => {}
+                    () = self.inner.shutdown.cancelled() => {}
+                }
+            }
+            if wake.is_cancelled() {
+                wake = CancellationToken::new();
+                self.inner
+                    .drivers
+                    .lock()
+                    .expect("drivers lock")
+                    .insert(id, wake.clone());
+            }
+        }
+    }
+
+    /// Sleeps until `delay` passes, `wake` fires or the coordinator stops. Returns whether
+    /// the caller should try again.
+    pub(super) async fn pause(&self, delay: Duration, wake: Option<&CancellationToken>) -> bool {
+        let woken = async {
+            match wake {
+                Some(w) => w.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = woken => false,
+            () = self.inner.shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// The span of a reservation's participant calls: its id and its trace.
+pub(super) fn span(r: &Reservation) -> tracing::Span {
+    tracing::info_span!("reservation", reservation_id = %r.id,
+        trace_id = r.trace.map(|t| t.trace_id()).unwrap_or_default())
+}

@@ -1,0 +1,278 @@
+//! The use cases, a room per job. Every change follows one order: lock the reservation,
+//! load it, apply an event through the state machine, save it (durable), and only then call
+//! participants or answer. Each reservation has at most one driver task at a time, which runs
+//! the current phase and re-reads the log when a phase ends or when it is woken because the
+//! state changed under it.
+//!
+//! | room | owns |
+//! |---|---|
+//! | `mod.rs` | the [`Coordinator`] and what it is built from; its limits and errors |
+//! | `admission` | whether a client's write is taken now, and whether what it asks is allowed |
+//! | `commands` | create (and its `Idempotency-Key` replay), confirm, cancel, forget, join |
+//! | `queries` | reads, the listing, and waiting for a change (`Prefer: wait`) |
+//! | `unit_of_work` | the only writer: lock, load, apply, save, remember, and what follows a save |
+//! | `drivers` | one driver per reservation: started, woken, stopped |
+//! | `tries` | the try phase, and learning the link of a try whose answer was lost |
+//! | `decisions` | the confirm and cancel phases: fan out, record, retry |
+//! | `callbacks` | completion callbacks |
+//! | `deadlines` | what the timers ask for: expiring undecided reservations, purging old ones |
+//! | `resumption` | recovery at start, and taking over another instance's work |
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::domain::{
+    NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, State, TraceContext,
+};
+use crate::participant::ParticipantClient;
+use crate::retry::RetryPolicy;
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+mod admission;
+mod callbacks;
+mod commands;
+mod deadlines;
+mod decisions;
+mod drivers;
+mod queries;
+mod resumption;
+mod tries;
+mod unit_of_work;
+
+pub(crate) use resumption::recover;
+pub use resumption::RecoveryError;
+
+use admission::{check_link_expiry, invalid, source_field, too_many};
+use unit_of_work::{LOCK_STRIPES, MAX_CONFLICTS};
+
+/// Reads the current time. Injected so tests and recovery agree on "now".
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The limits a new reservation is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub max_participants: usize,
+    /// The per-call timeout; also the safety margin before a link's expiry.
+    pub participant_timeout: Duration,
+    /// The longest `Prefer: wait` honoured.
+    pub max_wait: Duration,
+    /// How long a finished reservation stays readable (then 410).
+    pub retention: Duration,
+    /// How long a confirmed transaction stays at `/transactions/{id}`.
+    pub transaction_retention: Duration,
+}
+
+/// A request to create a reservation, parsed at the API edge.
+#[derive(Debug, Clone)]
+pub struct CreateReservation {
+    /// `None`: the configured default.
+    pub timeout: Option<Duration>,
+    pub participants: Vec<NewParticipant>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The client's `traceparent`, when it sent a valid one.
+    pub trace: Option<TraceContext>,
+    /// Where to `POST` the final representation.
+    pub callback: Option<ParticipantUrl>,
+}
+
+/// Writes the representation a completion callback receives (the API's JSON, injected by
+/// the composition root so that this layer does not know the API's shapes).
+pub type Render = Arc<dyn Fn(&Reservation, DateTime<Utc>) -> Vec<u8> + Send + Sync>;
+
+/// A client's `Idempotency-Key` and the fingerprint of the body it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// SHA-256 of the canonical request body: the same key with another body is refused.
+    pub fingerprint: [u8; 32],
+}
+
+/// Why a use case did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The request is well formed but breaks a rule; `field` is its JSON path.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no reservation with id {0}")]
+    NotFound(ReservationId),
+    /// The reservation's retention ended and its record was dropped.
+    #[error("reservation {0} is no longer kept")]
+    Purged(ReservationId),
+    /// The state machine refused the event; the reservation as it now stands.
+    #[error("the reservation is {}", .reservation.state)]
+    Refused {
+        refusal: Refusal,
+        reservation: Box<Reservation>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The log is still being read back after a start: no writes until it is.
+    #[error("recovery has not finished")]
+    Recovering,
+}
+
+/// What is due at a timer's instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Due {
+    /// The reservation's deadline: cancel it if still undecided.
+    Deadline,
+    /// The end of its retention: drop the record.
+    Purge,
+}
+
+/// Arms timers (see `timers`).
+pub type DeadlineSender = crate::timers::TimerQueue;
+
+/// The coordinator. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    client: ParticipantClient,
+    retry: RetryPolicy,
+    limits: Limits,
+    clock: Clock,
+    public_url: String,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    /// The live driver of each reservation and the token that wakes it.
+    drivers: Mutex<HashMap<ReservationId, CancellationToken>>,
+    /// The reservations being worked on (trying, confirming, cancelling), as last saved:
+    /// their drivers and waiters read them many times, and decoding a record each time
+    /// was a tenth of the CPU under load. Written under the reservation's lock, after the
+    /// log; never holds a reservation that is only waiting (those can be millions).
+    working: Mutex<HashMap<ReservationId, Arc<Reservation>>>,
+    /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
+    watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
+    deadlines: DeadlineSender,
+    metrics: Metrics,
+    render: Render,
+    tasks: TaskTracker,
+    /// The runtime drivers run on (the one the coordinator was built on).
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+    ready: AtomicBool,
+}
+
+/// Everything the coordinator is built from.
+pub struct Parts {
+    pub store: Store,
+    pub client: ParticipantClient,
+    pub retry: RetryPolicy,
+    pub limits: Limits,
+    pub clock: Clock,
+    /// The coordinator's own base URL, sent to participants in `TCC-Reservation`.
+    pub public_url: String,
+    pub deadlines: DeadlineSender,
+    pub metrics: Metrics,
+    pub render: Render,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Coordinator {
+    /// # Panics
+    /// Outside a tokio runtime: drivers run on the runtime the coordinator is built on.
+    #[must_use]
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: parts.store,
+                client: parts.client,
+                retry: parts.retry,
+                limits: parts.limits,
+                clock: parts.clock,
+                public_url: parts.public_url.trim_end_matches('/').to_owned(),
+                locks: (0..LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                drivers: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
+                working: Mutex::new(HashMap::new()),
+                deadlines: parts.deadlines,
+                metrics: parts.metrics,
+                render: parts.render,
+                tasks: parts.tasks,
+                runtime: tokio::runtime::Handle::current(),
+                shutdown: parts.shutdown,
+                ready: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The current time, from the injected clock.
+    #[must_use]
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.inner.clock)()
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// This coordinator's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Reservations confirming or cancelling since longer than `threshold` (their decision is
+    /// that old and some participant has not answered for good).
+    #[must_use]
+    pub fn stuck(&self, threshold: std::time::Duration) -> usize {
+        let since = self.now() - chrono::Duration::from_std(threshold).unwrap_or_default();
+        self.inner
+            .working
+            .lock()
+            .expect("working lock")
+            .values()
+            .filter(|r| {
+                matches!(r.state, State::Confirming | State::Cancelling)
+                    && r.decided_at.is_some_and(|at| at <= since)
+            })
+            .count()
+    }
+
+    /// The runtime that must run the store's calls, when the store talks to a database over
+    /// the network (its connections live on the main runtime); `None` for the embedded log,
+    /// callable from any thread.
+    pub(crate) fn io_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.inner
+            .store
+            .is_shared()
+            .then(|| self.inner.runtime.clone())
+    }
+
+    /// Whether the store answered its last call (a shared database may be out of reach).
+    #[must_use]
+    pub fn store_reachable(&self) -> bool {
+        self.inner.store.is_reachable()
+    }
+
+    /// Recovery has finished: the coordinator serves with every reservation resumed.
+    #[must_use]
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        self.inner.ready.store(true, Ordering::Release);
+    }
+}

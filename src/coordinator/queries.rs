@@ -1,0 +1,151 @@
+//! Reads: a reservation (from the working copy or the log), a confirmed transaction, the
+//! listing, and waiting for a change (`Prefer: wait`). Nothing here writes.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Coordinator, CoordinatorError};
+use crate::domain::{Refusal, Reservation, ReservationId, State};
+
+/// How often a client waiting for a change (`Prefer: wait`) re-reads a reservation kept in a
+/// shared store, where another instance may change it.
+pub(super) const SHARED_POLL: Duration = Duration::from_millis(100);
+
+impl Coordinator {
+    /// Waits up to `limit` (capped by `--max-wait`) until `settled` holds for the
+    /// reservation; returns it as it then stands, and whether `settled` held.
+    ///
+    /// # Errors
+    /// `NotFound`; `Store`.
+    pub async fn wait_until(
+        &self,
+        id: ReservationId,
+        settled: impl Fn(&Reservation) -> bool,
+        limit: Duration,
+    ) -> Result<(Reservation, bool), CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + limit.min(self.inner.limits.max_wait);
+        let mut changes = self
+            .inner
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .entry(id)
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        // Read once; then each change made here arrives with the reservation as it was
+        // saved. With a shared store, changes made by other instances are read every
+        // SHARED_POLL.
+        let shared = self.inner.store.is_shared();
+        let result = match self.get(id).await {
+            Err(e) => Err(e),
+            Ok(mut reservation) => loop {
+                if settled(&reservation) {
+                    break Ok((reservation, true));
+                }
+                let until = if shared {
+                    deadline.min(tokio::time::Instant::now() + SHARED_POLL)
+                } else {
+                    deadline
+                };
+                match tokio::time::timeout_at(until, changes.changed()).await {
+                    Ok(Ok(())) => {
+                        if let Some(changed) = changes.borrow_and_update().clone() {
+                            reservation = Reservation::clone(&changed);
+                        }
+                    }
+                    Err(_) if shared && until < deadline => match self.get(id).await {
+                        Ok(read) => reservation = read,
+                        Err(e) => break Err(e),
+                    },
+                    _ => break Ok((reservation, false)),
+                }
+            },
+        };
+        drop(changes);
+        let mut watchers = self.inner.watchers.lock().expect("watchers lock");
+        if watchers.get(&id).is_some_and(|w| w.receiver_count() == 0) {
+            watchers.remove(&id);
+        }
+        result
+    }
+
+    /// Reads a reservation.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
+    pub async fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        // A shared store's records change under our feet: what clients read comes from it.
+        if !self.inner.store.is_shared() {
+            if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
+                return Ok(Reservation::clone(r));
+            }
+        }
+        self.read(id).await
+    }
+
+    /// The reservation as this instance last saved it while working on it, else as read.
+    /// With a shared store the copy may be stale; that is harmless where it is used (to
+    /// change it, or to drive it): every write is conditional on the revision, and a stale
+    /// copy's write fails, drops the copy and reads again.
+    pub(super) async fn current(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
+            return Ok(Reservation::clone(r));
+        }
+        self.read(id).await
+    }
+
+    /// Reads a reservation from the store.
+    pub(super) async fn read(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        let retention = self.inner.limits.retention;
+        match self.inner.store.load(id).await? {
+            Some(r) if r.is_past_retention(self.now(), retention) => {
+                Err(CoordinatorError::Refused {
+                    refusal: Refusal::Gone,
+                    reservation: Box::new(r),
+                })
+            }
+            Some(r) => Ok(r),
+            // Ids carry their creation time: one older than the retention was most likely
+            // purged (an id never issued answers the same; nothing tells the two apart).
+            None if id.created_at().is_some_and(|t| {
+                t + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+                    <= self.now()
+            }) =>
+            {
+                Err(CoordinatorError::Purged(id))
+            }
+            None => Err(CoordinatorError::NotFound(id)),
+        }
+    }
+
+    /// A confirmed transaction, while `--transaction-retention` keeps it.
+    ///
+    /// # Errors
+    /// `NotFound` for anything else; `Store`.
+    pub async fn transaction(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+        let retention = self.inner.limits.transaction_retention;
+        match self.inner.store.load(id).await? {
+            Some(r)
+                if r.state == State::Confirmed && !r.is_past_retention(self.now(), retention) =>
+            {
+                Ok(r)
+            }
+            _ => Err(CoordinatorError::NotFound(id)),
+        }
+    }
+
+    /// Up to `limit` reservations, newest first, optionally only those in `state` and only
+    /// those older than `before`; and whether there are more.
+    ///
+    /// # Errors
+    /// [`CoordinatorError::Store`].
+    pub async fn list(
+        &self,
+        state: Option<State>,
+        before: Option<ReservationId>,
+        limit: usize,
+    ) -> Result<(Vec<Reservation>, bool), CoordinatorError> {
+        Ok(self.inner.store.newest_first(before, limit, state).await?)
+    }
+}

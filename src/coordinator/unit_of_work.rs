@@ -1,0 +1,144 @@
+//! The unit of work, the only writer: lock the reservation, load it, apply a change, save it
+//! durably (conditional on the revision read, re-applied after a concurrent change), then
+//! remember it and do what follows a save (waiters, driver, timers).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{Coordinator, CoordinatorError};
+use std::hash::{Hash, Hasher};
+
+use crate::domain::{Reservation, ReservationId};
+use crate::store::{Ownership, StoreError};
+
+/// Lock stripes: reservations hashing to the same stripe serialise their updates. An update
+/// holds its stripe across a flush, so with hundreds of reservations in flight the stripes
+/// must be many for unrelated ones not to wait for each other's flushes (64 Ki stripes:
+/// about 2.5 MiB).
+pub(super) const LOCK_STRIPES: usize = 1 << 16;
+
+/// How many times an update is re-applied after a concurrent change before giving up (with
+/// one process, never more than once; with several, only under a storm on one reservation).
+pub(super) const MAX_CONFLICTS: u32 = 16;
+
+impl Coordinator {
+    /// Load, change, save (if changed), under the reservation's lock. Re-arms the deadline
+    /// when it moved, and wakes the driver when the state changed to one that needs work.
+    ///
+    /// The save is conditional on the revision read: when another instance sharing the store
+    /// changed the reservation in between, it is read again and `change` applied to what it
+    /// now is, exactly as if the two requests had come to one instance one after the other.
+    pub(super) async fn update<T>(
+        &self,
+        id: ReservationId,
+        change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
+    ) -> Result<(Reservation, T), CoordinatorError> {
+        self.update_as(id, Ownership::Keep, change).await
+    }
+
+    /// [`Coordinator::update`], taking the reservation's work over when `ownership` says so
+    /// (a client's request: this instance starts the work it asked for).
+    pub(super) async fn update_as<T>(
+        &self,
+        id: ReservationId,
+        ownership: Ownership,
+        mut change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
+    ) -> Result<(Reservation, T), CoordinatorError> {
+        let _guard = self.lock_for(id).lock().await;
+        let mut conflicts = 0;
+        loop {
+            let before = self.current(id).await?;
+            let mut after = before.clone();
+            let out = change(&mut after, self.now());
+            if after == before {
+                if after.state.is_in_progress() && self.inner.store.is_shared() {
+                    // A repeated request for work whose first write may have committed without
+                    // an answer (a lost database connection): make sure someone drives it.
+                    // (Only with a shared store, where what is read is committed; the embedded
+                    // log can show a deadline's decision before its flush, and nothing may
+                    // call a participant before that.)
+                    self.ensure_driven(id);
+                }
+                return Ok((after, out));
+            }
+            match self.inner.store.replace(&mut after, ownership).await {
+                Ok(()) => {
+                    self.saved(&before, &after);
+                    return Ok((after, out));
+                }
+                Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    // A copy kept here is stale now.
+                    self.inner.working.lock().expect("working lock").remove(&id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Records one participant's outcome under the reservation's lock; durable before anyone
+    /// can read it, so an outcome once shown is never called for again after a crash.
+    pub(super) async fn record(
+        &self,
+        id: ReservationId,
+        index: usize,
+        mut change: impl FnMut(&mut Reservation, usize, DateTime<Utc>),
+    ) -> Result<(), CoordinatorError> {
+        self.update(id, |r, now| change(r, index, now)).await?;
+        Ok(())
+    }
+
+    /// What follows a durable save: the in-memory copy, waiters, the driver, the timers.
+    pub(super) fn saved(&self, before: &Reservation, after: &Reservation) {
+        let id = after.id;
+        self.remember(after);
+        if after.state != before.state {
+            self.inner.metrics.moved(before.state, after.state);
+            tracing::debug!(reservation_id = %id, from = %before.state, to = %after.state,
+                reason = ?after.reason, "state changed");
+            if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
+                watcher.send_replace(Some(Arc::new(after.clone())));
+            }
+            if after.state.is_in_progress() || after.callback_due() {
+                self.ensure_driven(id);
+            }
+            self.arm_purge(after);
+        }
+        // With a shared store, a client's request (a join, a repeated decision) can make this
+        // instance the owner of a reservation another instance worked on: from now on its
+        // deadline and its driver are this instance's, whatever becomes of the other.
+        let taken_over = after.owner != before.owner && self.inner.store.owns(after);
+        if taken_over && (after.state.is_in_progress() || after.callback_due()) {
+            self.ensure_driven(id);
+        }
+        if after.expires_at != before.expires_at || after.state != before.state || taken_over {
+            self.arm_deadline(after);
+        }
+    }
+
+    /// Keeps a reservation being worked on in memory, and forgets it once it is not.
+    /// A copy never replaces a newer one: a batch of deadlines is remembered after its flush,
+    /// when a driver may already have saved a later revision.
+    pub(super) fn remember(&self, r: &Reservation) {
+        let mut working = self.inner.working.lock().expect("working lock");
+        if working
+            .get(&r.id)
+            .is_some_and(|kept| kept.revision > r.revision)
+        {
+            return;
+        }
+        if r.state.is_in_progress() {
+            working.insert(r.id, Arc::new(r.clone()));
+        } else {
+            working.remove(&r.id);
+        }
+    }
+
+    pub(super) fn lock_for(&self, id: ReservationId) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % LOCK_STRIPES as u64).unwrap_or(0);
+        &self.inner.locks[stripe]
+    }
+}
