@@ -238,8 +238,13 @@ impl App {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
         });
-        let deadlines = timers::start(armed, coordinator.clone(), tasks.clone(), shutdown.clone())
-            .map_err(AppError::TimerThread)?;
+        let deadlines = timers::start(
+            armed,
+            Arc::new(coordinator.clone()),
+            tasks.clone(),
+            shutdown.clone(),
+        )
+        .map_err(AppError::TimerThread)?;
         if coordinator.store().is_shared() {
             tasks.spawn(cluster::run(
                 coordinator.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use url::Url;
 
-use crate::coordinator::Limits;
+use crate::domain::Limits;
 use crate::participant::{AllowRule, NameResolver};
 use crate::retry::RetryPolicy;
 use crate::store::SyncMode;
@@ -165,6 +165,40 @@ impl Config {
             storage: Storage::Ephemeral,
             ..Self::default()
         }
+    }
+}
+
+/// `--sync flush|fdatasync` (the store's type; its command-line form lives here, with clap).
+impl clap::ValueEnum for SyncMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[SyncMode::Flush, SyncMode::Fdatasync]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            SyncMode::Flush => clap::builder::PossibleValue::new("flush").help(
+                "sled's flush (sync_file_range): survives a crash of the process, not a power loss",
+            ),
+            SyncMode::Fdatasync => clap::builder::PossibleValue::new("fdatasync")
+                .help("flush, then fdatasync of the log: also survives a power loss"),
+        })
+    }
+}
+
+/// `--log-format text|json`.
+impl clap::ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Text, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            LogFormat::Text => {
+                clap::builder::PossibleValue::new("text").help("one human-readable line per event")
+            }
+            LogFormat::Json => clap::builder::PossibleValue::new("json")
+                .help("one JSON object per line, for log collectors"),
+        })
     }
 }
 
@@ -349,6 +383,27 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Reads the process's flags and `TCC_*` variables. `--help` and `--version` print and
+    /// exit here.
+    ///
+    /// # Errors
+    /// A bad flag: clap's first line saying what is wrong, as one sentence.
+    pub fn from_process() -> Result<Self, ConfigError> {
+        match Self::try_parse() {
+            Ok(cli) => Ok(cli),
+            Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+            Err(error) => {
+                // The usage text that follows clap's first line is in --help.
+                let rendered = error.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                Err(ConfigError(format!(
+                    "{} (see --help)",
+                    first.trim_start_matches("error: ")
+                )))
+            }
+        }
+    }
+
     /// Checks the flags against each other and builds the [`Config`].
     ///
     /// # Errors

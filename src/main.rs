@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use tcc_coordinator::{telemetry, App, Cli, Storage};
 
 /// mimalloc instead of the system allocator: request handling allocates many small, short-lived
@@ -13,17 +12,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::from_process() {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
         Err(error) => {
-            // clap's first line says what is wrong; its usage text follows in --help.
-            let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!(
-                "tcc-coordinator: {} (see --help)",
-                first.trim_start_matches("error: ")
-            );
+            eprintln!("tcc-coordinator: {error}");
             return ExitCode::from(2);
         }
     };

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use crate::domain::State;
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     /// One human-readable line per event.
     #[default]

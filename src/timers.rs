@@ -1,9 +1,11 @@
-//! Deadlines: a min-heap of (deadline, reservation) and the task that fires them.
+//! Deadlines: a min-heap of (instant, reservation, what is due) and the thread that fires
+//! them.
 //!
-//! No periodic scan: the task sleeps until the earliest deadline, pops every due entry and
-//! asks the coordinator to expire it. An entry is a hint, not a fact: `expire` re-reads the
-//! log, so stale entries (a reservation confirmed meanwhile, a deadline moved earlier and
-//! pushed again) cost one lookup and change nothing.
+//! No periodic scan: the thread sleeps until the earliest instant, pops every due entry and
+//! hands it to the [`Fire`] it was given (the coordinator, which this module does not know).
+//! An entry is a hint, not a fact: the handler re-reads the log, so stale entries (a
+//! reservation confirmed meanwhile, a deadline moved earlier and pushed again) cost one
+//! lookup and change nothing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -15,8 +17,35 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::coordinator::{Coordinator, Due};
+use futures_util::future::BoxFuture;
+
 use crate::domain::ReservationId;
+
+/// What is due at a timer's instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Due {
+    /// The reservation's deadline: cancel it if still undecided.
+    Deadline,
+    /// The end of its retention: drop the record.
+    Purge,
+}
+
+/// What the deadline thread calls when instants come.
+pub trait Fire: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+
+    /// Expires a batch of reservations whose deadlines came (harmless for any that is not
+    /// due any more). An error (the log out of reach) arms them again a second later.
+    fn expire(&self, ids: Vec<ReservationId>) -> BoxFuture<'static, Result<(), String>>;
+
+    /// Drops the record of a reservation whose retention ended.
+    fn purge(&self, id: ReservationId) -> BoxFuture<'static, Result<(), String>>;
+
+    /// The runtime the expiries must run on, when not the deadline thread's own (a store
+    /// whose connections live on the main runtime).
+    fn runtime(&self) -> Option<tokio::runtime::Handle>;
+}
 
 /// The arming side of the timer queue: the coordinator arms, the deadline thread fires.
 ///
@@ -117,7 +146,7 @@ impl<T: Ord + Copy> Deadlines<T> {
 /// When the thread or its runtime cannot be created.
 pub fn start(
     arm: TimerQueue,
-    coordinator: Coordinator,
+    handler: Arc<dyn Fire>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -129,7 +158,7 @@ pub fn start(
         .name("tcc-deadlines".into())
         .spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                runtime.block_on(run(arm, coordinator, tasks, shutdown));
+                runtime.block_on(run(arm, handler, tasks, shutdown));
             }));
             if let Err(panic) = ran {
                 // A coordinator without deadlines must not go on serving: stop, and let the
@@ -143,7 +172,7 @@ pub fn start(
 /// Runs the deadline loop until `shutdown`: receives deadlines to arm, fires due ones.
 pub async fn run(
     arm: TimerQueue,
-    coordinator: Coordinator,
+    handler: Arc<dyn Fire>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -153,7 +182,7 @@ pub async fn run(
         let sleep = async {
             match next {
                 Some(at) => {
-                    let wait = (at - coordinator.now()).to_std().unwrap_or_default();
+                    let wait = (at - handler.now()).to_std().unwrap_or_default();
                     tokio::time::sleep(wait).await;
                 }
                 None => std::future::pending().await,
@@ -164,21 +193,21 @@ pub async fn run(
             // An earlier instant was armed: look again.
             () = arm.shared.wake.notified() => {}
             () = sleep => {
-                let due = deadlines.pop_due(coordinator.now());
+                let due = deadlines.pop_due(handler.now());
                 let (expiring, purging): (Vec<_>, Vec<_>) =
                     due.into_iter().partition(|(_, what)| *what == Due::Deadline);
                 // Deadlines due together are expired together: one flush for the batch.
                 for batch in expiring.chunks(EXPIRY_BATCH) {
                     let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
-                    let (coordinator, rearm) = (coordinator.clone(), arm.clone());
-                    let io = coordinator.io_runtime();
+                    let (handler, rearm) = (handler.clone(), arm.clone());
+                    let io = handler.runtime();
                     let expiring = async move {
-                        if let Err(error) = coordinator.expire(&ids).await {
+                        if let Err(error) = handler.expire(ids.clone()).await {
                             // The log is out of reach: the deadlines stay due, and are tried
                             // again (expiring is harmless for those already expired).
                             tracing::error!(%error, count = ids.len(),
                                 "expiring reservations failed; trying again in 1 s");
-                            let at = coordinator.now() + chrono::Duration::seconds(1);
+                            let at = handler.now() + chrono::Duration::seconds(1);
                             for id in ids {
                                 rearm.arm(at, id, Due::Deadline);
                             }
@@ -190,9 +219,9 @@ pub async fn run(
                     };
                 }
                 for (id, _) in purging {
-                    let coordinator = coordinator.clone();
+                    let handler = handler.clone();
                     tasks.spawn(async move {
-                        if let Err(error) = coordinator.purge(id).await {
+                        if let Err(error) = handler.purge(id).await {
                             tracing::error!(reservation_id = %id, %error, "purging a reservation failed");
                         }
                     });

@@ -8,7 +8,6 @@ use super::body::BodyError;
 use super::problem::{GoneProblem, Problem};
 use crate::coordinator::CoordinatorError;
 use crate::domain::Refusal;
-use crate::store::StoreError;
 
 /// An error answer, before it is fitted into an operation's response type.
 #[derive(Debug)]
@@ -88,21 +87,21 @@ impl From<CoordinatorError> for ApiError {
                 "the coordinator is still reading its log back after a start (see /health/ready); \
                  nothing was stored: retry after the delay in Retry-After",
             )),
-            CoordinatorError::Store(StoreError::Overloaded(waiting)) => {
+            CoordinatorError::Busy(waiting) => {
                 tracing::warn!(waiting, "the transaction log is saturated: answering 503");
                 Self::Problem(Problem::unavailable(
                     "the transaction log cannot keep up right now (--max-log-queue); nothing was \
                      stored: retry after the delay in Retry-After",
                 ))
             }
-            CoordinatorError::Store(StoreError::Unavailable(error)) => {
+            CoordinatorError::Unavailable(error) => {
                 tracing::warn!(%error, "the database cannot be reached: answering 503");
                 Self::Problem(Problem::unavailable(
                     "the database cannot be reached right now; the request may not have been \
                      stored: retry after the delay in Retry-After (retrying is safe)",
                 ))
             }
-            CoordinatorError::Store(error) => {
+            CoordinatorError::Log(error) => {
                 tracing::error!(%error, "the transaction log failed");
                 Self::Problem(Problem::unavailable(
                     "the transaction log cannot be read or written right now; retry later",

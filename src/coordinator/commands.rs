@@ -17,7 +17,7 @@ impl Coordinator {
     /// right after.
     ///
     /// # Errors
-    /// [`CoordinatorError::Invalid`] naming the offending field; [`CoordinatorError::Store`].
+    /// [`CoordinatorError::Invalid`] naming the offending field; [`CoordinatorError::Log`].
     pub async fn create(
         &self,
         request: CreateReservation,

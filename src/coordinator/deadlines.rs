@@ -128,3 +128,30 @@ impl Coordinator {
         }
     }
 }
+
+/// The deadline thread's view of the coordinator: it is handed this, and knows nothing else.
+impl crate::timers::Fire for Coordinator {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        Coordinator::now(self)
+    }
+
+    fn expire(
+        &self,
+        ids: Vec<ReservationId>,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        Box::pin(async move { this.expire(&ids).await.map(drop).map_err(|e| e.to_string()) })
+    }
+
+    fn purge(
+        &self,
+        id: ReservationId,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        Box::pin(async move { this.purge(id).await.map_err(|e| e.to_string()) })
+    }
+
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.io_runtime()
+    }
+}

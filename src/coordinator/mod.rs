@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{
-    NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, State, TraceContext,
+    Limits, NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, State,
+    TraceContext,
 };
 use crate::participant::ParticipantClient;
 use crate::retry::RetryPolicy;
@@ -47,6 +48,8 @@ mod resumption;
 mod tries;
 mod unit_of_work;
 
+pub(crate) use crate::timers::Due;
+
 pub(crate) use resumption::recover;
 pub use resumption::RecoveryError;
 
@@ -55,22 +58,6 @@ use unit_of_work::{LOCK_STRIPES, MAX_CONFLICTS};
 
 /// Reads the current time. Injected so tests and recovery agree on "now".
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// The limits a new reservation is checked against.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub default_timeout: Duration,
-    pub max_timeout: Duration,
-    pub max_participants: usize,
-    /// The per-call timeout; also the safety margin before a link's expiry.
-    pub participant_timeout: Duration,
-    /// The longest `Prefer: wait` honoured.
-    pub max_wait: Duration,
-    /// How long a finished reservation stays readable (then 410).
-    pub retention: Duration,
-    /// How long a confirmed transaction stays at `/transactions/{id}`.
-    pub transaction_retention: Duration,
-}
 
 /// A request to create a reservation, parsed at the API edge.
 #[derive(Debug, Clone)]
@@ -114,20 +101,32 @@ pub enum CoordinatorError {
         refusal: Refusal,
         reservation: Box<Reservation>,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
     /// The log is still being read back after a start: no writes until it is.
     #[error("recovery has not finished")]
     Recovering,
+    /// Too many client writes wait for the log (`--max-log-queue`): nothing was stored; ask
+    /// again shortly.
+    #[error("the transaction log has {0} writes waiting for the disk")]
+    Busy(usize),
+    /// The store cannot be reached (a shared database away): the write may or may not have
+    /// happened, and repeating it is safe.
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
+    /// The log failed to read or write.
+    #[error("{0}")]
+    Log(String),
 }
 
-/// What is due at a timer's instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Due {
-    /// The reservation's deadline: cancel it if still undecided.
-    Deadline,
-    /// The end of its retention: drop the record.
-    Purge,
+/// What the store's failures mean to the coordinator's callers; the store's own types stop
+/// here.
+impl From<StoreError> for CoordinatorError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Overloaded(waiting) => CoordinatorError::Busy(waiting),
+            StoreError::Unavailable(detail) => CoordinatorError::Unavailable(detail),
+            other => CoordinatorError::Log(other.to_string()),
+        }
+    }
 }
 
 /// Arms timers (see `timers`).

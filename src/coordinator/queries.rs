@@ -73,7 +73,7 @@ impl Coordinator {
     /// Reads a reservation.
     ///
     /// # Errors
-    /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Store`].
+    /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Log`].
     pub async fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         // A shared store's records change under our feet: what clients read comes from it.
         if !self.inner.store.is_shared() {
@@ -139,7 +139,7 @@ impl Coordinator {
     /// those older than `before`; and whether there are more.
     ///
     /// # Errors
-    /// [`CoordinatorError::Store`].
+    /// [`CoordinatorError::Log`].
     pub async fn list(
         &self,
         state: Option<State>,

@@ -4,12 +4,14 @@
 //! rule here is tested with explicit times.
 
 mod id;
+mod limits;
 mod link;
 mod reservation;
 mod state;
 mod trace;
 
 pub use id::{ParseIdError, ReservationId};
+pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
 pub use reservation::{
     deadline_for, Callback, Happening, HistoryEntry, NewParticipant, Participant,

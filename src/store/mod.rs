@@ -15,7 +15,7 @@
 //! commits for PostgreSQL.
 
 mod embedded;
-mod group_commit;
+
 mod postgres;
 mod record;
 
@@ -25,16 +25,16 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Reservation, ReservationId, State};
-pub use group_commit::SyncMode;
+pub use embedded::SyncMode;
 pub use postgres::PostgresOptions;
 
 /// The log cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the data directory {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot open the data directory {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
     #[error("the transaction log failed: {0}")]
-    Sled(#[from] sled::Error),
+    Log(String),
     #[error("the transaction log could not be made durable: {0}")]
     Flush(String),
     #[error("a blocking task on the log stopped: {0}")]

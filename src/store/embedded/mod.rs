@@ -26,9 +26,12 @@
 
 use std::path::Path;
 
-use super::group_commit::{GroupCommit, SyncMode};
+mod group_commit;
+
 use super::{record, KeyEntry, StoreError};
 use crate::domain::{Reservation, ReservationId, State};
+use group_commit::GroupCommit;
+pub use group_commit::SyncMode;
 
 /// The sled log.
 #[derive(Clone)]
@@ -46,9 +49,9 @@ impl SledLog {
         sync: SyncMode,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open {
+        let open_error = |source: sled::Error| StoreError::Open {
             path: dir.to_owned(),
-            source,
+            detail: source.to_string(),
         };
         create_private_dir(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
         let db = sled::Config::new()
@@ -103,7 +106,7 @@ impl SledLog {
                 Ok::<_, ConflictableTransactionError<()>>(None)
             })
             .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Storage(e) => StoreError::from(e),
                 TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
             })?;
         if let Some(existing) = taken {
@@ -174,7 +177,7 @@ impl SledLog {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Storage(e) => StoreError::from(e),
                 TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
             })
     }
@@ -272,5 +275,12 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(not(unix))]
     {
         std::fs::create_dir_all(dir)
+    }
+}
+
+/// sled's errors stop here: the rest of the coordinator sees a sentence.
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        StoreError::Log(error.to_string())
     }
 }

@@ -20,7 +20,7 @@ use super::StoreError;
 use crate::telemetry::Metrics;
 
 /// What a completed `save` survives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     /// sled's `flush()`: written to the kernel with `sync_file_range`. Survives a crash of
     /// the process; a power loss or kernel crash may lose the latest writes.
