@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Storage};
 use crate::coordinator::RecoveryError;
-use crate::coordinator::{Coordinator, Parts};
+use crate::coordinator::{Coordinator, Parts, Topology};
 use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::store::{PostgresOptions, Retention, Store, StoreError};
@@ -130,6 +130,12 @@ impl App {
             }
             Storage::Postgres(_) => (None, None),
         };
+        // The one place that decides between one process on its own log and several on one
+        // database; everything that differs follows from it (see `coordinator::topology`).
+        let topology = match config.storage {
+            Storage::Postgres(_) => Topology::Shared,
+            Storage::Dir(_) | Storage::Ephemeral => Topology::Embedded,
+        };
         let tasks = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let metrics = Metrics::default();
@@ -237,6 +243,7 @@ impl App {
             render: api::callback_body(config.limits.participant_timeout),
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
+            topology,
         });
         let deadlines = timers::start(
             armed,
@@ -245,7 +252,7 @@ impl App {
             shutdown.clone(),
         )
         .map_err(AppError::TimerThread)?;
-        if coordinator.store().is_shared() {
+        if topology.has_cluster_duties() {
             tasks.spawn(cluster::run(
                 coordinator.clone(),
                 config.lease,

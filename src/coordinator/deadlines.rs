@@ -119,8 +119,8 @@ impl Coordinator {
     }
 
     pub(super) fn arm_purge(&self, reservation: &Reservation) {
-        if self.inner.store.is_shared() {
-            return; // the retention sweep deletes in batches (see `cluster`)
+        if !self.inner.topology.purges_by_timer() {
+            return;
         }
         let limits = &self.inner.limits;
         if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {

@@ -17,6 +17,7 @@
 //! | `callbacks` | completion callbacks |
 //! | `deadlines` | what the timers ask for: expiring undecided reservations, purging old ones |
 //! | `resumption` | recovery at start, and taking over another instance's work |
+//! | `topology` | every behaviour that differs between an embedded and a shared log |
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,10 +46,12 @@ mod decisions;
 mod drivers;
 mod queries;
 mod resumption;
+mod topology;
 mod tries;
 mod unit_of_work;
 
 pub(crate) use crate::timers::Due;
+pub use topology::Topology;
 
 pub(crate) use resumption::recover;
 pub use resumption::RecoveryError;
@@ -162,6 +165,7 @@ struct Inner {
     /// The runtime drivers run on (the one the coordinator was built on).
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    topology: Topology,
     ready: AtomicBool,
 }
 
@@ -179,6 +183,8 @@ pub struct Parts {
     pub render: Render,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Embedded or shared log: decided once, by the composition root.
+    pub topology: Topology,
 }
 
 impl Coordinator {
@@ -206,6 +212,7 @@ impl Coordinator {
                 tasks: parts.tasks,
                 runtime: tokio::runtime::Handle::current(),
                 shutdown: parts.shutdown,
+                topology: parts.topology,
                 ready: AtomicBool::new(false),
             }),
         }
@@ -254,8 +261,8 @@ impl Coordinator {
     /// callable from any thread.
     pub(crate) fn io_runtime(&self) -> Option<tokio::runtime::Handle> {
         self.inner
-            .store
-            .is_shared()
+            .topology
+            .store_needs_main_runtime()
             .then(|| self.inner.runtime.clone())
     }
 

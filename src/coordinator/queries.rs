@@ -8,10 +8,6 @@ use tokio::sync::watch;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Refusal, Reservation, ReservationId, State};
 
-/// How often a client waiting for a change (`Prefer: wait`) re-reads a reservation kept in a
-/// shared store, where another instance may change it.
-pub(super) const SHARED_POLL: Duration = Duration::from_millis(100);
-
 impl Coordinator {
     /// Waits up to `limit` (capped by `--max-wait`) until `settled` holds for the
     /// reservation; returns it as it then stands, and whether `settled` held.
@@ -34,19 +30,17 @@ impl Coordinator {
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
         // Read once; then each change made here arrives with the reservation as it was
-        // saved. With a shared store, changes made by other instances are read every
-        // SHARED_POLL.
-        let shared = self.inner.store.is_shared();
+        // saved; changes made by other instances are read every poll.
+        let poll = self.inner.topology.poll_for_changes();
         let result = match self.get(id).await {
             Err(e) => Err(e),
             Ok(mut reservation) => loop {
                 if settled(&reservation) {
                     break Ok((reservation, true));
                 }
-                let until = if shared {
-                    deadline.min(tokio::time::Instant::now() + SHARED_POLL)
-                } else {
-                    deadline
+                let until = match poll {
+                    Some(every) => deadline.min(tokio::time::Instant::now() + every),
+                    None => deadline,
                 };
                 match tokio::time::timeout_at(until, changes.changed()).await {
                     Ok(Ok(())) => {
@@ -54,7 +48,7 @@ impl Coordinator {
                             reservation = Reservation::clone(&changed);
                         }
                     }
-                    Err(_) if shared && until < deadline => match self.get(id).await {
+                    Err(_) if until < deadline => match self.get(id).await {
                         Ok(read) => reservation = read,
                         Err(e) => break Err(e),
                     },
@@ -76,7 +70,7 @@ impl Coordinator {
     /// [`CoordinatorError::NotFound`]; [`CoordinatorError::Log`].
     pub async fn get(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
         // A shared store's records change under our feet: what clients read comes from it.
-        if !self.inner.store.is_shared() {
+        if self.inner.topology.answers_from_memory() {
             if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
                 return Ok(Reservation::clone(r));
             }

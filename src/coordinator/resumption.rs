@@ -30,15 +30,14 @@ impl Coordinator {
     /// Resumes a reservation read back from the log at start: arms its deadline or its
     /// purge, and restarts its driver.
     pub(crate) fn resume(&self, r: &Resumption) {
-        let shared = self.inner.store.is_shared();
-        if !shared {
-            // A shared store's counts come from the database.
+        let topology = self.inner.topology;
+        if topology.counts_states_here() {
             self.inner.metrics.entered(r.state);
         }
         if matches!(r.state, State::Trying | State::Reserved) {
             self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
         }
-        if let (Some(at), false) = (r.purge_at, shared) {
+        if let (Some(at), true) = (r.purge_at, topology.purges_by_timer()) {
             self.inner.deadlines.arm(at, r.id, Due::Purge);
         }
         if r.state.is_in_progress() || r.callback_due {

@@ -52,12 +52,8 @@ impl Coordinator {
             let mut after = before.clone();
             let out = change(&mut after, self.now());
             if after == before {
-                if after.state.is_in_progress() && self.inner.store.is_shared() {
-                    // A repeated request for work whose first write may have committed without
-                    // an answer (a lost database connection): make sure someone drives it.
-                    // (Only with a shared store, where what is read is committed; the embedded
-                    // log can show a deadline's decision before its flush, and nothing may
-                    // call a participant before that.)
+                if after.state.is_in_progress() && self.inner.topology.redrives_repeated_requests()
+                {
                     self.ensure_driven(id);
                 }
                 return Ok((after, out));

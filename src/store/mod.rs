@@ -142,13 +142,6 @@ impl Store {
         }
     }
 
-    /// Several coordinator processes share this store: records change under a process's
-    /// feet, so it must not keep copies, and work is owned through leases.
-    #[must_use]
-    pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
-    }
-
     /// Whether the store answered its last call (always true for the embedded log).
     #[must_use]
     pub fn is_reachable(&self) -> bool {
