@@ -16,7 +16,7 @@ use super::error::{problem_response, ApiError};
 use super::problem::Problem;
 use super::views::ParticipantStateView;
 use super::ApiTags;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, CoordinatorError, Field};
 use crate::domain::{
     Event, NewParticipant, ParticipantLink, ParticipantSource, ParticipantUrl, Reason, Reservation,
     State,
@@ -145,12 +145,8 @@ fn links(body: ParticipantLinksBody) -> Result<Vec<NewParticipant>, ApiError> {
         .into_iter()
         .enumerate()
         .map(|(i, link)| {
-            let uri = ParticipantUrl::parse(&link.uri).map_err(|e| {
-                ApiError::Problem(Problem::invalid(
-                    format!("participantLinks[{i}].uri"),
-                    e.to_string(),
-                ))
-            })?;
+            let uri = ParticipantUrl::parse(&link.uri)
+                .map_err(|e| ApiError::Problem(Problem::invalid(link_path(i), e.to_string())))?;
             Ok(NewParticipant {
                 name: uri.authority(),
                 source: ParticipantSource::Link(ParticipantLink {
@@ -203,13 +199,9 @@ impl AtomikosApi {
         let result = async {
             let links = links(body.value)?;
             let r = coordinator
-                .create_decided(
-                    links,
-                    Event::Confirm,
-                    atomikos_field,
-                    super::trace_of(&traceparent),
-                )
-                .await?;
+                .create_decided(links, Event::Confirm, super::trace_of(&traceparent))
+                .await
+                .map_err(refused_link)?;
             let limit = coordinator.limits().max_wait;
             let (r, _) = coordinator
                 .wait_until(
@@ -266,13 +258,9 @@ impl AtomikosApi {
         let result = async {
             let links = links(body.value)?;
             coordinator
-                .create_decided(
-                    links,
-                    Event::Cancel,
-                    atomikos_field,
-                    super::trace_of(&traceparent),
-                )
-                .await?;
+                .create_decided(links, Event::Cancel, super::trace_of(&traceparent))
+                .await
+                .map_err(refused_link)?;
             Ok::<_, ApiError>(())
         }
         .await;
@@ -283,7 +271,19 @@ impl AtomikosApi {
     }
 }
 
+/// A link the coordinator refused, named by its JSON path in an Atomikos request
+/// (`participantLinks[{i}].uri`); any other error as for every operation.
+fn refused_link(error: CoordinatorError) -> ApiError {
+    match error {
+        CoordinatorError::Invalid {
+            field: Field::Participant { index: Some(i), .. },
+            message,
+        } => ApiError::Problem(Problem::invalid(link_path(i), message)),
+        other => other.into(),
+    }
+}
+
 /// The JSON path of the `i`th link's URL in an Atomikos request.
-fn atomikos_field(i: usize) -> String {
+fn link_path(i: usize) -> String {
     format!("participantLinks[{i}].uri")
 }

@@ -6,7 +6,7 @@ use poem_openapi::error::ParseParamError;
 
 use super::body::BodyError;
 use super::problem::{GoneProblem, Problem};
-use crate::coordinator::CoordinatorError;
+use crate::coordinator::{CoordinatorError, Field, ParticipantPart};
 use crate::domain::Refusal;
 
 /// An error answer, before it is fitted into an operation's response type.
@@ -50,11 +50,34 @@ impl ApiError {
     }
 }
 
+/// How a request names a field the coordinator refused: the JSON path in a reservation's
+/// body (`participants[1].link.expires`), in a join's body (`link.uri`), or a header's name.
+#[must_use]
+pub fn json_path(field: Field) -> String {
+    match field {
+        Field::Timeout => "timeout_ms".into(),
+        Field::Participants => "participants".into(),
+        Field::Callback => "callback".into(),
+        Field::IdempotencyKey => "Idempotency-Key".into(),
+        Field::Participant { index, part } => {
+            let part = match part {
+                ParticipantPart::LinkUri => "link.uri",
+                ParticipantPart::LinkExpires => "link.expires",
+                ParticipantPart::TryUrl => "try.url",
+            };
+            match index {
+                Some(i) => format!("participants[{i}].{part}"),
+                None => part.to_owned(),
+            }
+        }
+    }
+}
+
 impl From<CoordinatorError> for ApiError {
     fn from(error: CoordinatorError) -> Self {
         match error {
             CoordinatorError::Invalid { field, message } => {
-                Self::Problem(Problem::invalid(field, message))
+                Self::Problem(Problem::invalid(json_path(field), message))
             }
             CoordinatorError::Purged(id) => Self::Gone(Box::new(GoneProblem::purged(id))),
             CoordinatorError::NotFound(id) => Self::Problem(Problem::not_found(format!(

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Coordinator, CoordinatorError};
+use super::{Coordinator, CoordinatorError, Field, ParticipantPart};
 use crate::domain::{NewParticipant, ParticipantSource, ParticipantUrl};
 
 impl Coordinator {
@@ -19,24 +19,25 @@ impl Coordinator {
     }
 
     /// Refuses a participant the coordinator must not call (the outgoing call policy);
-    /// `field` names its URL in the request.
+    /// `index` is its place in the request (`None`: the one participant of a join).
     pub(super) async fn check_policy(
         &self,
         p: &NewParticipant,
-        field: &str,
+        index: Option<usize>,
     ) -> Result<(), CoordinatorError> {
-        let url = match &p.source {
-            ParticipantSource::Link(link) => &link.uri,
-            ParticipantSource::Try(t) => &t.url,
+        let (url, part) = match &p.source {
+            ParticipantSource::Link(link) => (&link.uri, ParticipantPart::LinkUri),
+            ParticipantSource::Try(t) => (&t.url, ParticipantPart::TryUrl),
         };
-        self.check_url(url, field).await
+        self.check_url(url, Field::Participant { index, part })
+            .await
     }
 
     /// Refuses a URL the coordinator must not call; `field` names it in the request.
     pub(super) async fn check_url(
         &self,
         url: &ParticipantUrl,
-        field: &str,
+        field: Field,
     ) -> Result<(), CoordinatorError> {
         self.inner
             .client
@@ -49,44 +50,39 @@ impl Coordinator {
     pub(super) fn check_participant_count(&self, count: usize) -> Result<(), CoordinatorError> {
         let max = self.inner.limits.max_participants;
         if count > max {
-            return Err(too_many("participants", max));
+            return Err(too_many(max));
         }
         Ok(())
     }
 }
 
-pub(super) fn invalid(field: &str, message: impl Into<String>) -> CoordinatorError {
+pub(super) fn invalid(field: Field, message: impl Into<String>) -> CoordinatorError {
     CoordinatorError::Invalid {
-        field: field.to_owned(),
+        field,
         message: message.into(),
     }
 }
 
-pub(super) fn too_many(field: &str, max: usize) -> CoordinatorError {
+pub(super) fn too_many(max: usize) -> CoordinatorError {
     invalid(
-        field,
+        Field::Participants,
         format!("at most {max} participants per reservation (the configured maximum)"),
     )
 }
 
-/// The JSON path of a participant's URL under `at` (`participants[0]` → `participants[0].link.uri`).
-pub(super) fn source_field(p: &NewParticipant, at: &str) -> String {
-    let dot = if at.is_empty() { "" } else { "." };
-    match &p.source {
-        ParticipantSource::Link(_) => format!("{at}{dot}link.uri"),
-        ParticipantSource::Try(_) => format!("{at}{dot}try.url"),
-    }
-}
-
+/// Refuses a link that has already expired; `index` is the participant's place in the
+/// request (`None`: the one participant of a join).
 pub(super) fn check_link_expiry(
     p: &NewParticipant,
     now: DateTime<Utc>,
-    at: &str,
+    index: Option<usize>,
 ) -> Result<(), CoordinatorError> {
-    let dot = if at.is_empty() { "" } else { "." };
     match &p.source {
         ParticipantSource::Link(link) if link.expires <= now => Err(invalid(
-            &format!("{at}{dot}link.expires"),
+            Field::Participant {
+                index,
+                part: ParticipantPart::LinkExpires,
+            },
             "is in the past: the participant has already cancelled this link",
         )),
         _ => Ok(()),

@@ -3,8 +3,8 @@
 //! and returns the reservation as saved.
 
 use super::{
-    check_link_expiry, invalid, source_field, too_many, Coordinator, CoordinatorError,
-    CreateReservation, IdempotencyKey,
+    check_link_expiry, invalid, too_many, Coordinator, CoordinatorError, CreateReservation, Field,
+    IdempotencyKey,
 };
 use crate::domain::{
     Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId, State,
@@ -33,7 +33,7 @@ impl Coordinator {
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
             return Err(invalid(
-                "timeout_ms",
+                Field::Timeout,
                 format!(
                     "must be between 1 and {} (the configured maximum)",
                     limits.max_timeout.as_millis()
@@ -43,12 +43,11 @@ impl Coordinator {
         self.check_participant_count(request.participants.len())?;
         let now = self.now();
         if let Some(url) = &request.callback {
-            self.check_url(url, "callback").await?;
+            self.check_url(url, Field::Callback).await?;
         }
         for (i, p) in request.participants.iter().enumerate() {
-            check_link_expiry(p, now, &format!("participants[{i}]"))?;
-            self.check_policy(p, &source_field(p, &format!("participants[{i}]")))
-                .await?;
+            check_link_expiry(p, now, Some(i))?;
+            self.check_policy(p, Some(i)).await?;
         }
         let mut reservation = Reservation::new(
             ReservationId::new(),
@@ -93,7 +92,7 @@ impl Coordinator {
     ) -> Result<Reservation, CoordinatorError> {
         if fingerprint != key.fingerprint {
             return Err(invalid(
-                "Idempotency-Key",
+                Field::IdempotencyKey,
                 format!(
                     "was first used with another request body (reservation {id}); \
                      use a new key for a new reservation"
@@ -154,13 +153,12 @@ impl Coordinator {
         &self,
         links: Vec<NewParticipant>,
         event: Event,
-        field_of: impl Fn(usize) -> String,
         trace: Option<TraceContext>,
     ) -> Result<Reservation, CoordinatorError> {
         self.check_participant_count(links.len())?;
         let _admitted = self.admit()?;
         for (i, p) in links.iter().enumerate() {
-            self.check_policy(p, &field_of(i)).await?;
+            self.check_policy(p, Some(i)).await?;
         }
         let limits = &self.inner.limits;
         let now = self.now();
@@ -217,9 +215,8 @@ impl Coordinator {
         let _admitted = self.admit()?;
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
-        check_link_expiry(&participant, now, "")?;
-        self.check_policy(&participant, &source_field(&participant, ""))
-            .await?;
+        check_link_expiry(&participant, now, None)?;
+        self.check_policy(&participant, None).await?;
         let is_try = matches!(participant.source, ParticipantSource::Try(_));
         let max = self.inner.limits.max_participants;
         let (reservation, outcome) = self
@@ -231,7 +228,7 @@ impl Coordinator {
                     });
                 }
                 if r.participants.len() >= max {
-                    return Err(too_many("participants", max));
+                    return Err(too_many(max));
                 }
                 r.join(participant.clone(), margin)
                     .map_err(|refusal| CoordinatorError::Refused {

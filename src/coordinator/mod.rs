@@ -56,7 +56,7 @@ pub use topology::Topology;
 pub(crate) use resumption::recover;
 pub use resumption::RecoveryError;
 
-use admission::{check_link_expiry, invalid, source_field, too_many};
+use admission::{check_link_expiry, invalid, too_many};
 use unit_of_work::{LOCK_STRIPES, MAX_CONFLICTS};
 
 /// Reads the current time. Injected so tests and recovery agree on "now".
@@ -87,12 +87,40 @@ pub struct IdempotencyKey {
     pub fingerprint: [u8; 32],
 }
 
+/// Where in a request a problem lies, as the coordinator names it; the API spells it (a JSON
+/// path in the body, a header's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// The reservation's timeout.
+    Timeout,
+    /// The participants, as a list (their number).
+    Participants,
+    /// One participant: `index` is its place in the request's list, `None` for the one
+    /// participant a join names.
+    Participant {
+        index: Option<usize>,
+        part: ParticipantPart,
+    },
+    /// The completion callback's URL.
+    Callback,
+    /// The `Idempotency-Key` the request came with.
+    IdempotencyKey,
+}
+
+/// Which part of a participant a [`Field`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantPart {
+    LinkUri,
+    LinkExpires,
+    TryUrl,
+}
+
 /// Why a use case did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
-    /// The request is well formed but breaks a rule; `field` is its JSON path.
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    /// The request is well formed but breaks a rule; `field` says where.
+    #[error("{field:?}: {message}")]
+    Invalid { field: Field, message: String },
     #[error("no reservation with id {0}")]
     NotFound(ReservationId),
     /// The reservation's retention ended and its record was dropped.
