@@ -409,6 +409,70 @@ mod tests {
         assert_eq!(decoded, r);
     }
 
+    /// A record as the coordinator of 2026-11 wrote it (format 2: the version byte, the
+    /// revision, the JSON): a cancelled reservation with a link, a try given up, its history
+    /// and a delivered callback. Every later coordinator must read it back as this.
+    const WRITTEN_2026_11: &str = r#"{"state":"cancelled","reason":"client","created_at":1800000000123,"timeout_at":1800000030123,"expires_at":1800000030123,"decided_at":1800000000123,"finished_at":1800000000123,"participants":[{"name":"stock","try":null,"link":{"uri":"http://stock/holds/1","expires":1800000060123},"state":"cancelled","attempts":1,"last_error":null,"next_attempt_at":null,"settled_at":1800000000123},{"name":"payments","try":{"url":"https://pay/holds","body":{"amount":10},"headers":[["Authorization","Bearer x"]]},"link":null,"state":"abandoned","attempts":1,"last_error":"gave up","next_attempt_at":null,"settled_at":1800000000123}],"metadata":{"order":"A-17"},"idempotency_key":"order-A-17","trace":"07070707070707070707070707070707-00","history":[{"at":1800000000123,"kind":"created","state":"trying"},{"at":1800000000123,"kind":"called","participant":1,"verb":"try","result":"503","took_ms":12,"retry_at":1800000000123},{"at":1800000000123,"kind":"changed","state":"cancelling","from":"trying","reason":"client"},{"at":1800000000123,"kind":"called","participant":1,"verb":"try (again, to learn the link)","result":"gave up","took_ms":7},{"at":1800000000123,"kind":"called","participant":0,"verb":"cancel","result":"cancelled","took_ms":3},{"at":1800000000123,"kind":"changed","state":"cancelled","from":"cancelling","reason":"client"}],"callback":{"url":"http://orders/callbacks/17","attempts":2,"last_error":"503 Service Unavailable","delivered_at":1800000000123}}"#;
+
+    #[test]
+    fn a_record_written_by_the_2026_11_coordinator_reads_back() {
+        use crate::domain::{Happening, ParticipantState, Reason, State};
+        let mut bytes = vec![2, 0, 0, 0, 0, 0, 0, 0, 7];
+        bytes.extend_from_slice(WRITTEN_2026_11.as_bytes());
+        let id: ReservationId = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".parse().unwrap();
+        let at = DateTime::from_timestamp_millis(1_800_000_000_123).unwrap();
+
+        let r = decode(id, &bytes).unwrap();
+
+        assert_eq!((r.id, r.revision), (id, 7));
+        assert_eq!(
+            (r.state, r.reason),
+            (State::Cancelled, Some(Reason::Client))
+        );
+        assert_eq!(
+            (r.created_at, r.decided_at, r.finished_at),
+            (at, Some(at), Some(at))
+        );
+        assert_eq!(r.expires_at, at + chrono::Duration::seconds(30));
+        let states: Vec<_> = r
+            .participants
+            .iter()
+            .map(|p| (p.name.as_str(), p.state))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("stock", ParticipantState::Cancelled),
+                ("payments", ParticipantState::Abandoned)
+            ]
+        );
+        let link = r.participants[0].link.as_ref().unwrap();
+        assert_eq!(link.uri.as_str(), "http://stock/holds/1");
+        let tried = r.participants[1].try_request.as_ref().unwrap();
+        assert_eq!(tried.url.as_str(), "https://pay/holds");
+        assert_eq!(
+            tried.headers,
+            [("Authorization".to_owned(), "Bearer x".to_owned())]
+        );
+        assert_eq!(r.metadata["order"], "A-17");
+        assert_eq!(r.idempotency_key.as_deref(), Some("order-A-17"));
+        assert_eq!(r.trace, crate::domain::TraceContext::new([7; 16]));
+        let verbs: Vec<_> = r
+            .history
+            .iter()
+            .filter_map(|h| match &h.what {
+                Happening::Called { verb, .. } => Some(verb.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(verbs, ["try", "try (again, to learn the link)", "cancel"]);
+        assert_eq!(r.history.len(), 6);
+        let callback = r.callback.as_ref().unwrap();
+        assert_eq!((callback.attempts, callback.delivered_at), (2, Some(at)));
+        // And it is written back the same way.
+        assert_eq!(decode(id, &encode(&r)).unwrap(), r);
+    }
+
     #[test]
     fn an_unknown_record_version_is_refused() {
         let id = ReservationId::new();
