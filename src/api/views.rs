@@ -545,7 +545,7 @@ impl From<&Reservation> for HistoryView {
                         v.participant = Some(*participant as u64);
                         v.participant_name =
                             r.participants.get(*participant).map(|p| p.name.clone());
-                        v.verb = Some(verb.clone());
+                        v.verb = Some(verb.as_str().to_owned());
                         v.result = Some(result.clone());
                         v.took_ms = Some(*took_ms);
                         v.retry_at = *retry_at;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 
 use super::{Coordinator, CoordinatorError};
-use crate::domain::{ParticipantState, Reservation, ReservationId, TraceContext};
+use crate::domain::{CallVerb, ParticipantState, Reservation, ReservationId, TraceContext};
 use crate::participant::{CancelOutcome, ConfirmOutcome};
 use crate::retry::Schedule;
 use crate::telemetry::VerbLabels;
@@ -53,11 +53,13 @@ impl Coordinator {
         self.fan_out(r.id, r.trace, targets).await
     }
 
-    pub(super) fn count_retry(&self, verb: &'static str) {
+    pub(super) fn count_retry(&self, verb: CallVerb) {
         self.inner
             .metrics
             .retries
-            .get_or_create(&VerbLabels { verb })
+            .get_or_create(&VerbLabels {
+                verb: verb.as_str(),
+            })
             .inc();
     }
 
@@ -84,7 +86,7 @@ impl Coordinator {
                     settled: None,
                     delay: Some(schedule.next_delay(hint.retry_after)),
                     error: Some(hint.error),
-                    verb: "",
+                    verb: CallVerb::Confirm,
                     took: Duration::ZERO,
                 },
             },
@@ -106,7 +108,7 @@ impl Coordinator {
                             settled: None,
                             delay: Some(delay),
                             error: Some(hint.error),
-                            verb: "",
+                            verb: CallVerb::Confirm,
                             took: Duration::ZERO,
                         }
                     }
@@ -210,10 +212,10 @@ pub(super) enum Call {
 }
 
 impl Call {
-    fn verb(&self) -> &'static str {
+    fn verb(&self) -> CallVerb {
         match self {
-            Call::Confirm(_) => "confirm",
-            Call::Cancel(_) => "cancel",
+            Call::Confirm(_) => CallVerb::Confirm,
+            Call::Cancel(_) => CallVerb::Cancel,
         }
     }
 }
@@ -225,7 +227,7 @@ pub(super) struct Attempt {
     error: Option<String>,
     /// When to call again, if at all.
     delay: Option<Duration>,
-    verb: &'static str,
+    verb: CallVerb,
     took: Duration,
 }
 
@@ -235,7 +237,7 @@ impl Attempt {
             settled: Some(state),
             error,
             delay: None,
-            verb: "",
+            verb: CallVerb::Confirm,
             took: Duration::ZERO,
         }
     }
@@ -254,9 +256,9 @@ impl Attempt {
         r.note_call(now, i, self.verb, result, self.took);
     }
 
-    fn log_retry(&self, id: ReservationId, verb: &'static str, name: &str) {
+    fn log_retry(&self, id: ReservationId, verb: CallVerb, name: &str) {
         if let (Some(error), Some(delay)) = (&self.error, self.delay) {
-            tracing::warn!(reservation_id = %id, participant = name, verb, %error, ?delay,
+            tracing::warn!(reservation_id = %id, participant = name, verb = verb.as_str(), %error, ?delay,
                 "participant call failed; retrying");
         }
     }

@@ -8,9 +8,8 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError};
-use crate::domain::{Event, ParticipantState, Reservation, State, TryRequest};
+use crate::domain::{CallVerb, Event, ParticipantState, Reservation, State, TryRequest};
 use crate::participant::TryOutcome;
-use crate::telemetry::VerbLabels;
 
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
 /// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
@@ -70,7 +69,7 @@ impl Coordinator {
                             if p.state == ParticipantState::Trying {
                                 p.link = Some(link.clone());
                                 p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
-                                r.note_call(now, i, "try", "reserved".into(), took);
+                                r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
                                 r.refresh_deadline(margin);
                                 // The last try to answer makes it reserved in the same write.
                                 if r.state == State::Trying && !r.has_pending_tries() {
@@ -92,17 +91,13 @@ impl Coordinator {
                                 Some(message.clone()),
                                 None,
                             );
-                            r.note_call(now, i, "try", message, took);
+                            r.note_call(now, i, CallVerb::Try, message, took);
                             let _ = r.apply(Event::TryFailed, now);
                         })
                         .await;
                 }
                 TryOutcome::Retry(hint) => {
-                    self.inner
-                        .metrics
-                        .retries
-                        .get_or_create(&VerbLabels { verb: "try" })
-                        .inc();
+                    self.count_retry(CallVerb::Try);
                     let delay = schedule.next_delay(hint.retry_after);
                     let now = self.now();
                     let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -116,7 +111,7 @@ impl Coordinator {
                             Some(hint.error.clone()),
                             (!give_up).then_some(next),
                         );
-                        r.note_call(now, i, "try", hint.error.clone(), took);
+                        r.note_call(now, i, CallVerb::Try, hint.error.clone(), took);
                     })
                     .await?;
                     if give_up || !self.pause(delay, Some(wake)).await {
@@ -187,7 +182,7 @@ impl Coordinator {
                     }
                     let result = error.clone().unwrap_or_else(|| "reserved".into());
                     p.record_attempt(now, settled, error.clone(), None);
-                    r.note_call(now, i, "try (again, to learn the link)", result, took);
+                    r.note_call(now, i, CallVerb::TryAgain, result, took);
                 }
             })
             .await?;

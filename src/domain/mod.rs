@@ -14,7 +14,7 @@ pub use id::{ParseIdError, ReservationId};
 pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
 pub use reservation::{
-    deadline_for, Callback, Happening, HistoryEntry, NewParticipant, Participant,
+    deadline_for, CallVerb, Callback, Happening, HistoryEntry, NewParticipant, Participant,
     ParticipantSource, ParticipantState, Reservation, TryRequest, HISTORY_LIMIT,
 };
 pub use state::{transition, Event, Reason, Refusal, State};

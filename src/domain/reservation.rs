@@ -254,6 +254,46 @@ pub struct HistoryEntry {
     pub what: Happening,
 }
 
+/// Which call a participant received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallVerb {
+    /// `POST` of a coordinator-driven try.
+    Try,
+    /// The same try again, after its answer was lost, to learn the link to cancel.
+    TryAgain,
+    /// `PUT` of the link.
+    Confirm,
+    /// `DELETE` of the link.
+    Cancel,
+}
+
+impl CallVerb {
+    pub const ALL: [CallVerb; 4] = [
+        CallVerb::Try,
+        CallVerb::TryAgain,
+        CallVerb::Confirm,
+        CallVerb::Cancel,
+    ];
+
+    /// How the history shows it, in the API and in the log (unchanged since the log's
+    /// format 1).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallVerb::Try => "try",
+            CallVerb::TryAgain => "try (again, to learn the link)",
+            CallVerb::Confirm => "confirm",
+            CallVerb::Cancel => "cancel",
+        }
+    }
+}
+
+impl std::fmt::Display for CallVerb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a history entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happening {
@@ -265,11 +305,11 @@ pub enum Happening {
         to: State,
         reason: Option<Reason>,
     },
-    /// One participant call: its verb (`try`, `confirm`, `cancel`), its result (the state it
-    /// settled in, or the error), how long it took, and when it is retried.
+    /// One participant call: its verb, its result (the state it settled in, or the error),
+    /// how long it took, and when it is retried.
     Called {
         participant: usize,
-        verb: String,
+        verb: CallVerb,
         result: String,
         took_ms: u64,
         retry_at: Option<DateTime<Utc>>,
@@ -351,7 +391,7 @@ impl Reservation {
         &mut self,
         at: DateTime<Utc>,
         participant: usize,
-        verb: &str,
+        verb: CallVerb,
         result: String,
         took: Duration,
     ) {
@@ -363,7 +403,7 @@ impl Reservation {
             at,
             Happening::Called {
                 participant,
-                verb: verb.to_owned(),
+                verb,
                 result,
                 took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                 retry_at,
@@ -828,7 +868,13 @@ mod tests {
         let mut r = reservation(vec![link("http://a/1", at(60))]);
         assert_eq!(r.history.len(), 1, "created");
         for n in 0..150 {
-            r.note_call(at(n), 0, "confirm", format!("attempt {n}"), Duration::ZERO);
+            r.note_call(
+                at(n),
+                0,
+                CallVerb::Confirm,
+                format!("attempt {n}"),
+                Duration::ZERO,
+            );
         }
         assert_eq!(r.history.len(), HISTORY_LIMIT);
         assert_eq!(r.history_dropped, 51);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
+    CallVerb, Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
     ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
 };
 
@@ -114,7 +114,7 @@ fn encode_history(h: &HistoryEntry) -> HistoryV1 {
         } => {
             v.kind = "called".into();
             v.participant = Some(*participant);
-            v.verb = Some(verb.clone());
+            v.verb = Some(verb.as_str().into());
             v.result = Some(result.clone());
             v.took_ms = Some(*took_ms);
             v.retry_at = retry_at.map(|t| t.timestamp_millis());
@@ -153,7 +153,11 @@ fn decode_history(
         },
         "called" => Happening::Called {
             participant: h.participant.unwrap_or_default(),
-            verb: h.verb.unwrap_or_default(),
+            verb: {
+                let verb = h.verb.unwrap_or_default();
+                parse_named(&verb, &CallVerb::ALL, CallVerb::as_str)
+                    .ok_or_else(|| corrupt(format!("unknown call {verb:?} in the history")))?
+            },
             result: h.result.unwrap_or_default(),
             took_ms: h.took_ms.unwrap_or_default(),
             retry_at: h.retry_at.map(time).transpose()?,
@@ -395,7 +399,13 @@ mod tests {
         );
         r.idempotency_key = Some("order-A-17".into());
         r.participants[1].record_attempt(now, None, Some("503".into()), Some(now));
-        r.note_call(now, 1, "try", "503".into(), Duration::from_millis(12));
+        r.note_call(
+            now,
+            1,
+            crate::domain::CallVerb::Try,
+            "503".into(),
+            Duration::from_millis(12),
+        );
         r.apply(crate::domain::Event::Cancel, now).unwrap();
         r.trace = crate::domain::TraceContext::new([7; 16]);
         r.history_dropped = 3;
