@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 
 use super::{Coordinator, CoordinatorError};
-use crate::domain::{CallVerb, ParticipantState, Reservation, ReservationId, TraceContext};
+use crate::domain::{
+    CallVerb, ParticipantEvent, ParticipantState, Reservation, ReservationId, TraceContext,
+};
 use crate::participant::{CancelOutcome, ConfirmOutcome};
 use crate::retry::Schedule;
 use crate::telemetry::VerbLabels;
@@ -74,12 +76,12 @@ impl Coordinator {
         let started = std::time::Instant::now();
         let mut attempt = match target {
             Call::Confirm(uri) => match self.inner.client.confirm(uri, trace).await {
-                ConfirmOutcome::Confirmed => Attempt::settled(ParticipantState::Confirmed, None),
+                ConfirmOutcome::Confirmed => Attempt::settled(ParticipantEvent::Confirmed, None),
                 ConfirmOutcome::Gone(e) => {
-                    Attempt::settled(ParticipantState::Gone, Some(format!("confirm: {e}")))
+                    Attempt::settled(ParticipantEvent::Gone, Some(format!("confirm: {e}")))
                 }
                 ConfirmOutcome::Refused(e) => Attempt::settled(
-                    ParticipantState::Refused,
+                    ParticipantEvent::Refused,
                     Some(format!("confirm refused: {e}")),
                 ),
                 ConfirmOutcome::Retry(hint) => Attempt {
@@ -91,9 +93,9 @@ impl Coordinator {
                 },
             },
             Call::Cancel(link) => match self.inner.client.cancel(&link.uri, trace).await {
-                CancelOutcome::Cancelled => Attempt::settled(ParticipantState::Cancelled, None),
+                CancelOutcome::Cancelled => Attempt::settled(ParticipantEvent::Cancelled, None),
                 CancelOutcome::ExpiresOnItsOwn => Attempt::settled(
-                    ParticipantState::Cancelled,
+                    ParticipantEvent::Cancelled,
                     Some("cancel: 405, the participant lets the link expire on its own".into()),
                 ),
                 CancelOutcome::Retry(hint) => {
@@ -102,7 +104,7 @@ impl Coordinator {
                         >= link.expires
                     {
                         // The participant cancels by itself once its link expires.
-                        Attempt::settled(ParticipantState::Expired, Some(hint.error))
+                        Attempt::settled(ParticipantEvent::Expired, Some(hint.error))
                     } else {
                         Attempt {
                             settled: None,
@@ -222,8 +224,8 @@ impl Call {
 
 /// The outcome of one participant call, ready to record.
 pub(super) struct Attempt {
-    /// The participant's new settled state, or `None` to retry.
-    settled: Option<ParticipantState>,
+    /// What the answer settles, or `None` to retry.
+    settled: Option<ParticipantEvent>,
     error: Option<String>,
     /// When to call again, if at all.
     delay: Option<Duration>,
@@ -232,9 +234,9 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
-    fn settled(state: ParticipantState, error: Option<String>) -> Self {
+    fn settled(event: ParticipantEvent, error: Option<String>) -> Self {
         Self {
-            settled: Some(state),
+            settled: Some(event),
             error,
             delay: None,
             verb: CallVerb::Confirm,
@@ -250,7 +252,7 @@ impl Attempt {
         r.participants[i].record_attempt(now, self.settled, self.error.clone(), next);
         let result = match (&self.error, self.settled) {
             (Some(error), _) => error.clone(),
-            (None, Some(state)) => state.as_str().to_owned(),
+            (None, Some(event)) => event.as_str().to_owned(),
             (None, None) => String::new(),
         };
         r.note_call(now, i, self.verb, result, self.took);

@@ -8,7 +8,9 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError};
-use crate::domain::{CallVerb, Event, ParticipantState, Reservation, State, TryRequest};
+use crate::domain::{
+    CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, State, TryRequest,
+};
 use crate::participant::TryOutcome;
 
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
@@ -68,7 +70,7 @@ impl Coordinator {
                             let p = &mut r.participants[i];
                             if p.state == ParticipantState::Trying {
                                 p.link = Some(link.clone());
-                                p.record_attempt(now, Some(ParticipantState::Reserved), None, None);
+                                p.record_attempt(now, Some(ParticipantEvent::Reserved), None, None);
                                 r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
                                 r.refresh_deadline(margin);
                                 // The last try to answer makes it reserved in the same write.
@@ -87,7 +89,7 @@ impl Coordinator {
                             let message = format!("try refused: {error}");
                             r.participants[i].record_attempt(
                                 now,
-                                Some(ParticipantState::TryFailed),
+                                Some(ParticipantEvent::TryRefused),
                                 Some(message.clone()),
                                 None,
                             );
@@ -161,10 +163,10 @@ impl Coordinator {
         for call in 1..=LINK_RECOVERY_CALLS {
             let (outcome, took) = self.try_call(r, index, &request).await;
             let (link, settled, error) = match outcome {
-                TryOutcome::Reserved(link) => (Some(link), Some(ParticipantState::Reserved), None),
+                TryOutcome::Reserved(link) => (Some(link), Some(ParticipantEvent::Reserved), None),
                 TryOutcome::Refused(e) => (
                     None,
-                    Some(ParticipantState::Abandoned),
+                    Some(ParticipantEvent::Abandoned),
                     Some(format!("try refused: {e}; nothing to cancel")),
                 ),
                 TryOutcome::Retry(hint) if call == LINK_RECOVERY_CALLS => {
@@ -194,7 +196,7 @@ impl Coordinator {
             let p = &mut r.participants[i];
             if p.state == ParticipantState::Trying {
                 let error = format!("{last_error}; whatever it holds expires on its own");
-                p.record_attempt(now, Some(ParticipantState::Abandoned), Some(error), None);
+                p.record_attempt(now, Some(ParticipantEvent::Abandoned), Some(error), None);
             }
         })
         .await

@@ -6,6 +6,7 @@
 mod id;
 mod limits;
 mod link;
+mod participant;
 mod reservation;
 mod state;
 mod trace;
@@ -13,9 +14,12 @@ mod trace;
 pub use id::{ParseIdError, ReservationId};
 pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
+pub use participant::{
+    participant_transition, NewParticipant, Participant, ParticipantEvent, ParticipantSource,
+    ParticipantState, TryRequest,
+};
 pub use reservation::{
-    deadline_for, CallVerb, Callback, Happening, HistoryEntry, NewParticipant, Participant,
-    ParticipantSource, ParticipantState, Reservation, TryRequest, HISTORY_LIMIT,
+    deadline_for, CallVerb, Callback, Happening, HistoryEntry, Reservation, HISTORY_LIMIT,
 };
 pub use state::{transition, Event, Reason, Refusal, State};
 pub use trace::TraceContext;

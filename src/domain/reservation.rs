@@ -5,172 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::{transition, Event, ParticipantLink, ParticipantUrl, Reason, Refusal, State};
+use super::participant::{NewParticipant, Participant, ParticipantSource, ParticipantState};
+use super::{transition, Event, ParticipantUrl, Reason, Refusal, State};
 use crate::domain::ReservationId;
-
-/// A try the coordinator performs itself: `POST url` with `body` and `headers`.
-#[derive(Clone, PartialEq)]
-pub struct TryRequest {
-    pub url: ParticipantUrl,
-    pub body: serde_json::Value,
-    /// Sent with the try only; never shown in a representation, never logged.
-    pub headers: Vec<(String, String)>,
-}
-
-/// Header names only: their values are often credentials.
-impl std::fmt::Debug for TryRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
-        f.debug_struct("TryRequest")
-            .field("url", &self.url)
-            .field("body", &self.body)
-            .field("headers", &names)
-            .finish()
-    }
-}
-
-/// How a participant enters a reservation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ParticipantSource {
-    /// The client already tried and holds the link.
-    Link(ParticipantLink),
-    /// The coordinator tries.
-    Try(TryRequest),
-}
-
-/// A participant as the client describes it, parsed and checked at the API edge.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewParticipant {
-    pub name: String,
-    pub source: ParticipantSource,
-}
-
-/// Where one participant stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParticipantState {
-    /// Its try has not answered yet.
-    Trying,
-    /// It holds a link and waits for confirm or cancel.
-    Reserved,
-    /// It answered 2xx to `PUT`.
-    Confirmed,
-    /// It answered to `DELETE` that the change is cancelled (or was already gone).
-    Cancelled,
-    /// It refused the try with a 4xx.
-    TryFailed,
-    /// It answered 404/410 to `PUT`: its reservation had already expired.
-    Gone,
-    /// It refused `PUT` with 409 or another 4xx.
-    Refused,
-    /// Cancelling kept failing until the link's own `expires` passed: the participant has
-    /// cancelled by itself.
-    Expired,
-    /// The reservation was cancelled before its try produced a link: nothing to cancel.
-    Abandoned,
-}
-
-impl ParticipantState {
-    pub const ALL: [ParticipantState; 9] = [
-        ParticipantState::Trying,
-        ParticipantState::Reserved,
-        ParticipantState::Confirmed,
-        ParticipantState::Cancelled,
-        ParticipantState::TryFailed,
-        ParticipantState::Gone,
-        ParticipantState::Refused,
-        ParticipantState::Expired,
-        ParticipantState::Abandoned,
-    ];
-
-    /// Nothing more will be sent to this participant.
-    #[must_use]
-    pub fn is_settled(self) -> bool {
-        !matches!(self, ParticipantState::Trying | ParticipantState::Reserved)
-    }
-
-    /// The snake-case name used in the API and the log.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParticipantState::Trying => "trying",
-            ParticipantState::Reserved => "reserved",
-            ParticipantState::Confirmed => "confirmed",
-            ParticipantState::Cancelled => "cancelled",
-            ParticipantState::TryFailed => "try_failed",
-            ParticipantState::Gone => "gone",
-            ParticipantState::Refused => "refused",
-            ParticipantState::Expired => "expired",
-            ParticipantState::Abandoned => "abandoned",
-        }
-    }
-}
-
-/// One participant of a reservation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Participant {
-    pub name: String,
-    pub try_request: Option<TryRequest>,
-    pub link: Option<ParticipantLink>,
-    pub state: ParticipantState,
-    /// Calls made in the current phase (try, confirm or cancel).
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    /// When the next retry is due, while one is scheduled.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// When the participant reached its current settled state.
-    pub settled_at: Option<DateTime<Utc>>,
-}
-
-impl Participant {
-    fn from_new(new: NewParticipant) -> Self {
-        let (try_request, link, state) = match new.source {
-            ParticipantSource::Link(link) => (None, Some(link), ParticipantState::Reserved),
-            ParticipantSource::Try(t) => (Some(t), None, ParticipantState::Trying),
-        };
-        Self {
-            name: new.name,
-            try_request,
-            link,
-            state,
-            attempts: 0,
-            last_error: None,
-            next_attempt_at: None,
-            settled_at: None,
-        }
-    }
-
-    /// Records the outcome of one call: a new state (or `None` to stay and retry) and the
-    /// error text of a failed attempt.
-    pub fn record_attempt(
-        &mut self,
-        now: DateTime<Utc>,
-        settled: Option<ParticipantState>,
-        error: Option<String>,
-        next_attempt_at: Option<DateTime<Utc>>,
-    ) {
-        self.attempts += 1;
-        self.last_error = error;
-        self.next_attempt_at = next_attempt_at;
-        if let Some(state) = settled {
-            self.settle(state, now);
-        }
-    }
-
-    /// Moves the participant to `state` and clears its retry schedule.
-    pub fn settle(&mut self, state: ParticipantState, now: DateTime<Utc>) {
-        self.state = state;
-        self.next_attempt_at = None;
-        if state.is_settled() {
-            self.settled_at = Some(now);
-        }
-    }
-
-    /// Starts a new phase (confirm or cancel): attempts count from zero again.
-    pub fn start_phase(&mut self) {
-        self.attempts = 0;
-        self.next_attempt_at = None;
-    }
-}
 
 /// The reservation's deadline: the earlier of `timeout_at` and the earliest link expiry minus
 /// `margin` (a confirmation must be able to land before every link expires).
@@ -695,6 +532,7 @@ fn participants(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ParticipantEvent, ParticipantLink, TryRequest};
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
@@ -832,15 +670,15 @@ mod tests {
             link("http://b/1", at(600)),
         ]);
         r.apply(Event::Confirm, at(1)).unwrap();
-        r.participants[0].settle(ParticipantState::Confirmed, at(2));
+        r.participants[0].apply(ParticipantEvent::Confirmed, at(2));
         assert!(!r.finish_phase(at(2)));
-        r.participants[1].settle(ParticipantState::Gone, at(3));
+        r.participants[1].apply(ParticipantEvent::Gone, at(3));
         assert!(r.finish_phase(at(3)));
         assert_eq!(r.state, State::Conflict);
 
         let mut gone = reservation(vec![link("http://a/1", at(600))]);
         gone.apply(Event::Confirm, at(1)).unwrap();
-        gone.participants[0].settle(ParticipantState::Gone, at(2));
+        gone.participants[0].apply(ParticipantEvent::Gone, at(2));
         assert!(gone.finish_phase(at(2)));
         assert_eq!(
             (gone.state, gone.reason),

@@ -1,0 +1,305 @@
+//! A participant of a reservation: how it enters (a link, or a try the coordinator makes),
+//! where it stands, and its state machine: [`participant_transition`] is the only place its
+//! state changes, tested over every (state, event) pair.
+
+use chrono::{DateTime, Utc};
+
+use super::{ParticipantLink, ParticipantUrl};
+
+/// A try the coordinator performs itself: `POST url` with `body` and `headers`.
+#[derive(Clone, PartialEq)]
+pub struct TryRequest {
+    pub url: ParticipantUrl,
+    pub body: serde_json::Value,
+    /// Sent with the try only; never shown in a representation, never logged.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Header names only: their values are often credentials.
+impl std::fmt::Debug for TryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("TryRequest")
+            .field("url", &self.url)
+            .field("body", &self.body)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// How a participant enters a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParticipantSource {
+    /// The client already tried and holds the link.
+    Link(ParticipantLink),
+    /// The coordinator tries.
+    Try(TryRequest),
+}
+
+/// A participant as the client describes it, parsed and checked at the API edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewParticipant {
+    pub name: String,
+    pub source: ParticipantSource,
+}
+
+/// Where one participant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantState {
+    /// Its try has not answered yet.
+    Trying,
+    /// It holds a link and waits for confirm or cancel.
+    Reserved,
+    /// It answered 2xx to `PUT`.
+    Confirmed,
+    /// It answered to `DELETE` that the change is cancelled (or was already gone).
+    Cancelled,
+    /// It refused the try with a 4xx.
+    TryFailed,
+    /// It answered 404/410 to `PUT`: its reservation had already expired.
+    Gone,
+    /// It refused `PUT` with 409 or another 4xx.
+    Refused,
+    /// Cancelling kept failing until the link's own `expires` passed: the participant has
+    /// cancelled by itself.
+    Expired,
+    /// The reservation was cancelled before its try produced a link: nothing to cancel.
+    Abandoned,
+}
+
+impl ParticipantState {
+    pub const ALL: [ParticipantState; 9] = [
+        ParticipantState::Trying,
+        ParticipantState::Reserved,
+        ParticipantState::Confirmed,
+        ParticipantState::Cancelled,
+        ParticipantState::TryFailed,
+        ParticipantState::Gone,
+        ParticipantState::Refused,
+        ParticipantState::Expired,
+        ParticipantState::Abandoned,
+    ];
+
+    /// Nothing more will be sent to this participant.
+    #[must_use]
+    pub fn is_settled(self) -> bool {
+        !matches!(self, ParticipantState::Trying | ParticipantState::Reserved)
+    }
+
+    /// The snake-case name used in the API and the log.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantState::Trying => "trying",
+            ParticipantState::Reserved => "reserved",
+            ParticipantState::Confirmed => "confirmed",
+            ParticipantState::Cancelled => "cancelled",
+            ParticipantState::TryFailed => "try_failed",
+            ParticipantState::Gone => "gone",
+            ParticipantState::Refused => "refused",
+            ParticipantState::Expired => "expired",
+            ParticipantState::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One participant of a reservation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Participant {
+    pub name: String,
+    pub try_request: Option<TryRequest>,
+    pub link: Option<ParticipantLink>,
+    pub state: ParticipantState,
+    /// Calls made in the current phase (try, confirm or cancel).
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// When the next retry is due, while one is scheduled.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the participant reached its current settled state.
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+impl Participant {
+    pub(super) fn from_new(new: NewParticipant) -> Self {
+        let (try_request, link, state) = match new.source {
+            ParticipantSource::Link(link) => (None, Some(link), ParticipantState::Reserved),
+            ParticipantSource::Try(t) => (Some(t), None, ParticipantState::Trying),
+        };
+        Self {
+            name: new.name,
+            try_request,
+            link,
+            state,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            settled_at: None,
+        }
+    }
+
+    /// Records the outcome of one call: what it answered (or `None`: no answer that settles
+    /// anything, it is retried), the error text of a failed attempt, and when the next
+    /// attempt is due. The state changes only as [`participant_transition`] allows: a late
+    /// answer for a participant already settled changes nothing but the counts. Returns
+    /// whether the state changed.
+    pub fn record_attempt(
+        &mut self,
+        now: DateTime<Utc>,
+        outcome: Option<ParticipantEvent>,
+        error: Option<String>,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> bool {
+        self.attempts += 1;
+        self.last_error = error;
+        self.next_attempt_at = next_attempt_at;
+        outcome.is_some_and(|event| self.apply(event, now))
+    }
+
+    /// Applies `event` through [`participant_transition`]; returns whether the state changed.
+    pub fn apply(&mut self, event: ParticipantEvent, now: DateTime<Utc>) -> bool {
+        let Some(state) = participant_transition(self.state, event) else {
+            return false;
+        };
+        self.state = state;
+        self.next_attempt_at = None;
+        if state.is_settled() {
+            self.settled_at = Some(now);
+        }
+        true
+    }
+
+    /// Starts a new phase (confirm or cancel): attempts count from zero again.
+    pub fn start_phase(&mut self) {
+        self.attempts = 0;
+        self.next_attempt_at = None;
+    }
+}
+
+/// What a participant's answer means (or the coordinator's giving up on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantEvent {
+    /// Its try answered with a link.
+    Reserved,
+    /// Its try was refused (a 4xx).
+    TryRefused,
+    /// Its try's answer was never learned and the coordinator gave up: whatever it holds
+    /// expires on its own.
+    Abandoned,
+    /// `PUT` answered 200/204.
+    Confirmed,
+    /// `PUT` answered 404/410.
+    Gone,
+    /// `PUT` answered 409 or another 4xx.
+    Refused,
+    /// `DELETE` answered that the change is cancelled (or gone, or 405).
+    Cancelled,
+    /// Cancelling kept failing until the link's own expiry.
+    Expired,
+}
+
+impl ParticipantEvent {
+    /// How the history records the answer: the name of the state it settles in.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantEvent::Reserved => "reserved",
+            ParticipantEvent::TryRefused => "try_failed",
+            ParticipantEvent::Abandoned => "abandoned",
+            ParticipantEvent::Confirmed => "confirmed",
+            ParticipantEvent::Gone => "gone",
+            ParticipantEvent::Refused => "refused",
+            ParticipantEvent::Cancelled => "cancelled",
+            ParticipantEvent::Expired => "expired",
+        }
+    }
+
+    pub const ALL: [ParticipantEvent; 8] = [
+        ParticipantEvent::Reserved,
+        ParticipantEvent::TryRefused,
+        ParticipantEvent::Abandoned,
+        ParticipantEvent::Confirmed,
+        ParticipantEvent::Gone,
+        ParticipantEvent::Refused,
+        ParticipantEvent::Cancelled,
+        ParticipantEvent::Expired,
+    ];
+}
+
+/// The participant's state machine: where `event` takes a participant in state `from`, or
+/// `None` when it does not apply (a settled participant stays as it is). A try's answers move
+/// only a participant still trying; confirm and cancel answers only one holding a link.
+#[must_use]
+pub fn participant_transition(
+    from: ParticipantState,
+    event: ParticipantEvent,
+) -> Option<ParticipantState> {
+    use ParticipantEvent as E;
+    use ParticipantState as S;
+    match (from, event) {
+        (S::Trying, E::Reserved) => Some(S::Reserved),
+        (S::Trying, E::TryRefused) => Some(S::TryFailed),
+        (S::Trying, E::Abandoned) => Some(S::Abandoned),
+        (S::Reserved, E::Confirmed) => Some(S::Confirmed),
+        (S::Reserved, E::Gone) => Some(S::Gone),
+        (S::Reserved, E::Refused) => Some(S::Refused),
+        (S::Reserved, E::Cancelled) => Some(S::Cancelled),
+        (S::Reserved, E::Expired) => Some(S::Expired),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_and_event_pair_follows_the_table() {
+        use ParticipantEvent as E;
+        use ParticipantState as S;
+        for from in S::ALL {
+            for event in E::ALL {
+                let expected = match (from, event) {
+                    (S::Trying, E::Reserved) => Some(S::Reserved),
+                    (S::Trying, E::TryRefused) => Some(S::TryFailed),
+                    (S::Trying, E::Abandoned) => Some(S::Abandoned),
+                    (S::Reserved, E::Confirmed) => Some(S::Confirmed),
+                    (S::Reserved, E::Gone) => Some(S::Gone),
+                    (S::Reserved, E::Refused) => Some(S::Refused),
+                    (S::Reserved, E::Cancelled) => Some(S::Cancelled),
+                    (S::Reserved, E::Expired) => Some(S::Expired),
+                    _ => None,
+                };
+                assert_eq!(
+                    participant_transition(from, event),
+                    expected,
+                    "{from:?} + {event:?}"
+                );
+                if let Some(to) = expected {
+                    assert!(!from.is_settled(), "a settled participant never moves");
+                    assert_ne!(to, S::Trying, "nothing goes back to trying");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_late_answer_for_a_settled_participant_changes_only_the_counts() {
+        let at = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let mut p = Participant {
+            name: "stock".into(),
+            try_request: None,
+            link: None,
+            state: ParticipantState::Cancelled,
+            attempts: 1,
+            last_error: None,
+            next_attempt_at: None,
+            settled_at: Some(at),
+        };
+        let later = at + chrono::Duration::seconds(1);
+        assert!(!p.record_attempt(later, Some(ParticipantEvent::Confirmed), None, None));
+        assert_eq!(
+            (p.state, p.settled_at, p.attempts),
+            (ParticipantState::Cancelled, Some(at), 2)
+        );
+    }
+}
