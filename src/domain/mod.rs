@@ -3,6 +3,7 @@
 //! Pure: no async, no I/O, no clock reads. Every instant is passed in by the caller, so each
 //! rule here is tested with explicit times.
 
+mod history;
 mod id;
 mod limits;
 mod link;
@@ -11,6 +12,7 @@ mod reservation;
 mod state;
 mod trace;
 
+pub use history::{CallVerb, Happening, HistoryEntry, HISTORY_LIMIT};
 pub use id::{ParseIdError, ReservationId};
 pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
@@ -18,8 +20,6 @@ pub use participant::{
     participant_transition, NewParticipant, Participant, ParticipantEvent, ParticipantSource,
     ParticipantState, TryRequest,
 };
-pub use reservation::{
-    deadline_for, CallVerb, Callback, Happening, HistoryEntry, Reservation, HISTORY_LIMIT,
-};
+pub use reservation::{deadline_for, Callback, Reservation};
 pub use state::{transition, Event, Reason, Refusal, State};
 pub use trace::TraceContext;
