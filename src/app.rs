@@ -227,12 +227,12 @@ impl App {
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
             store,
-            client: ParticipantClient::new(
+            client: Arc::new(ParticipantClient::new(
                 config.limits.participant_timeout,
                 policy,
                 extra_roots,
                 metrics.clone(),
-            )?,
+            )?),
             retry: config.retry,
             limits: config.limits,
             // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.

@@ -41,7 +41,6 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         self.inner
             .client
-            .policy()
             .check(url)
             .await
             .map_err(|e| invalid(field, format!("({url}) is refused: {e}")))

@@ -33,7 +33,7 @@ use crate::domain::{
     Limits, NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, State,
     TraceContext,
 };
-use crate::participant::ParticipantClient;
+use crate::participant::Participants;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -49,6 +49,9 @@ mod resumption;
 mod topology;
 mod tries;
 mod unit_of_work;
+
+#[cfg(test)]
+mod tests;
 
 pub(crate) use crate::timers::Due;
 pub use topology::Topology;
@@ -171,7 +174,7 @@ pub struct Coordinator {
 
 struct Inner {
     store: Store,
-    client: ParticipantClient,
+    client: Arc<dyn Participants>,
     retry: RetryPolicy,
     limits: Limits,
     clock: Clock,
@@ -200,7 +203,8 @@ struct Inner {
 /// Everything the coordinator is built from.
 pub struct Parts {
     pub store: Store,
-    pub client: ParticipantClient,
+    /// The participant calls (HTTP in the service).
+    pub client: Arc<dyn Participants>,
     pub retry: RetryPolicy,
     pub limits: Limits,
     pub clock: Clock,

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER,
 };
@@ -118,6 +119,94 @@ impl Outcome for Result<(), RetryHint> {
 /// starving the decisions the coordinator must log first (and flooding the participants).
 pub const MAX_CALLS_IN_FLIGHT: usize = 256;
 
+/// The calls the coordinator makes to participants, behind one seam: [`ParticipantClient`]
+/// over HTTP in the service, scripted fakes in the coordinator's own unit tests.
+pub trait Participants: Send + Sync + 'static {
+    /// `POST`s a try (see [`ParticipantClient::try_reserve`]).
+    fn try_reserve<'a>(
+        &'a self,
+        request: &'a TryRequest,
+        reservation_url: &'a str,
+        idempotency_key: &'a str,
+        expires_if_unsaid: DateTime<Utc>,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, TryOutcome>;
+
+    /// `PUT`s a confirmation.
+    fn confirm<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, ConfirmOutcome>;
+
+    /// `DELETE`s the link.
+    fn cancel<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, CancelOutcome>;
+
+    /// `POST`s a completion callback: `Ok` once it answers 2xx.
+    fn callback<'a>(
+        &'a self,
+        url: &'a ParticipantUrl,
+        body: Vec<u8>,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, Result<(), RetryHint>>;
+
+    /// Whether the coordinator may call `url` at all (the outgoing call policy).
+    fn check<'a>(&'a self, url: &'a ParticipantUrl) -> BoxFuture<'a, Result<(), PolicyError>>;
+}
+
+impl Participants for ParticipantClient {
+    fn try_reserve<'a>(
+        &'a self,
+        request: &'a TryRequest,
+        reservation_url: &'a str,
+        idempotency_key: &'a str,
+        expires_if_unsaid: DateTime<Utc>,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, TryOutcome> {
+        Box::pin(ParticipantClient::try_reserve(
+            self,
+            request,
+            reservation_url,
+            idempotency_key,
+            expires_if_unsaid,
+            trace,
+        ))
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, ConfirmOutcome> {
+        Box::pin(ParticipantClient::confirm(self, uri, trace))
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, CancelOutcome> {
+        Box::pin(ParticipantClient::cancel(self, uri, trace))
+    }
+
+    fn callback<'a>(
+        &'a self,
+        url: &'a ParticipantUrl,
+        body: Vec<u8>,
+        trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, Result<(), RetryHint>> {
+        Box::pin(ParticipantClient::callback(self, url, body, trace))
+    }
+
+    fn check<'a>(&'a self, url: &'a ParticipantUrl) -> BoxFuture<'a, Result<(), PolicyError>> {
+        Box::pin(self.policy.check(url))
+    }
+}
+
 /// The HTTP client for participants.
 #[derive(Clone)]
 pub struct ParticipantClient {
@@ -177,11 +266,6 @@ impl ParticipantClient {
         self.metrics
             .called(verb, outcome.label(), started.elapsed());
         outcome
-    }
-
-    /// The outgoing call policy, to check URLs as they arrive.
-    pub fn policy(&self) -> &CallPolicy {
-        &self.policy
     }
 
     /// Sends a request to `url` once a slot among [`MAX_CALLS_IN_FLIGHT`] is free, if the

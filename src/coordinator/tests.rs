@@ -1,0 +1,366 @@
+//! The phases and the unit of work, without HTTP: participants are a scripted fake behind
+//! [`Participants`], the clock is set by hand, the log is the embedded one in a temporary
+//! directory, and no deadline thread runs (the tests call `expire` themselves).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Coordinator, CreateReservation, Parts, Topology};
+use crate::domain::{
+    CallVerb, Happening, Limits, NewParticipant, ParticipantLink, ParticipantSource,
+    ParticipantState, ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext,
+    TryRequest,
+};
+use crate::participant::{
+    CancelOutcome, ConfirmOutcome, Participants, PolicyError, RetryHint, TryOutcome,
+};
+use crate::retry::RetryPolicy;
+use crate::store::{Store, SyncMode};
+use crate::telemetry::Metrics;
+use crate::timers::TimerQueue;
+
+/// Participants that answer from a script (then with success) and record every call.
+#[derive(Default)]
+struct Scripted {
+    tries: Mutex<VecDeque<TryOutcome>>,
+    confirms: Mutex<VecDeque<ConfirmOutcome>>,
+    cancels: Mutex<VecDeque<CancelOutcome>>,
+    /// `(verb, url or key)` of every call, in order.
+    calls: Mutex<Vec<(CallVerb, String)>>,
+}
+
+impl Scripted {
+    fn calls(&self, verb: CallVerb) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|(v, _)| *v == verb)
+            .map(|(_, what)| what.clone())
+            .collect()
+    }
+}
+
+fn retry(error: &str) -> RetryHint {
+    RetryHint {
+        error: error.into(),
+        retry_after: None,
+    }
+}
+
+fn link(n: u32) -> ParticipantLink {
+    ParticipantLink {
+        uri: ParticipantUrl::parse(&format!("http://stock/holds/{n}")).unwrap(),
+        expires: Utc::now() + chrono::Duration::minutes(10),
+    }
+}
+
+impl Participants for Scripted {
+    fn try_reserve<'a>(
+        &'a self,
+        _request: &'a TryRequest,
+        _reservation_url: &'a str,
+        idempotency_key: &'a str,
+        _expires_if_unsaid: DateTime<Utc>,
+        _trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, TryOutcome> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push((CallVerb::Try, idempotency_key.to_owned()));
+        let n = u32::try_from(calls.len()).unwrap();
+        let answer = self.tries.lock().unwrap().pop_front();
+        Box::pin(async move { answer.unwrap_or_else(|| TryOutcome::Reserved(link(100 + n))) })
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        _trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, ConfirmOutcome> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((CallVerb::Confirm, uri.to_string()));
+        let answer = self.confirms.lock().unwrap().pop_front();
+        Box::pin(async move { answer.unwrap_or(ConfirmOutcome::Confirmed) })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        uri: &'a ParticipantUrl,
+        _trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, CancelOutcome> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((CallVerb::Cancel, uri.to_string()));
+        let answer = self.cancels.lock().unwrap().pop_front();
+        Box::pin(async move { answer.unwrap_or(CancelOutcome::Cancelled) })
+    }
+
+    fn callback<'a>(
+        &'a self,
+        _url: &'a ParticipantUrl,
+        _body: Vec<u8>,
+        _trace: Option<&'a TraceContext>,
+    ) -> BoxFuture<'a, Result<(), RetryHint>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn check<'a>(&'a self, _url: &'a ParticipantUrl) -> BoxFuture<'a, Result<(), PolicyError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A coordinator over `participants`, its log in a temporary directory, its clock at
+/// `clock` (milliseconds since the epoch), ready.
+struct Harness {
+    coordinator: Coordinator,
+    participants: Arc<Scripted>,
+    clock: Arc<AtomicI64>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::default();
+        let store = Store::open(dir.path(), 8 << 20, SyncMode::Flush, 64, &metrics).unwrap();
+        let participants = Arc::new(Scripted::default());
+        let clock = Arc::new(AtomicI64::new(Utc::now().timestamp_millis()));
+        let now = clock.clone();
+        let coordinator = Coordinator::new(Parts {
+            store,
+            client: participants.clone(),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(1),
+                max_interval: Duration::from_millis(5),
+            },
+            limits: Limits {
+                default_timeout: Duration::from_secs(30),
+                max_timeout: Duration::from_secs(3600),
+                max_participants: 8,
+                participant_timeout: Duration::from_secs(1),
+                max_wait: Duration::from_secs(5),
+                retention: Duration::from_secs(60),
+                transaction_retention: Duration::from_secs(60),
+            },
+            clock: Arc::new(move || {
+                DateTime::from_timestamp_millis(now.load(Ordering::SeqCst)).unwrap()
+            }),
+            public_url: "http://coordinator".into(),
+            deadlines: TimerQueue::default(),
+            metrics,
+            render: Arc::new(|_, _| Vec::new()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            topology: Topology::Embedded,
+        });
+        coordinator.mark_ready();
+        Self {
+            coordinator,
+            participants,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn advance(&self, by: Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap();
+        self.clock.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    async fn create(&self, participants: Vec<NewParticipant>, timeout: Duration) -> Reservation {
+        self.coordinator
+            .create(
+                CreateReservation {
+                    timeout: Some(timeout),
+                    participants,
+                    metadata: serde_json::Map::new(),
+                    trace: None,
+                    callback: None,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits (real time, bounded) until the reservation satisfies `done`.
+    async fn until(&self, id: ReservationId, done: impl Fn(&Reservation) -> bool) -> Reservation {
+        let (r, settled) = self
+            .coordinator
+            .wait_until(id, done, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(settled, "never got there: {r:#?}");
+        r
+    }
+}
+
+fn a_link(n: u32) -> NewParticipant {
+    NewParticipant {
+        name: format!("link-{n}"),
+        source: ParticipantSource::Link(link(n)),
+    }
+}
+
+fn a_try(name: &str) -> NewParticipant {
+    NewParticipant {
+        name: name.into(),
+        source: ParticipantSource::Try(TryRequest {
+            url: ParticipantUrl::parse("http://stock/holds").unwrap(),
+            body: serde_json::json!({"sku": name}),
+            headers: Vec::new(),
+        }),
+    }
+}
+
+fn calls_of(r: &Reservation, verb: CallVerb) -> Vec<String> {
+    r.history
+        .iter()
+        .filter_map(|h| match &h.what {
+            Happening::Called {
+                verb: v, result, ..
+            } if *v == verb => Some(result.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_try_phase_retries_with_the_same_key_and_the_last_answer_makes_it_reserved() {
+    let h = Harness::new();
+    h.participants.tries.lock().unwrap().extend([
+        TryOutcome::Retry(retry("503 Service Unavailable")),
+        TryOutcome::Reserved(link(7)),
+    ]);
+
+    let created = h
+        .create(vec![a_try("stock")], Duration::from_secs(30))
+        .await;
+    assert_eq!(created.state, State::Trying);
+    let r = h.until(created.id, |r| r.state != State::Trying).await;
+
+    assert_eq!(r.state, State::Reserved);
+    assert_eq!(r.participants[0].state, ParticipantState::Reserved);
+    assert_eq!(r.participants[0].link.as_ref().unwrap().uri, link(7).uri);
+    let key = format!("{}/0", created.id);
+    assert_eq!(h.participants.calls(CallVerb::Try), [key.clone(), key]);
+    assert_eq!(
+        calls_of(&r, CallVerb::Try),
+        ["503 Service Unavailable", "reserved"]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_try_cancels_what_the_other_tries_hold() {
+    let h = Harness::new();
+    h.participants.tries.lock().unwrap().extend([
+        TryOutcome::Reserved(link(1)),
+        TryOutcome::Refused("409 Conflict".into()),
+    ]);
+
+    let created = h
+        .create(
+            vec![a_try("first"), a_try("second")],
+            Duration::from_secs(30),
+        )
+        .await;
+    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+
+    assert_eq!(
+        (r.state, r.reason),
+        (State::Cancelled, Some(Reason::TryFailed))
+    );
+    assert_eq!(
+        h.participants.calls(CallVerb::Cancel),
+        [link(1).uri.to_string()]
+    );
+    assert!(h.participants.calls(CallVerb::Confirm).is_empty());
+}
+
+#[tokio::test]
+async fn the_confirm_phase_retries_only_the_participant_that_needs_it() {
+    let h = Harness::new();
+    h.participants.confirms.lock().unwrap().extend([
+        ConfirmOutcome::Confirmed,
+        ConfirmOutcome::Retry(retry("502 Bad Gateway")),
+    ]);
+    let created = h
+        .create(vec![a_link(1), a_link(2)], Duration::from_secs(30))
+        .await;
+
+    h.coordinator.confirm(created.id).await.unwrap();
+    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+
+    assert_eq!(r.state, State::Confirmed);
+    let confirms = h.participants.calls(CallVerb::Confirm);
+    assert_eq!(confirms.len(), 3, "{confirms:?}");
+    assert_eq!(
+        confirms.iter().filter(|u| u.ends_with("/holds/1")).count(),
+        1,
+        "a confirmed participant is not called again"
+    );
+    assert!(h.participants.calls(CallVerb::Cancel).is_empty());
+    assert_eq!(calls_of(&r, CallVerb::Confirm).len(), 3);
+}
+
+#[tokio::test]
+async fn a_deadline_cancels_only_once_the_clock_has_passed_it() {
+    let h = Harness::new();
+    let created = h.create(vec![a_link(1)], Duration::from_secs(10)).await;
+
+    assert_eq!(h.coordinator.expire(&[created.id]).await.unwrap(), 0);
+    assert_eq!(
+        h.coordinator.get(created.id).await.unwrap().state,
+        State::Reserved
+    );
+
+    h.advance(Duration::from_secs(11));
+    assert_eq!(h.coordinator.expire(&[created.id]).await.unwrap(), 1);
+    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+
+    assert_eq!(
+        (r.state, r.reason),
+        (State::Cancelled, Some(Reason::Expired))
+    );
+    assert_eq!(
+        h.participants.calls(CallVerb::Cancel),
+        [link(1).uri.to_string()]
+    );
+    assert_eq!(
+        h.coordinator.expire(&[created.id]).await.unwrap(),
+        0,
+        "expiring again changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn the_unit_of_work_writes_only_what_changed_and_counts_each_write() {
+    let h = Harness::new();
+    let created = h.create(vec![a_link(1)], Duration::from_secs(30)).await;
+    assert_eq!(created.revision, 1);
+
+    let (same, ()) = h.coordinator.update(created.id, |_, _| ()).await.unwrap();
+    assert_eq!(same.revision, 1, "no change, no write");
+
+    let (changed, ()) = h
+        .coordinator
+        .update(created.id, |r, _| {
+            r.metadata.insert("note".into(), "kept".into());
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed.revision, 2);
+    let read = h.coordinator.get(created.id).await.unwrap();
+    assert_eq!(
+        (read.revision, &read.metadata["note"]),
+        (2, &serde_json::json!("kept"))
+    );
+}
