@@ -243,7 +243,7 @@ mod tests {
         use serde_json::{json, Value};
 
         use super::*;
-        use crate::api::views::CreateReservationBody;
+        use crate::api::requests::CreateReservationBody;
 
         /// JSON whose keys are mostly the API's own, so that generated values reach deep
         /// into participants and links.

@@ -8,6 +8,7 @@ mod body;
 mod error;
 mod guard;
 mod problem;
+mod requests;
 mod reservations;
 mod spec;
 mod system;

@@ -11,10 +11,8 @@ use poem_openapi::OpenApi;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::problem::{GoneProblem, Problem};
-use super::views::{
-    CreateReservationBody, HistoryView, ParticipantBody, ReservationPage, ReservationView,
-    StateView,
-};
+use super::requests::{CreateReservationBody, ParticipantBody};
+use super::views::{HistoryView, ReservationPage, ReservationView, StateView};
 use super::ApiTags;
 
 mod responses;
