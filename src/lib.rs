@@ -10,16 +10,18 @@
 //! | `app` | the composition root: [`App::build`], [`App::run_until_stopped`] |
 //! | `listener` | TLS, and cutting connections that stay silent |
 //! | `api` | HTTP shape only: routes, request/response types, problem+json, tokens, the dashboard |
-//! | `coordinator` | the use cases: create, join, confirm, cancel, expire, drive participants, callbacks |
-//! | `domain` | ids, links, the state machine, deadlines, history, trace context: pure, no I/O |
-//! | `participant` | one HTTP call per verb, each answer classified; the outgoing call policy |
+//! | `coordinator` | the use cases, a room per job: `commands`, `queries` (and waiting), `unit_of_work` (the only writer), `drivers`, `tries`, `decisions` (confirm and cancel phases), `callbacks`, `deadlines` (and purges), `resumption` (recovery and takeover), `admission` (and validation), `topology` (every embedded/shared difference) |
+//! | `domain` | ids, links, limits, the reservation's and the participants' state machines, deadlines, history, trace context: pure, no I/O |
+//! | `participant` | the `Participants` seam; `http`: one call per verb, each answer classified; `policy`: which hosts may be called |
 //! | [`telemetry`] | the log subscriber and the metrics of one coordinator |
 //! | `retry` | the backoff policy |
-//! | `store` | the log behind one interface with conditional writes: sled (embedded), PostgreSQL (shared) |
-//! | `cluster` | with PostgreSQL: the lease heartbeat, takeover of lapsed instances' work, retention |
-//! | `timers`, `recovery` | deadlines; resuming after a restart |
+//! | `store` | the log behind one interface with conditional writes: `embedded` (sled, group commit), `postgres` (statements, `connection`, `schema`), `record` (the versioned format) |
+//! | `cluster` | with PostgreSQL: the lease heartbeat, takeover of lapsed instances' work, resuming own work after an outage, retention |
+//! | `timers` | the deadline heap and its thread: handed what to call (`Fire`), it knows no coordinator |
 //!
-//! Dependencies point one way: `api -> coordinator -> {domain, store, participant}`.
+//! Dependencies point one way: `api -> coordinator -> {domain, store, participant}`; the
+//! deadline thread calls what it was handed; `domain` depends on nothing; only `app` names
+//! every concrete type (and decides, once, between an embedded and a shared log).
 //!
 //! ## Guarantees
 //!
