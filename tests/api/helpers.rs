@@ -228,6 +228,9 @@ pub enum Reply {
     Close,
     /// The usual success, after this delay.
     Slow(Duration),
+    /// The usual success, once the test calls [`Participant::release`]: a call held in
+    /// flight for as long as the test needs, whatever the machine's speed.
+    UntilReleased,
 }
 
 /// How a participant answers: scripted replies first, then the defaults.
@@ -259,6 +262,8 @@ struct Shared {
     /// Hold numbers by `Idempotency-Key`, so a repeated try gets the same link.
     holds_by_key: Mutex<std::collections::HashMap<String, u32>>,
     next_hold: Mutex<u32>,
+    /// Opened by [`Participant::release`] for calls answered [`Reply::UntilReleased`].
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 /// A participant service on loopback: tries at `POST /holds`, links at `/holds/{n}`. It can
@@ -344,6 +349,11 @@ async fn answer(shared: Arc<Shared>, request: hyper::Request<hyper::body::Incomi
         Reply::Body(code, body) => respond(code, body),
         Reply::Slow(delay) => {
             tokio::time::sleep(delay).await;
+            success(&shared, &parts, verb, &behaviour)
+        }
+        Reply::UntilReleased => {
+            let mut released = shared.released.subscribe();
+            let _ = released.wait_for(|open| *open).await;
             success(&shared, &parts, verb, &behaviour)
         }
         Reply::Ok => success(&shared, &parts, verb, &behaviour),
@@ -457,6 +467,11 @@ impl Participant {
             .entry(verb)
             .or_default()
             .extend(replies);
+    }
+
+    /// Answers the calls held by [`Reply::UntilReleased`], and every later one at once.
+    pub fn release(&self) {
+        self.shared.released.send_replace(true);
     }
 
     /// Drops the replies still scripted for `verb`: the defaults apply from the next call.

@@ -18,10 +18,21 @@ const LEASE: Duration = Duration::from_secs(2);
 
 /// A coordinator process on the shared database, its stderr in `{dir}/{name}.log`.
 pub(super) fn instance(database: &str, dir: &std::path::Path, name: &str) -> Binary {
+    instance_with(database, dir, name, &[])
+}
+
+/// [`instance`] with more environment variables.
+fn instance_with(
+    database: &str,
+    dir: &std::path::Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Binary {
     let mut command = command_without_log();
     command
         .args(["--store", database, "--lease"])
-        .arg(format!("{}ms", LEASE.as_millis()));
+        .arg(format!("{}ms", LEASE.as_millis()))
+        .envs(env.iter().copied());
     Binary::spawn(command, &dir.join(format!("{name}.log")))
 }
 
@@ -253,10 +264,15 @@ async fn a_database_reached_with_sslmode_require_is_verified_tls() {
 #[tokio::test]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
-    let (_dir, [owner, other]) = cluster(["owner", "other"]).await;
+    let database = tcc_coordinator::required_scratch_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A call timeout longer than any test: the owner's PUT stays in flight until released.
+    let slow_calls = [("TCC_PARTICIPANT_TIMEOUT", "60s")];
+    let owner = instance_with(&database, dir.path(), "owner", &slow_calls);
+    let other = instance_with(&database, dir.path(), "other", &slow_calls);
     let http = client();
     let p = Participant::start().await;
-    p.set(|b| b.confirm_reply = super::Reply::Slow(Duration::from_millis(1500)));
+    p.script("confirm", [super::Reply::UntilReleased]);
     let id = create(&http, &owner.base, &json!({"participants": [p.link(1)]})).await;
     let confirmed = decide(&http, &owner.base, &id, "confirm").await;
     assert_eq!(confirmed.status(), 202);
@@ -266,6 +282,7 @@ async fn a_confirm_repeated_on_another_instance_leaves_the_work_to_its_owner() {
     // The client retries on the other instance while the owner's PUT is still in flight.
     let repeated = decide(&http, &other.base, &id, "confirm").await;
     assert_eq!(repeated.status(), 202);
+    p.release();
     let (status, _) = wait_for(&http, &other.base, &id, |s, _| s == 303).await;
     assert_eq!(status, 303);
     assert_eq!(

@@ -112,12 +112,10 @@ fn command(data_dir: &Path) -> Command {
 /// [`command`] without saying where the log is.
 fn command_without_log() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
-    command.args(["--listen", "127.0.0.1:0"]).args([
-        "--participant-timeout",
-        "2s",
-        "--max-retry-interval",
-        "500ms",
-    ]);
+    // The call timeout as a variable, so that a test can set a longer one.
+    command
+        .args(["--listen", "127.0.0.1:0", "--max-retry-interval", "500ms"])
+        .env("TCC_PARTICIPANT_TIMEOUT", "2s");
     command
 }
 
