@@ -236,6 +236,25 @@ async fn an_instance_started_while_its_database_is_down_waits_for_it_unready() {
     wait_for(&http, &coordinator.base, &id, |s, _| s == 303).await;
 }
 
+/// Joins `participant` to reservation `id` on `joiner` (which so becomes its owner), then
+/// SIGKILLs `creator`.
+async fn join_then_kill(
+    http: &reqwest::Client,
+    joiner: &Binary,
+    id: &str,
+    participant: &serde_json::Value,
+    creator: Binary,
+) {
+    let joined = http
+        .post(format!("{}/reservations/{id}/participants", joiner.base))
+        .json(participant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 202);
+    creator.kill_9();
+}
+
 #[tokio::test]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_join_on_another_instance_takes_over_the_deadline_when_the_creator_dies() {
@@ -249,14 +268,7 @@ async fn a_join_on_another_instance_takes_over_the_deadline_when_the_creator_die
     )
     .await;
     // The join makes the joiner the owner; then the creator, which armed the deadline, dies.
-    let joined = http
-        .post(format!("{}/reservations/{id}/participants", joiner.base))
-        .json(&p.link(2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(joined.status(), 202);
-    creator.kill_9();
+    join_then_kill(&http, &joiner, &id, &p.link(2), creator).await;
 
     // Nobody decides: the joiner, owner and alive, cancels it at the deadline.
     let (status, body) = wait_for(&http, &joiner.base, &id, |s, _| s == 410).await;
@@ -283,14 +295,7 @@ async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
     .await;
     p.wait_until("the first try", |p| p.count("POST") >= 1)
         .await;
-    let joined = http
-        .post(format!("{}/reservations/{id}/participants", joiner.base))
-        .json(&p.link(2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(joined.status(), 202);
-    creator.kill_9();
+    join_then_kill(&http, &joiner, &id, &p.link(2), creator).await;
 
     // The joiner owns the reservation now and finishes the tries.
     let (status, body) = wait_for(&http, &joiner.base, &id, |_, b| b["state"] == "reserved").await;
