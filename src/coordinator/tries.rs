@@ -69,8 +69,7 @@ impl Coordinator {
                         .record(r.id, index, |r, i, now| {
                             let p = &mut r.participants[i];
                             if p.state == ParticipantState::Trying {
-                                p.link = Some(link.clone());
-                                p.record_attempt(now, Some(ParticipantEvent::Reserved), None, None);
+                                p.record_link(now, link.clone());
                                 r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
                                 r.refresh_deadline(margin);
                                 // The last try to answer makes it reserved in the same write.
@@ -179,11 +178,11 @@ impl Coordinator {
             self.record(r.id, index, |r, i, now| {
                 let p = &mut r.participants[i];
                 if p.state == ParticipantState::Trying {
-                    if link.is_some() {
-                        p.link.clone_from(&link);
-                    }
                     let result = error.clone().unwrap_or_else(|| "reserved".into());
-                    p.record_attempt(now, settled, error.clone(), None);
+                    match &link {
+                        Some(link) => p.record_link(now, link.clone()),
+                        None => p.record_attempt(now, settled, error.clone(), None),
+                    };
                     r.note_call(now, i, CallVerb::TryAgain, result, took);
                 }
             })

@@ -155,11 +155,25 @@ impl Participant {
         outcome.is_some_and(|event| self.apply(event, now))
     }
 
+    /// Records a try answered with `link`: the participant holds it from now on. The only
+    /// way into `reserved` for a participant that was tried: a reserved participant always
+    /// has its link. Returns whether the state changed.
+    pub fn record_link(&mut self, now: DateTime<Utc>, link: ParticipantLink) -> bool {
+        if participant_transition(self.state, ParticipantEvent::Reserved).is_some() {
+            self.link = Some(link);
+        }
+        self.record_attempt(now, Some(ParticipantEvent::Reserved), None, None)
+    }
+
     /// Applies `event` through [`participant_transition`]; returns whether the state changed.
+    /// Nothing becomes `reserved` without a link.
     pub fn apply(&mut self, event: ParticipantEvent, now: DateTime<Utc>) -> bool {
         let Some(state) = participant_transition(self.state, event) else {
             return false;
         };
+        if state == ParticipantState::Reserved && self.link.is_none() {
+            return false;
+        }
         self.state = state;
         self.next_attempt_at = None;
         if state.is_settled() {
@@ -288,6 +302,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_participant_is_reserved_only_with_its_link() {
+        let at = DateTime::from_timestamp_millis(1_800_000_000_000).unwrap();
+        let mut p = Participant::from_new(NewParticipant {
+            name: "payments".into(),
+            source: ParticipantSource::Try(TryRequest {
+                url: ParticipantUrl::parse("http://pay/holds").unwrap(),
+                body: serde_json::Value::Null,
+                headers: Vec::new(),
+            }),
+        });
+        assert!(
+            !p.apply(ParticipantEvent::Reserved, at),
+            "no link, no reservation"
+        );
+        assert_eq!(p.state, ParticipantState::Trying);
+
+        let link = ParticipantLink {
+            uri: ParticipantUrl::parse("http://pay/holds/1").unwrap(),
+            expires: at + chrono::Duration::minutes(1),
+        };
+        assert!(p.record_link(at, link.clone()));
+        assert_eq!(
+            (p.state, p.link.as_ref()),
+            (ParticipantState::Reserved, Some(&link))
+        );
     }
 
     #[test]

@@ -314,6 +314,15 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
+    if let Some(p) = participants
+        .iter()
+        .find(|p| p.state == ParticipantState::Reserved && p.link.is_none())
+    {
+        return Err(corrupt(format!(
+            "participant {} is reserved without a link",
+            p.name
+        )));
+    }
     Ok(Reservation {
         id,
         state: parse_named(&r.state, &State::ALL, |s| s.as_str())
@@ -481,6 +490,22 @@ mod tests {
         assert_eq!((callback.attempts, callback.delivered_at), (2, Some(at)));
         // And it is written back the same way.
         assert_eq!(decode(id, &encode(&r)).unwrap(), r);
+    }
+
+    #[test]
+    fn a_record_with_a_reserved_participant_without_its_link_is_refused() {
+        let broken = WRITTEN_2026_11.replacen(
+            r#""link":null,"state":"abandoned""#,
+            r#""link":null,"state":"reserved""#,
+            1,
+        );
+        let mut bytes = vec![2, 0, 0, 0, 0, 0, 0, 0, 7];
+        bytes.extend_from_slice(broken.as_bytes());
+        let error = decode(ReservationId::new(), &bytes).unwrap_err();
+        assert!(
+            error.to_string().contains("reserved without a link"),
+            "{error}"
+        );
     }
 
     #[test]
