@@ -61,7 +61,7 @@ pub async fn run(coordinator: Coordinator, lease: Duration, shutdown: Cancellati
                         "resumed this instance's reservations after the database was out of reach"
                     );
                     match mine.last() {
-                        Some(last) if mine.len() == CLAIM_BATCH => after = Some(last.id),
+                        Some(last) if mine.len() == CLAIM_BATCH => after = Some(last.id()),
                         _ => break,
                     }
                 }
@@ -70,7 +70,7 @@ pub async fn run(coordinator: Coordinator, lease: Duration, shutdown: Cancellati
                 let claimed = store.claim_orphans(CLAIM_BATCH).await?;
                 let count = claimed.len();
                 for reservation in &claimed {
-                    tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
+                    tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
                         "taking over a reservation whose coordinator's lease lapsed");
                     coordinator.take_over(reservation);
                 }

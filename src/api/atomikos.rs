@@ -162,11 +162,11 @@ fn conflict_report(r: &Reservation) -> ConflictReport {
     ConflictReport {
         problem: Problem::conflict(format!(
             "some participants confirmed and others did not; reservation {} holds the details",
-            r.id
+            r.id()
         )),
-        reservation: format!("/reservations/{}", r.id),
+        reservation: format!("/reservations/{}", r.id()),
         participant_links: r
-            .participants
+            .participants()
             .iter()
             .filter_map(|p| {
                 p.link.as_ref().map(|l| LinkReport {
@@ -205,8 +205,8 @@ impl AtomikosApi {
             let limit = coordinator.limits().max_wait;
             let (r, _) = coordinator
                 .wait_until(
-                    r.id,
-                    |r| r.state.is_terminal() || r.state == State::Cancelling,
+                    r.id(),
+                    |r| r.state().is_terminal() || r.state() == State::Cancelling,
                     limit,
                 )
                 .await?;
@@ -214,7 +214,7 @@ impl AtomikosApi {
         }
         .await;
         match result {
-            Ok(r) => match (r.state, r.reason) {
+            Ok(r) => match (r.state(), r.reason()) {
                 (State::Confirmed, _) => AtomikosConfirmResponse::Confirmed,
                 (State::Conflict, _) => {
                     AtomikosConfirmResponse::Conflict(Json(conflict_report(&r)))
@@ -232,11 +232,11 @@ impl AtomikosApi {
                                 }
                                 _ => "the links expire too soon to be confirmed",
                             },
-                            r.id
+                            r.id()
                         ),
                     )))
                 }
-                _ => AtomikosConfirmResponse::Accepted(format!("/reservations/{}", r.id)),
+                _ => AtomikosConfirmResponse::Accepted(format!("/reservations/{}", r.id())),
             },
             Err(e) => e.into(),
         }

@@ -92,13 +92,13 @@ impl From<CoordinatorError> for ApiError {
                 reservation,
             } => Self::Problem(Problem::conflict(format!(
                 "reservation {} is {}{}; {}",
-                reservation.id,
-                reservation.state,
+                reservation.id(),
+                reservation.state(),
                 reservation
-                    .reason
+                    .reason()
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default(),
-                match reservation.state {
+                match reservation.state() {
                     crate::domain::State::Trying => "wait until it is reserved",
                     crate::domain::State::Reserved =>
                         "only a reservation in conflict can be forgotten",

@@ -151,41 +151,43 @@ impl GoneProblem {
     #[must_use]
     pub fn of(r: &Reservation) -> Self {
         let why = r
-            .reason
+            .reason()
             .map(|x| format!(" ({})", x.as_str()))
             .unwrap_or_default();
         let retained = "The reservation ended longer ago than the coordinator keeps it";
-        let (title, detail) = match r.state {
+        let (title, detail) = match r.state() {
             State::Confirmed | State::Conflict => (
                 retained,
                 format!(
                     "reservation {} ended {} and its retention has passed",
-                    r.id, r.state
+                    r.id(),
+                    r.state()
                 ),
             ),
             State::Forgotten => (
                 "The reservation is forgotten",
                 format!(
                     "reservation {} ended in conflict and an operator resolved it by hand",
-                    r.id
+                    r.id()
                 ),
             ),
             _ => (
                 "The reservation is cancelled",
                 format!(
                     "reservation {} is {}{why}; it can no longer be confirmed",
-                    r.id, r.state
+                    r.id(),
+                    r.state()
                 ),
             ),
         };
         Self {
             problem: Problem::new(StatusCode::GONE, "gone", title, detail),
-            id: r.id.to_string(),
-            state: Some(r.state.into()),
-            reason: r.reason.map(Into::into),
-            expires_at: Some(r.expires_at),
-            decided_at: r.decided_at,
-            participants: r.participants.iter().map(ParticipantView::from).collect(),
+            id: r.id().to_string(),
+            state: Some(r.state().into()),
+            reason: r.reason().map(Into::into),
+            expires_at: Some(r.expires_at()),
+            decided_at: r.decided_at(),
+            participants: r.participants().iter().map(ParticipantView::from).collect(),
         }
     }
 }

@@ -215,32 +215,32 @@ pub struct ReservationView {
 impl ReservationView {
     #[must_use]
     pub fn of(r: &Reservation, now: DateTime<Utc>, call_timeout: Duration) -> Self {
-        let base = format!("/reservations/{}", r.id);
-        let undecided = matches!(r.state, State::Trying | State::Reserved);
+        let base = format!("/reservations/{}", r.id());
+        let undecided = matches!(r.state(), State::Trying | State::Reserved);
         Self {
-            id: r.id.to_string(),
-            state: r.state.into(),
-            reason: r.reason.map(Into::into),
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-            decided_at: r.decided_at,
+            id: r.id().to_string(),
+            state: r.state().into(),
+            reason: r.reason().map(Into::into),
+            created_at: r.created_at(),
+            expires_at: r.expires_at(),
+            decided_at: r.decided_at(),
             eta: r.eta(now, call_timeout),
             activity: r.activity(now),
-            participants: r.participants.iter().map(ParticipantView::from).collect(),
-            metadata: r.metadata.clone().into_iter().collect(),
-            callback: r.callback.as_ref().map(|c| CallbackView {
+            participants: r.participants().iter().map(ParticipantView::from).collect(),
+            metadata: r.metadata().clone().into_iter().collect(),
+            callback: r.callback().as_ref().map(|c| CallbackView {
                 url: c.url.to_string(),
                 attempts: c.attempts,
                 last_error: c.last_error.clone(),
                 delivered_at: c.delivered_at,
             }),
             links: ReservationLinks {
-                confirm: (r.state == State::Reserved)
+                confirm: (r.state() == State::Reserved)
                     .then(|| LinkView::post(format!("{base}/confirm"))),
                 cancel: undecided.then(|| LinkView::post(format!("{base}/cancel"))),
                 participants: undecided.then(|| LinkView::post(format!("{base}/participants"))),
-                transaction: (r.state == State::Confirmed)
-                    .then(|| LinkView::get(format!("/transactions/{}", r.id))),
+                transaction: (r.state() == State::Confirmed)
+                    .then(|| LinkView::get(format!("/transactions/{}", r.id()))),
                 self_: LinkView::get(base),
             },
         }
@@ -289,13 +289,13 @@ impl TransactionView {
     #[must_use]
     pub fn of(r: &Reservation) -> Self {
         Self {
-            id: r.id.to_string(),
-            state: r.state.into(),
-            created_at: r.created_at,
-            decided_at: r.decided_at,
-            confirmed_at: r.finished_at,
+            id: r.id().to_string(),
+            state: r.state().into(),
+            created_at: r.created_at(),
+            decided_at: r.decided_at(),
+            confirmed_at: r.finished_at(),
             participants: r
-                .participants
+                .participants()
                 .iter()
                 .map(|p| TransactionParticipantView {
                     name: p.name.clone(),
@@ -307,7 +307,7 @@ impl TransactionView {
                     confirmed_at: p.settled_at,
                 })
                 .collect(),
-            metadata: r.metadata.clone().into_iter().collect(),
+            metadata: r.metadata().clone().into_iter().collect(),
         }
     }
 }
@@ -370,7 +370,7 @@ pub struct HistoryView {
 impl From<&Reservation> for HistoryView {
     fn from(r: &Reservation) -> Self {
         let events = r
-            .history
+            .history()
             .iter()
             .map(|h| {
                 let mut v = HistoryEntryView {
@@ -407,7 +407,7 @@ impl From<&Reservation> for HistoryView {
                         v.kind = "called".into();
                         v.participant = Some(*participant as u64);
                         v.participant_name =
-                            r.participants.get(*participant).map(|p| p.name.clone());
+                            r.participants().get(*participant).map(|p| p.name.clone());
                         v.verb = Some(verb.as_str().to_owned());
                         v.result = Some(result.clone());
                         v.took_ms = Some(*took_ms);
@@ -418,12 +418,12 @@ impl From<&Reservation> for HistoryView {
             })
             .collect();
         Self {
-            id: r.id.to_string(),
-            state: r.state.into(),
-            expires_at: r.expires_at,
-            participants: r.participants.iter().map(ParticipantView::from).collect(),
+            id: r.id().to_string(),
+            state: r.state().into(),
+            expires_at: r.expires_at(),
+            participants: r.participants().iter().map(ParticipantView::from).collect(),
             events,
-            dropped: r.history_dropped,
+            dropped: r.history_dropped(),
         }
     }
 }

@@ -7,7 +7,7 @@ impl Coordinator {
     /// `POST`s the final representation to the callback until it answers 2xx (or the
     /// coordinator stops: recovery resumes it at the next start).
     pub(super) async fn deliver_callback(&self, r: &Reservation) -> Result<(), CoordinatorError> {
-        let Some(callback) = &r.callback else {
+        let Some(callback) = &r.callback() else {
             return Ok(());
         };
         let body = (self.inner.render)(r, self.now());
@@ -19,25 +19,19 @@ impl Coordinator {
             let outcome = self
                 .inner
                 .client
-                .callback(&callback.url, body.clone(), r.trace.as_ref())
+                .callback(&callback.url, body.clone(), r.trace().as_ref())
                 .await;
             let (delivered, error, delay) = match outcome {
                 Ok(()) => (true, None, None),
                 Err(hint) => {
                     let delay = schedule.next_delay(hint.retry_after);
-                    tracing::warn!(reservation_id = %r.id, url = %callback.url, error = %hint.error,
+                    tracing::warn!(reservation_id = %r.id(), url = %callback.url, error = %hint.error,
                         ?delay, "completion callback failed; retrying");
                     (false, Some(hint.error), Some(delay))
                 }
             };
-            self.update(r.id, |r, now| {
-                if let Some(c) = &mut r.callback {
-                    c.attempts += 1;
-                    c.last_error.clone_from(&error);
-                    if delivered {
-                        c.delivered_at = Some(now);
-                    }
-                }
+            self.update(r.id(), |r, now| {
+                r.note_callback(now, delivered, error.clone());
             })
             .await?;
             match delay {

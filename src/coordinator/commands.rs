@@ -57,10 +57,12 @@ impl Coordinator {
             request.metadata,
             limits.participant_timeout,
         );
-        reservation.trace = Some(request.trace.unwrap_or_else(new_trace));
-        reservation.callback = request.callback.map(Callback::new);
+        reservation.set_trace(request.trace.unwrap_or_else(new_trace));
+        if let Some(url) = request.callback {
+            reservation.set_callback(Callback::new(url));
+        }
         if let Some(key) = &idempotency {
-            reservation.idempotency_key = Some(key.key.clone());
+            reservation.set_idempotency_key(key.key.clone());
         }
         let entry = idempotency.as_ref().map(|key| KeyEntry {
             key: &key.key,
@@ -74,12 +76,12 @@ impl Coordinator {
             return self.replay(key, existing).await;
         }
         self.remember(&reservation);
-        self.inner.metrics.entered(reservation.state);
-        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
-            participants = reservation.participants.len(), "reservation created");
+        self.inner.metrics.entered(reservation.state());
+        tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
+            participants = reservation.participants().len(), "reservation created");
         self.arm_deadline(&reservation);
-        if reservation.state.is_in_progress() {
-            self.ensure_driven(reservation.id);
+        if reservation.state().is_in_progress() {
+            self.ensure_driven(reservation.id());
         }
         Ok(reservation)
     }
@@ -170,7 +172,7 @@ impl Coordinator {
             serde_json::Map::new(),
             limits.participant_timeout,
         );
-        reservation.trace = Some(trace.unwrap_or_else(new_trace));
+        reservation.set_trace(trace.unwrap_or_else(new_trace));
         let event = if reservation.is_past_deadline(now) {
             reservation.deadline_event()
         } else {
@@ -185,10 +187,10 @@ impl Coordinator {
         }
         self.inner.store.create(&mut reservation, None).await?;
         self.remember(&reservation);
-        self.inner.metrics.entered(reservation.state);
-        tracing::info!(reservation_id = %reservation.id, state = %reservation.state,
-            participants = reservation.participants.len(), "reservation created decided");
-        self.ensure_driven(reservation.id);
+        self.inner.metrics.entered(reservation.state());
+        tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
+            participants = reservation.participants().len(), "reservation created decided");
+        self.ensure_driven(reservation.id());
         Ok(reservation)
     }
 
@@ -227,7 +229,7 @@ impl Coordinator {
                         reservation: Box::new(r.clone()),
                     });
                 }
-                if r.participants.len() >= max {
+                if r.participants().len() >= max {
                     return Err(too_many(max));
                 }
                 r.join(participant.clone(), margin)
@@ -238,7 +240,7 @@ impl Coordinator {
             })
             .await?;
         outcome?;
-        if is_try && reservation.state == State::Trying {
+        if is_try && reservation.state() == State::Trying {
             self.ensure_driven(id);
         }
         Ok(reservation)

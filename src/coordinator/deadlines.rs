@@ -35,11 +35,11 @@ impl Coordinator {
         for (before, after) in &expired {
             let metrics = &self.inner.metrics;
             metrics.deadlines_fired.inc();
-            let late = after.decided_at.unwrap_or(after.expires_at) - after.expires_at;
+            let late = after.decided_at().unwrap_or(after.expires_at()) - after.expires_at();
             metrics
                 .deadline_lateness_seconds
                 .observe(late.to_std().unwrap_or_default().as_secs_f64());
-            tracing::info!(reservation_id = %after.id, reason = ?after.reason,
+            tracing::info!(reservation_id = %after.id(), reason = ?after.reason(),
                 "deadline passed: cancelling every participant");
             self.saved(before, after);
         }
@@ -102,19 +102,19 @@ impl Coordinator {
         {
             // Not flushed here: a purge lost in a crash is simply done again at recovery.
             self.inner.store.remove(&r).await?;
-            self.inner.metrics.left(r.state);
+            self.inner.metrics.left(r.state());
             tracing::debug!(reservation_id = %id, "retention ended: record purged");
         }
         Ok(())
     }
 
     pub(super) fn arm_deadline(&self, reservation: &Reservation) {
-        if matches!(reservation.state, State::Trying | State::Reserved) {
+        if matches!(reservation.state(), State::Trying | State::Reserved) {
             // A deadline armed after the timers stopped (at shutdown) is re-armed by
             // recovery at the next start.
             self.inner
                 .deadlines
-                .arm(reservation.expires_at, reservation.id, Due::Deadline);
+                .arm(reservation.expires_at(), reservation.id(), Due::Deadline);
         }
     }
 
@@ -124,7 +124,7 @@ impl Coordinator {
         }
         let limits = &self.inner.limits;
         if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
-            self.inner.deadlines.arm(at, reservation.id, Due::Purge);
+            self.inner.deadlines.arm(at, reservation.id(), Due::Purge);
         }
     }
 }

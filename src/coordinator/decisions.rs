@@ -23,7 +23,7 @@ impl Coordinator {
                 Some((i, p.name.clone(), Call::Confirm(link.uri.clone())))
             })
             .collect();
-        self.fan_out(r.id, r.trace, targets).await
+        self.fan_out(r.id(), r.trace(), targets).await
     }
 
     pub(super) async fn run_cancels(&self, r: &Reservation) -> Result<(), CoordinatorError> {
@@ -45,14 +45,14 @@ impl Coordinator {
                 .await
                 .into_iter()
                 .collect::<Result<(), _>>()?;
-            reloaded = self.current(r.id).await?;
+            reloaded = self.current(r.id()).await?;
             &reloaded
         };
         let targets = r
             .unsettled()
             .filter_map(|(i, p)| p.link.clone().map(|l| (i, p.name.clone(), Call::Cancel(l))))
             .collect();
-        self.fan_out(r.id, r.trace, targets).await
+        self.fan_out(r.id(), r.trace(), targets).await
     }
 
     pub(super) fn count_retry(&self, verb: CallVerb) {
@@ -249,7 +249,8 @@ impl Attempt {
         let next = self
             .delay
             .map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
-        r.participants[i].record_attempt(now, self.settled, self.error.clone(), next);
+        r.participant_mut(i)
+            .record_attempt(now, self.settled, self.error.clone(), next);
         let result = match (&self.error, self.settled) {
             (Some(error), _) => error.clone(),
             (None, Some(event)) => event.as_str().to_owned(),

@@ -46,7 +46,7 @@ impl Coordinator {
                     self.inner.working.lock().expect("working lock").remove(&id);
                     return;
                 }
-                Ok(r) => match r.state {
+                Ok(r) => match r.state() {
                     State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
                     State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
                     State::Cancelling => self.run_cancels(&r).instrument(span(&r)).await,
@@ -105,6 +105,6 @@ impl Coordinator {
 
 /// The span of a reservation's participant calls: its id and its trace.
 pub(super) fn span(r: &Reservation) -> tracing::Span {
-    tracing::info_span!("reservation", reservation_id = %r.id,
-        trace_id = r.trace.map(|t| t.trace_id()).unwrap_or_default())
+    tracing::info_span!("reservation", reservation_id = %r.id(),
+        trace_id = r.trace().map(|t| t.trace_id()).unwrap_or_default())
 }

@@ -130,7 +130,7 @@ pub enum CoordinatorError {
     #[error("reservation {0} is no longer kept")]
     Purged(ReservationId),
     /// The state machine refused the event; the reservation as it now stands.
-    #[error("the reservation is {}", .reservation.state)]
+    #[error("the reservation is {}", .reservation.state())]
     Refused {
         refusal: Refusal,
         reservation: Box<Reservation>,
@@ -282,8 +282,8 @@ impl Coordinator {
             .expect("working lock")
             .values()
             .filter(|r| {
-                matches!(r.state, State::Confirming | State::Cancelling)
-                    && r.decided_at.is_some_and(|at| at <= since)
+                matches!(r.state(), State::Confirming | State::Cancelling)
+                    && r.decided_at().is_some_and(|at| at <= since)
             })
             .count()
     }

@@ -121,7 +121,7 @@ impl Coordinator {
         let retention = self.inner.limits.transaction_retention;
         match self.inner.store.load(id).await? {
             Some(r)
-                if r.state == State::Confirmed && !r.is_past_retention(self.now(), retention) =>
+                if r.state() == State::Confirmed && !r.is_past_retention(self.now(), retention) =>
             {
                 Ok(r)
             }

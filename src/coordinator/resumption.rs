@@ -19,9 +19,9 @@ impl Coordinator {
     pub(crate) fn resumption(&self, reservation: &Reservation) -> Resumption {
         let limits = &self.inner.limits;
         Resumption {
-            id: reservation.id,
-            state: reservation.state,
-            expires_at: reservation.expires_at,
+            id: reservation.id(),
+            state: reservation.state(),
+            expires_at: reservation.expires_at(),
             purge_at: reservation.purge_at(limits.retention, limits.transaction_retention),
             callback_due: reservation.callback_due(),
         }

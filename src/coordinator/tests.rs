@@ -222,7 +222,7 @@ fn a_try(name: &str) -> NewParticipant {
 }
 
 fn calls_of(r: &Reservation, verb: CallVerb) -> Vec<String> {
-    r.history
+    r.history()
         .iter()
         .filter_map(|h| match &h.what {
             Happening::Called {
@@ -244,13 +244,13 @@ async fn the_try_phase_retries_with_the_same_key_and_the_last_answer_makes_it_re
     let created = h
         .create(vec![a_try("stock")], Duration::from_secs(30))
         .await;
-    assert_eq!(created.state, State::Trying);
-    let r = h.until(created.id, |r| r.state != State::Trying).await;
+    assert_eq!(created.state(), State::Trying);
+    let r = h.until(created.id(), |r| r.state() != State::Trying).await;
 
-    assert_eq!(r.state, State::Reserved);
-    assert_eq!(r.participants[0].state, ParticipantState::Reserved);
-    assert_eq!(r.participants[0].link.as_ref().unwrap().uri, link(7).uri);
-    let key = format!("{}/0", created.id);
+    assert_eq!(r.state(), State::Reserved);
+    assert_eq!(r.participants()[0].state, ParticipantState::Reserved);
+    assert_eq!(r.participants()[0].link.as_ref().unwrap().uri, link(7).uri);
+    let key = format!("{}/0", created.id());
     assert_eq!(h.participants.calls(CallVerb::Try), [key.clone(), key]);
     assert_eq!(
         calls_of(&r, CallVerb::Try),
@@ -272,10 +272,10 @@ async fn a_refused_try_cancels_what_the_other_tries_hold() {
             Duration::from_secs(30),
         )
         .await;
-    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+    let r = h.until(created.id(), |r| r.state().is_terminal()).await;
 
     assert_eq!(
-        (r.state, r.reason),
+        (r.state(), r.reason()),
         (State::Cancelled, Some(Reason::TryFailed))
     );
     assert_eq!(
@@ -296,10 +296,10 @@ async fn the_confirm_phase_retries_only_the_participant_that_needs_it() {
         .create(vec![a_link(1), a_link(2)], Duration::from_secs(30))
         .await;
 
-    h.coordinator.confirm(created.id).await.unwrap();
-    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+    h.coordinator.confirm(created.id()).await.unwrap();
+    let r = h.until(created.id(), |r| r.state().is_terminal()).await;
 
-    assert_eq!(r.state, State::Confirmed);
+    assert_eq!(r.state(), State::Confirmed);
     let confirms = h.participants.calls(CallVerb::Confirm);
     assert_eq!(confirms.len(), 3, "{confirms:?}");
     assert_eq!(
@@ -316,18 +316,18 @@ async fn a_deadline_cancels_only_once_the_clock_has_passed_it() {
     let h = Harness::new();
     let created = h.create(vec![a_link(1)], Duration::from_secs(10)).await;
 
-    assert_eq!(h.coordinator.expire(&[created.id]).await.unwrap(), 0);
+    assert_eq!(h.coordinator.expire(&[created.id()]).await.unwrap(), 0);
     assert_eq!(
-        h.coordinator.get(created.id).await.unwrap().state,
+        h.coordinator.get(created.id()).await.unwrap().state(),
         State::Reserved
     );
 
     h.advance(Duration::from_secs(11));
-    assert_eq!(h.coordinator.expire(&[created.id]).await.unwrap(), 1);
-    let r = h.until(created.id, |r| r.state.is_terminal()).await;
+    assert_eq!(h.coordinator.expire(&[created.id()]).await.unwrap(), 1);
+    let r = h.until(created.id(), |r| r.state().is_terminal()).await;
 
     assert_eq!(
-        (r.state, r.reason),
+        (r.state(), r.reason()),
         (State::Cancelled, Some(Reason::Expired))
     );
     assert_eq!(
@@ -335,7 +335,7 @@ async fn a_deadline_cancels_only_once_the_clock_has_passed_it() {
         [link(1).uri.to_string()]
     );
     assert_eq!(
-        h.coordinator.expire(&[created.id]).await.unwrap(),
+        h.coordinator.expire(&[created.id()]).await.unwrap(),
         0,
         "expiring again changes nothing"
     );
@@ -345,22 +345,22 @@ async fn a_deadline_cancels_only_once_the_clock_has_passed_it() {
 async fn the_unit_of_work_writes_only_what_changed_and_counts_each_write() {
     let h = Harness::new();
     let created = h.create(vec![a_link(1)], Duration::from_secs(30)).await;
-    assert_eq!(created.revision, 1);
+    assert_eq!(created.revision(), 1);
 
-    let (same, ()) = h.coordinator.update(created.id, |_, _| ()).await.unwrap();
-    assert_eq!(same.revision, 1, "no change, no write");
+    let (same, ()) = h.coordinator.update(created.id(), |_, _| ()).await.unwrap();
+    assert_eq!(same.revision(), 1, "no change, no write");
 
     let (changed, ()) = h
         .coordinator
-        .update(created.id, |r, _| {
-            r.metadata.insert("note".into(), "kept".into());
+        .update(created.id(), |r, _| {
+            r.metadata_mut().insert("note".into(), "kept".into());
         })
         .await
         .unwrap();
-    assert_eq!(changed.revision, 2);
-    let read = h.coordinator.get(created.id).await.unwrap();
+    assert_eq!(changed.revision(), 2);
+    let read = h.coordinator.get(created.id()).await.unwrap();
     assert_eq!(
-        (read.revision, &read.metadata["note"]),
+        (read.revision(), &read.metadata()["note"]),
         (2, &serde_json::json!("kept"))
     );
 }

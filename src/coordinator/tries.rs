@@ -30,13 +30,13 @@ impl Coordinator {
         let results = join_all(tries.map(|(i, t)| self.try_one(r, i, t, wake))).await;
         results.into_iter().collect::<Result<(), _>>()?;
         let (after, ()) = self
-            .update(r.id, |r, now| {
-                if r.state == State::Trying && !r.has_pending_tries() {
+            .update(r.id(), |r, now| {
+                if r.state() == State::Trying && !r.has_pending_tries() {
                     let _ = r.apply(Event::AllTriesAnswered, now);
                 }
             })
             .await?;
-        if after.state == State::Trying {
+        if after.state() == State::Trying {
             // Tries gave up at the deadline: wait for the timer's cancel (or a join) to wake us.
             tokio::select! {
                 () = wake.cancelled() => {}
@@ -66,14 +66,14 @@ impl Coordinator {
             match outcome {
                 TryOutcome::Reserved(link) => {
                     return self
-                        .record(r.id, index, |r, i, now| {
-                            let p = &mut r.participants[i];
+                        .record(r.id(), index, |r, i, now| {
+                            let p = &mut r.participant_mut(i);
                             if p.state == ParticipantState::Trying {
                                 p.record_link(now, link.clone());
                                 r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
                                 r.refresh_deadline(margin);
                                 // The last try to answer makes it reserved in the same write.
-                                if r.state == State::Trying && !r.has_pending_tries() {
+                                if r.state() == State::Trying && !r.has_pending_tries() {
                                     let _ = r.apply(Event::AllTriesAnswered, now);
                                 }
                             }
@@ -81,12 +81,12 @@ impl Coordinator {
                         .await;
                 }
                 TryOutcome::Refused(error) => {
-                    tracing::warn!(reservation_id = %r.id, participant = %r.participants[index].name,
+                    tracing::warn!(reservation_id = %r.id(), participant = %r.participants()[index].name,
                         %error, "try refused: cancelling the reservation");
                     return self
-                        .record(r.id, index, |r, i, now| {
+                        .record(r.id(), index, |r, i, now| {
                             let message = format!("try refused: {error}");
-                            r.participants[i].record_attempt(
+                            r.participant_mut(i).record_attempt(
                                 now,
                                 Some(ParticipantEvent::TryRefused),
                                 Some(message.clone()),
@@ -102,11 +102,11 @@ impl Coordinator {
                     let delay = schedule.next_delay(hint.retry_after);
                     let now = self.now();
                     let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                    let give_up = next >= r.expires_at;
-                    tracing::debug!(reservation_id = %r.id, participant = %r.participants[index].name,
+                    let give_up = next >= r.expires_at();
+                    tracing::debug!(reservation_id = %r.id(), participant = %r.participants()[index].name,
                         error = %hint.error, ?delay, "try failed; retrying");
-                    self.record(r.id, index, |r, i, now| {
-                        r.participants[i].record_attempt(
+                    self.record(r.id(), index, |r, i, now| {
+                        r.participant_mut(i).record_attempt(
                             now,
                             None,
                             Some(hint.error.clone()),
@@ -131,8 +131,8 @@ impl Coordinator {
         index: usize,
         request: &TryRequest,
     ) -> (TryOutcome, Duration) {
-        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id);
-        let key = format!("{}/{index}", r.id);
+        let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id());
+        let key = format!("{}/{index}", r.id());
         let started = std::time::Instant::now();
         let outcome = self
             .inner
@@ -141,8 +141,8 @@ impl Coordinator {
                 request,
                 &reservation_url,
                 &key,
-                r.timeout_at,
-                r.trace.as_ref(),
+                r.timeout_at(),
+                r.trace().as_ref(),
             )
             .await;
         (outcome, started.elapsed())
@@ -175,8 +175,8 @@ impl Coordinator {
                 TryOutcome::Retry(hint) => (None, None, Some(hint.error)),
             };
             let done = settled.is_some();
-            self.record(r.id, index, |r, i, now| {
-                let p = &mut r.participants[i];
+            self.record(r.id(), index, |r, i, now| {
+                let p = &mut r.participant_mut(i);
                 if p.state == ParticipantState::Trying {
                     let result = error.clone().unwrap_or_else(|| "reserved".into());
                     match &link {
@@ -191,8 +191,8 @@ impl Coordinator {
                 return Ok(());
             }
         }
-        self.record(r.id, index, |r, i, now| {
-            let p = &mut r.participants[i];
+        self.record(r.id(), index, |r, i, now| {
+            let p = &mut r.participant_mut(i);
             if p.state == ParticipantState::Trying {
                 let error = format!("{last_error}; whatever it holds expires on its own");
                 p.record_attempt(now, Some(ParticipantEvent::Abandoned), Some(error), None);

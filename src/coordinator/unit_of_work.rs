@@ -52,7 +52,8 @@ impl Coordinator {
             let mut after = before.clone();
             let out = change(&mut after, self.now());
             if after == before {
-                if after.state.is_in_progress() && self.inner.topology.redrives_repeated_requests()
+                if after.state().is_in_progress()
+                    && self.inner.topology.redrives_repeated_requests()
                 {
                     self.ensure_driven(id);
                 }
@@ -87,16 +88,16 @@ impl Coordinator {
 
     /// What follows a durable save: the in-memory copy, waiters, the driver, the timers.
     pub(super) fn saved(&self, before: &Reservation, after: &Reservation) {
-        let id = after.id;
+        let id = after.id();
         self.remember(after);
-        if after.state != before.state {
-            self.inner.metrics.moved(before.state, after.state);
-            tracing::debug!(reservation_id = %id, from = %before.state, to = %after.state,
-                reason = ?after.reason, "state changed");
+        if after.state() != before.state() {
+            self.inner.metrics.moved(before.state(), after.state());
+            tracing::debug!(reservation_id = %id, from = %before.state(), to = %after.state(),
+                reason = ?after.reason(), "state changed");
             if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
                 watcher.send_replace(Some(Arc::new(after.clone())));
             }
-            if after.state.is_in_progress() || after.callback_due() {
+            if after.state().is_in_progress() || after.callback_due() {
                 self.ensure_driven(id);
             }
             self.arm_purge(after);
@@ -104,11 +105,14 @@ impl Coordinator {
         // With a shared store, a client's request (a join, a repeated decision) can make this
         // instance the owner of a reservation another instance worked on: from now on its
         // deadline and its driver are this instance's, whatever becomes of the other.
-        let taken_over = after.owner != before.owner && self.inner.store.owns(after);
-        if taken_over && (after.state.is_in_progress() || after.callback_due()) {
+        let taken_over = after.owner() != before.owner() && self.inner.store.owns(after);
+        if taken_over && (after.state().is_in_progress() || after.callback_due()) {
             self.ensure_driven(id);
         }
-        if after.expires_at != before.expires_at || after.state != before.state || taken_over {
+        if after.expires_at() != before.expires_at()
+            || after.state() != before.state()
+            || taken_over
+        {
             self.arm_deadline(after);
         }
     }
@@ -119,15 +123,15 @@ impl Coordinator {
     pub(super) fn remember(&self, r: &Reservation) {
         let mut working = self.inner.working.lock().expect("working lock");
         if working
-            .get(&r.id)
-            .is_some_and(|kept| kept.revision > r.revision)
+            .get(&r.id())
+            .is_some_and(|kept| kept.revision() > r.revision())
         {
             return;
         }
-        if r.state.is_in_progress() {
-            working.insert(r.id, Arc::new(r.clone()));
+        if r.state().is_in_progress() {
+            working.insert(r.id(), Arc::new(r.clone()));
         } else {
-            working.remove(&r.id);
+            working.remove(&r.id());
         }
     }
 

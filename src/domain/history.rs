@@ -100,7 +100,7 @@ impl Reservation {
         took: Duration,
     ) {
         let retry_at = self
-            .participants
+            .participants()
             .get(participant)
             .and_then(|p| p.next_attempt_at);
         self.note(

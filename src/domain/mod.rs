@@ -20,6 +20,6 @@ pub use participant::{
     participant_transition, NewParticipant, Participant, ParticipantEvent, ParticipantSource,
     ParticipantState, TryRequest,
 };
-pub use reservation::{deadline_for, Callback, Reservation};
+pub use reservation::{deadline_for, Callback, Reservation, StoredReservation};
 pub use state::{transition, Event, Reason, Refusal, State};
 pub use trace::TraceContext;

@@ -273,7 +273,7 @@ impl Store {
     pub async fn remove(&self, reservation: &Reservation) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Embedded(log) => log.remove(reservation),
-            Backend::Postgres(log) => log.remove(reservation.id).await,
+            Backend::Postgres(log) => log.remove(reservation.id()).await,
         }
     }
 

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::domain::{
     CallVerb, Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
-    ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext, TryRequest,
+    ParticipantUrl, Reason, Reservation, ReservationId, State, StoredReservation, TraceContext,
+    TryRequest,
 };
 
 /// `[1]` then the JSON of a [`ReservationV1`].
@@ -198,20 +199,20 @@ struct LinkV1 {
 
 pub(super) fn encode(r: &Reservation) -> Vec<u8> {
     let record = ReservationV1 {
-        state: r.state.as_str().to_owned(),
-        reason: r.reason.map(|x| x.as_str().to_owned()),
-        created_at: r.created_at.timestamp_millis(),
-        timeout_at: r.timeout_at.timestamp_millis(),
-        expires_at: r.expires_at.timestamp_millis(),
-        decided_at: r.decided_at.map(|t| t.timestamp_millis()),
-        finished_at: r.finished_at.map(|t| t.timestamp_millis()),
-        participants: r.participants.iter().map(encode_participant).collect(),
-        metadata: r.metadata.clone(),
-        idempotency_key: r.idempotency_key.clone(),
-        trace: r.trace.map(|t| t.to_stored()),
-        history: r.history.iter().map(encode_history).collect(),
-        history_dropped: r.history_dropped,
-        callback: r.callback.as_ref().map(|c| CallbackV1 {
+        state: r.state().as_str().to_owned(),
+        reason: r.reason().map(|x| x.as_str().to_owned()),
+        created_at: r.created_at().timestamp_millis(),
+        timeout_at: r.timeout_at().timestamp_millis(),
+        expires_at: r.expires_at().timestamp_millis(),
+        decided_at: r.decided_at().map(|t| t.timestamp_millis()),
+        finished_at: r.finished_at().map(|t| t.timestamp_millis()),
+        participants: r.participants().iter().map(encode_participant).collect(),
+        metadata: r.metadata().clone(),
+        idempotency_key: r.idempotency_key().map(str::to_owned),
+        trace: r.trace().map(|t| t.to_stored()),
+        history: r.history().iter().map(encode_history).collect(),
+        history_dropped: r.history_dropped(),
+        callback: r.callback().as_ref().map(|c| CallbackV1 {
             url: c.url.to_string(),
             attempts: c.attempts,
             last_error: c.last_error.clone(),
@@ -220,7 +221,7 @@ pub(super) fn encode(r: &Reservation) -> Vec<u8> {
     };
     let mut bytes = Vec::with_capacity(512);
     bytes.push(VERSION_2);
-    bytes.extend_from_slice(&r.revision.to_be_bytes());
+    bytes.extend_from_slice(&r.revision().to_be_bytes());
     serde_json::to_writer(&mut bytes, &record).expect("a record always serialises");
     bytes
 }
@@ -314,16 +315,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    if let Some(p) = participants
-        .iter()
-        .find(|p| p.state == ParticipantState::Reserved && p.link.is_none())
-    {
-        return Err(corrupt(format!(
-            "participant {} is reserved without a link",
-            p.name
-        )));
-    }
-    Ok(Reservation {
+    Reservation::restore(StoredReservation {
         id,
         state: parse_named(&r.state, &State::ALL, |s| s.as_str())
             .ok_or_else(|| corrupt(format!("unknown state {}", r.state)))?,
@@ -363,6 +355,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         revision,
         owner: None,
     })
+    .map_err(corrupt)
 }
 
 fn parse_named<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Option<T> {
@@ -406,8 +399,9 @@ mod tests {
                 .clone(),
             Duration::from_secs(5),
         );
-        r.idempotency_key = Some("order-A-17".into());
-        r.participants[1].record_attempt(now, None, Some("503".into()), Some(now));
+        r.set_idempotency_key("order-A-17".into());
+        r.participant_mut(1)
+            .record_attempt(now, None, Some("503".into()), Some(now));
         r.note_call(
             now,
             1,
@@ -416,15 +410,20 @@ mod tests {
             Duration::from_millis(12),
         );
         r.apply(crate::domain::Event::Cancel, now).unwrap();
-        r.trace = crate::domain::TraceContext::new([7; 16]);
-        r.history_dropped = 3;
-        r.callback = Some(crate::domain::Callback {
+        r.set_trace(crate::domain::TraceContext::new([7; 16]).unwrap());
+        // More calls than the history keeps: the oldest are dropped, and counted.
+        for n in 0..crate::domain::HISTORY_LIMIT {
+            let verb = crate::domain::CallVerb::Cancel;
+            r.note_call(now, 0, verb, format!("attempt {n}"), Duration::ZERO);
+        }
+        assert!(r.history_dropped() > 0);
+        r.set_callback(crate::domain::Callback {
             url: ParticipantUrl::parse("http://orders/callbacks/17").unwrap(),
             attempts: 2,
             last_error: Some("503 Service Unavailable".into()),
             delivered_at: Some(now),
         });
-        let decoded = decode(r.id, &encode(&r)).unwrap();
+        let decoded = decode(r.id(), &encode(&r)).unwrap();
         assert_eq!(decoded, r);
     }
 
@@ -443,18 +442,18 @@ mod tests {
 
         let r = decode(id, &bytes).unwrap();
 
-        assert_eq!((r.id, r.revision), (id, 7));
+        assert_eq!((r.id(), r.revision()), (id, 7));
         assert_eq!(
-            (r.state, r.reason),
+            (r.state(), r.reason()),
             (State::Cancelled, Some(Reason::Client))
         );
         assert_eq!(
-            (r.created_at, r.decided_at, r.finished_at),
+            (r.created_at(), r.decided_at(), r.finished_at()),
             (at, Some(at), Some(at))
         );
-        assert_eq!(r.expires_at, at + chrono::Duration::seconds(30));
+        assert_eq!(r.expires_at(), at + chrono::Duration::seconds(30));
         let states: Vec<_> = r
-            .participants
+            .participants()
             .iter()
             .map(|p| (p.name.as_str(), p.state))
             .collect();
@@ -465,19 +464,19 @@ mod tests {
                 ("payments", ParticipantState::Abandoned)
             ]
         );
-        let link = r.participants[0].link.as_ref().unwrap();
+        let link = r.participants()[0].link.as_ref().unwrap();
         assert_eq!(link.uri.as_str(), "http://stock/holds/1");
-        let tried = r.participants[1].try_request.as_ref().unwrap();
+        let tried = r.participants()[1].try_request.as_ref().unwrap();
         assert_eq!(tried.url.as_str(), "https://pay/holds");
         assert_eq!(
             tried.headers,
             [("Authorization".to_owned(), "Bearer x".to_owned())]
         );
-        assert_eq!(r.metadata["order"], "A-17");
-        assert_eq!(r.idempotency_key.as_deref(), Some("order-A-17"));
-        assert_eq!(r.trace, crate::domain::TraceContext::new([7; 16]));
+        assert_eq!(r.metadata()["order"], "A-17");
+        assert_eq!(r.idempotency_key(), Some("order-A-17"));
+        assert_eq!(r.trace(), crate::domain::TraceContext::new([7; 16]));
         let verbs: Vec<_> = r
-            .history
+            .history()
             .iter()
             .filter_map(|h| match &h.what {
                 Happening::Called { verb, .. } => Some(verb.to_string()),
@@ -485,8 +484,8 @@ mod tests {
             })
             .collect();
         assert_eq!(verbs, ["try", "try (again, to learn the link)", "cancel"]);
-        assert_eq!(r.history.len(), 6);
-        let callback = r.callback.as_ref().unwrap();
+        assert_eq!(r.history().len(), 6);
+        let callback = r.callback().unwrap();
         assert_eq!((callback.attempts, callback.delivered_at), (2, Some(at)));
         // And it is written back the same way.
         assert_eq!(decode(id, &encode(&r)).unwrap(), r);
@@ -506,6 +505,15 @@ mod tests {
             error.to_string().contains("reserved without a link"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_record_of_a_cancelled_reservation_without_its_reason_is_refused() {
+        let broken = WRITTEN_2026_11.replacen(r#""reason":"client""#, r#""reason":null"#, 1);
+        let mut bytes = vec![2, 0, 0, 0, 0, 0, 0, 0, 7];
+        bytes.extend_from_slice(broken.as_bytes());
+        let error = decode(ReservationId::new(), &bytes).unwrap_err();
+        assert!(error.to_string().contains("without a reason"), "{error}");
     }
 
     #[test]

@@ -107,8 +107,8 @@ suite!(
 async fn a_created_reservation_reads_back_equal_at_revision_1(store: &Store) {
     let mut r = reservation();
     assert_eq!(store.create(&mut r, None).await.unwrap(), None);
-    assert_eq!(r.revision, 1);
-    assert_eq!(store.load(r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(r.revision(), 1);
+    assert_eq!(store.load(r.id()).await.unwrap(), Some(r.clone()));
     assert_eq!(store.load(ReservationId::new()).await.unwrap(), None);
 }
 
@@ -119,35 +119,36 @@ async fn a_write_over_a_stale_revision_is_refused_and_changes_nothing(store: &St
     first.apply(Event::Confirm, Utc::now()).unwrap();
     second.apply(Event::Cancel, Utc::now()).unwrap();
     store.replace(&mut first, Ownership::Take).await.unwrap();
-    assert_eq!(first.revision, 2);
+    assert_eq!(first.revision(), 2);
     assert!(matches!(
         store.replace(&mut second, Ownership::Take).await,
-        Err(StoreError::Conflict(id)) if id == r.id
+        Err(StoreError::Conflict(id)) if id == r.id()
     ));
     assert_eq!(
-        second.revision, 1,
+        second.revision(),
+        1,
         "a refused write leaves the revision as read"
     );
-    let stored = store.load(r.id).await.unwrap().unwrap();
-    assert_eq!(stored.state, State::Confirming);
-    assert_eq!(stored.revision, 2);
+    let stored = store.load(r.id()).await.unwrap().unwrap();
+    assert_eq!(stored.state(), State::Confirming);
+    assert_eq!(stored.revision(), 2);
     // Once read again, the write goes through.
     let mut again = stored;
-    again.metadata.insert("k".into(), "v".into());
+    again.metadata_mut().insert("k".into(), "v".into());
     store.replace(&mut again, Ownership::Take).await.unwrap();
-    assert_eq!(store.load(r.id).await.unwrap().unwrap().revision, 3);
+    assert_eq!(store.load(r.id()).await.unwrap().unwrap().revision(), 3);
 }
 
 async fn concurrent_writers_of_one_reservation_win_one_revision_each(store: &Store) {
     let mut r = reservation();
     store.create(&mut r, None).await.unwrap();
     let writers = (0..16).map(|i| {
-        let (store, id) = (store.clone(), r.id);
+        let (store, id) = (store.clone(), r.id());
         tokio::spawn(async move {
             let mut won = 0;
             for round in 0..10 {
                 let mut read = store.load(id).await.unwrap().unwrap();
-                read.metadata
+                read.metadata_mut()
                     .insert(format!("w{i}"), serde_json::json!(round));
                 match store.replace(&mut read, Ownership::Take).await {
                     Ok(()) => won += 1,
@@ -163,10 +164,10 @@ async fn concurrent_writers_of_one_reservation_win_one_revision_each(store: &Sto
         .into_iter()
         .map(Result::unwrap)
         .sum();
-    let stored = store.load(r.id).await.unwrap().unwrap();
+    let stored = store.load(r.id()).await.unwrap().unwrap();
     assert!(won >= 1);
     assert_eq!(
-        stored.revision,
+        stored.revision(),
         1 + won,
         "every winning write counted exactly once"
     );
@@ -175,27 +176,31 @@ async fn concurrent_writers_of_one_reservation_win_one_revision_each(store: &Sto
 async fn an_idempotency_key_maps_to_the_first_reservation_only(store: &Store) {
     let key = format!("order-{}", uuid::Uuid::new_v4());
     let mut first = reservation();
-    first.idempotency_key = Some(key.clone());
+    first.set_idempotency_key(key.clone());
     let entry = KeyEntry {
         key: &key,
         fingerprint: [7; 32],
     };
     assert_eq!(store.create(&mut first, Some(entry)).await.unwrap(), None);
     let mut second = reservation();
-    second.idempotency_key = Some(key.clone());
+    second.set_idempotency_key(key.clone());
     let taken = KeyEntry {
         key: &key,
         fingerprint: [8; 32],
     };
     assert_eq!(
         store.create(&mut second, Some(taken)).await.unwrap(),
-        Some((first.id, [7; 32]))
+        Some((first.id(), [7; 32]))
     );
-    assert_eq!(second.revision, 0);
-    assert_eq!(store.load(second.id).await.unwrap(), None, "nothing stored");
+    assert_eq!(second.revision(), 0);
+    assert_eq!(
+        store.load(second.id()).await.unwrap(),
+        None,
+        "nothing stored"
+    );
     assert_eq!(
         store.idempotency_key(&key).await.unwrap(),
-        Some((first.id, [7; 32]))
+        Some((first.id(), [7; 32]))
     );
 }
 
@@ -207,35 +212,38 @@ async fn listing_is_newest_first_filtered_and_paged(store: &Store) {
             r.apply(Event::Cancel, Utc::now()).unwrap();
         }
         store.create(&mut r, None).await.unwrap();
-        ids.push((r.id, r.state));
+        ids.push((r.id(), r.state()));
         tokio::time::sleep(Duration::from_millis(2)).await; // distinct UUIDv7 instants
     }
     let newest: Vec<_> = ids.iter().rev().map(|(id, _)| *id).collect();
     let (page, more) = store.newest_first(None, 3, None).await.unwrap();
-    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), newest[..3]);
+    assert_eq!(page.iter().map(|r| r.id()).collect::<Vec<_>>(), newest[..3]);
     assert!(more);
-    let (rest, more) = store.newest_first(Some(page[2].id), 3, None).await.unwrap();
-    assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), newest[3..]);
+    let (rest, more) = store
+        .newest_first(Some(page[2].id()), 3, None)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|r| r.id()).collect::<Vec<_>>(), newest[3..]);
     assert!(!more);
     let (cancelling, _) = store
         .newest_first(None, 10, Some(State::Cancelling))
         .await
         .unwrap();
     assert_eq!(cancelling.len(), 2);
-    assert!(cancelling.iter().all(|r| r.state == State::Cancelling));
+    assert!(cancelling.iter().all(|r| r.state() == State::Cancelling));
 }
 
 async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
     let key = format!("order-{}", uuid::Uuid::new_v4());
     let mut r = reservation();
-    r.idempotency_key = Some(key.clone());
+    r.set_idempotency_key(key.clone());
     let entry = KeyEntry {
         key: &key,
         fingerprint: [1; 32],
     };
     store.create(&mut r, Some(entry)).await.unwrap();
     store.remove(&r).await.unwrap();
-    assert_eq!(store.load(r.id).await.unwrap(), None);
+    assert_eq!(store.load(r.id()).await.unwrap(), None);
     assert_eq!(store.idempotency_key(&key).await.unwrap(), None);
     let mut stale = r.clone();
     assert!(matches!(
@@ -243,7 +251,7 @@ async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
-        store.load(r.id).await.unwrap(),
+        store.load(r.id()).await.unwrap(),
         None,
         "a removed record stays removed"
     );
@@ -260,7 +268,7 @@ async fn concurrent_creates_are_all_durable_and_readable(store: &Store) {
     });
     for r in futures_util::future::join_all(creates).await {
         let r = r.unwrap();
-        assert_eq!(store.load(r.id).await.unwrap(), Some(r));
+        assert_eq!(store.load(r.id()).await.unwrap(), Some(r));
     }
 }
 
@@ -304,8 +312,7 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
     first.create(&mut pending, None).await.unwrap();
     let mut finished = reservation();
     finished.apply(Event::Cancel, Utc::now()).unwrap();
-    finished.state = State::Cancelled;
-    finished.finished_at = Some(Utc::now());
+    finished.finish_phase(Utc::now());
     first.create(&mut finished, None).await.unwrap();
 
     assert!(
@@ -315,11 +322,11 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
     first.release().await; // as if its lease had lapsed
     let claimed = second.claim_orphans(100).await.unwrap();
     assert_eq!(
-        claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
-        vec![pending.id],
+        claimed.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        vec![pending.id()],
         "only unfinished work is claimed"
     );
-    assert_eq!(claimed[0].revision, 2, "a claim counts the revision up");
+    assert_eq!(claimed[0].revision(), 2, "a claim counts the revision up");
     assert!(
         second.claim_orphans(100).await.unwrap().is_empty(),
         "claimed once"
@@ -341,8 +348,7 @@ async fn retention_deletes_in_bounded_batches() {
     for _ in 0..25 {
         let mut r = reservation();
         r.apply(Event::Cancel, long_ago).unwrap();
-        r.state = State::Cancelled;
-        r.finished_at = Some(long_ago);
+        r.finish_phase(long_ago);
         store.create(&mut r, None).await.unwrap();
     }
     let mut kept = reservation();
@@ -352,7 +358,7 @@ async fn retention_deletes_in_bounded_batches() {
     assert_eq!(store.purge_due(now, 10).await.unwrap(), 10);
     assert_eq!(store.purge_due(now, 10).await.unwrap(), 5);
     assert_eq!(store.purge_due(now, 10).await.unwrap(), 0);
-    assert!(store.load(kept.id).await.unwrap().is_some());
+    assert!(store.load(kept.id()).await.unwrap().is_some());
     let counts = store.count_by_state().await.unwrap();
     assert_eq!(counts, vec![(State::Reserved, 1)]);
 }
@@ -404,19 +410,20 @@ async fn recording_an_outcome_keeps_the_owner_and_a_clients_change_takes_it() {
     first.create(&mut r, None).await.unwrap();
     assert!(first.owns(&r) && !second.owns(&r));
 
-    let mut read = second.load(r.id).await.unwrap().unwrap();
-    read.metadata.insert("outcome".into(), "recorded".into());
+    let mut read = second.load(r.id()).await.unwrap().unwrap();
+    read.metadata_mut()
+        .insert("outcome".into(), "recorded".into());
     second.replace(&mut read, Ownership::Keep).await.unwrap();
     assert!(
         !second.owns(&read),
         "an outcome recorded elsewhere leaves the owner"
     );
-    assert!(first.owns(&first.load(r.id).await.unwrap().unwrap()));
+    assert!(first.owns(&first.load(r.id()).await.unwrap().unwrap()));
 
     read.apply(Event::Cancel, Utc::now()).unwrap();
     second.replace(&mut read, Ownership::Take).await.unwrap();
     assert!(second.owns(&read));
-    assert!(!first.owns(&first.load(r.id).await.unwrap().unwrap()));
+    assert!(!first.owns(&first.load(r.id()).await.unwrap().unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

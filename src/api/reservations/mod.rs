@@ -28,11 +28,11 @@ use responses::{
 pub struct ReservationsApi;
 
 fn location(r: &Reservation) -> String {
-    format!("/reservations/{}", r.id)
+    format!("/reservations/{}", r.id())
 }
 
 fn transaction_location(r: &Reservation) -> String {
-    format!("/transactions/{}", r.id)
+    format!("/transactions/{}", r.id())
 }
 
 /// `Retry-After` in whole seconds while the coordinator is working.
@@ -62,11 +62,11 @@ async fn cancel(coordinator: &Coordinator, id: &str, prefer: Option<&str>) -> Ca
     let result = async {
         let id = parse_id(id)?;
         let r = coordinator.cancel(id).await?;
-        hold_answer(coordinator, r, prefer, |r| r.state.is_terminal()).await
+        hold_answer(coordinator, r, prefer, |r| r.state().is_terminal()).await
     }
     .await;
     match result {
-        Ok((r, Some(applied))) if r.state == State::Cancelled => {
+        Ok((r, Some(applied))) if r.state() == State::Cancelled => {
             CancelResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
         }
         Ok((r, _)) => {
@@ -107,7 +107,7 @@ async fn hold_answer(
     }
     let limit = std::time::Duration::from_secs(secs);
     let (reservation, done) = coordinator
-        .wait_until(reservation.id, settled, limit)
+        .wait_until(reservation.id(), settled, limit)
         .await?;
     Ok((reservation, done.then(|| format!("wait={secs}"))))
 }
@@ -163,16 +163,16 @@ impl ReservationsApi {
                 .map_err(|(field, message)| ApiError::Problem(Problem::invalid(field, message)))?;
             request.trace = super::trace_of(&traceparent);
             let r = coordinator.create(request, idempotency).await?;
-            let settled = |r: &Reservation| r.state == State::Reserved || r.state.is_terminal();
+            let settled = |r: &Reservation| r.state() == State::Reserved || r.state().is_terminal();
             hold_answer(&coordinator, r, prefer.0.as_deref(), settled).await
         }
         .await;
         match result {
-            Ok((r, Some(applied))) if r.state == State::Reserved => {
+            Ok((r, Some(applied))) if r.state() == State::Reserved => {
                 let v = view(&coordinator, &r);
                 CreateResponse::Settled(Json(v), location(&r), applied)
             }
-            Ok((r, Some(applied))) if r.state == State::Cancelled => {
+            Ok((r, Some(applied))) if r.state() == State::Cancelled => {
                 CreateResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
             }
             Ok((r, _)) => {
@@ -231,9 +231,9 @@ impl ReservationsApi {
                     Some(s) => format!(
                         "/reservations?state={}&limit={limit}&after={}",
                         State::from(s),
-                        last.id
+                        last.id()
                     ),
-                    None => format!("/reservations?limit={limit}&after={}", last.id),
+                    None => format!("/reservations?limit={limit}&after={}", last.id()),
                 }),
                 _ => None,
             };
@@ -258,7 +258,7 @@ impl ReservationsApi {
             Err(e) => Err(e),
         };
         match result {
-            Ok(r) => match r.state {
+            Ok(r) => match r.state() {
                 State::Confirmed => GetResponse::SeeOther(transaction_location(&r)),
                 State::Cancelled | State::Forgotten => GetResponse::Gone(Json(GoneProblem::of(&r))),
                 _ => {
@@ -306,19 +306,19 @@ impl ReservationsApi {
             let id = parse_id(&id)?;
             let r = coordinator.confirm(id).await?;
             hold_answer(&coordinator, r, prefer.0.as_deref(), |r| {
-                r.state.is_terminal()
+                r.state().is_terminal()
             })
             .await
         }
         .await;
         match result {
-            Ok((r, applied)) if r.state == State::Confirmed => {
+            Ok((r, applied)) if r.state() == State::Confirmed => {
                 ConfirmResponse::SeeOther(transaction_location(&r), applied)
             }
-            Ok((r, Some(applied))) if r.state == State::Cancelled => {
+            Ok((r, Some(applied))) if r.state() == State::Cancelled => {
                 ConfirmResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
             }
-            Ok((r, Some(applied))) if r.state == State::Conflict => {
+            Ok((r, Some(applied))) if r.state() == State::Conflict => {
                 ConfirmResponse::Settled(Json(view(&coordinator, &r)), applied)
             }
             Ok((r, _)) => {

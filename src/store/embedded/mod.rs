@@ -78,17 +78,17 @@ impl SledLog {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
 
-        let id = reservation.id.to_bytes();
-        reservation.revision = 1;
+        let id = reservation.id().to_bytes();
+        reservation.set_revision(1);
         let value = record::encode(reservation);
         let Some(key) = key else {
             if let Err(error) =
                 self.reservations
                     .compare_and_swap(id, None::<&[u8]>, Some(value))?
             {
-                reservation.revision = 0;
+                reservation.set_revision(0);
                 drop(error);
-                return Err(StoreError::Conflict(reservation.id));
+                return Err(StoreError::Conflict(reservation.id()));
             }
             return self.commit.wait_durable().await.map(|()| None);
         };
@@ -110,7 +110,7 @@ impl SledLog {
                 TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
             })?;
         if let Some(existing) = taken {
-            reservation.revision = 0;
+            reservation.set_revision(0);
             return decode_key_entry(key.key, &existing).map(Some);
         }
         self.commit.wait_durable().await?;
@@ -119,7 +119,7 @@ impl SledLog {
 
     /// Replaces the record if it still has `reservation.revision`; not flushed.
     pub(super) fn write(&self, reservation: &mut Reservation) -> Result<(), StoreError> {
-        let id = reservation.id;
+        let id = reservation.id();
         let key = id.to_bytes();
         let current = self.reservations.get(key)?;
         let stored = match &current {
@@ -129,10 +129,10 @@ impl SledLog {
             })?,
             None => return Err(StoreError::Conflict(id)),
         };
-        if stored != reservation.revision {
+        if stored != reservation.revision() {
             return Err(StoreError::Conflict(id));
         }
-        reservation.revision += 1;
+        reservation.set_revision(reservation.revision() + 1);
         let value = record::encode(reservation);
         match self
             .reservations
@@ -140,7 +140,7 @@ impl SledLog {
         {
             Ok(()) => Ok(()),
             Err(_) => {
-                reservation.revision -= 1;
+                reservation.set_revision(reservation.revision() - 1);
                 Err(StoreError::Conflict(id))
             }
         }
@@ -167,10 +167,10 @@ impl SledLog {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
 
-        let key = reservation.idempotency_key.as_deref();
+        let key = reservation.idempotency_key();
         (&self.reservations, &self.idempotency)
             .transaction(|(reservations, keys)| {
-                reservations.remove(&reservation.id.to_bytes())?;
+                reservations.remove(&reservation.id().to_bytes())?;
                 if let Some(key) = key {
                     keys.remove(key.as_bytes())?;
                 }
@@ -215,7 +215,7 @@ impl SledLog {
         for entry in entries.rev() {
             let (key, value) = entry?;
             let reservation = record::decode(id_of(&key)?, &value)?;
-            if state.is_none_or(|s| reservation.state == s) {
+            if state.is_none_or(|s| reservation.state() == s) {
                 if page.len() == limit {
                     return Ok((page, true));
                 }

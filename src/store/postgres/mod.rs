@@ -193,9 +193,9 @@ impl PgLog {
         reservation: &mut Reservation,
         key: Option<&KeyEntry<'_>>,
     ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
-        reservation.revision = 1;
+        reservation.set_revision(1);
         let row = Row::of(reservation, &self.options.retention);
-        let (id, owner) = (*reservation.id.as_uuid(), self.instance);
+        let (id, owner) = (*reservation.id().as_uuid(), self.instance);
         let (key_text, fingerprint) = (key.map(|k| k.key), key.map(|k| k.fingerprint.to_vec()));
         let (row, key_text, fingerprint) = (&row, &key_text, &fingerprint);
         let inserted = self
@@ -220,19 +220,19 @@ impl PgLog {
             .await;
         match inserted {
             Ok(1) => {
-                reservation.owner = Some(self.instance);
+                reservation.set_owner(Some(self.instance));
                 Ok(None)
             }
             Ok(_) => {
-                reservation.revision = 0;
+                reservation.set_revision(0);
                 let key = key.map_or("", |k| k.key);
                 self.idempotency_key(key)
                     .await?
                     .map(Some)
-                    .ok_or(StoreError::Conflict(reservation.id))
+                    .ok_or(StoreError::Conflict(reservation.id()))
             }
             Err(e) => {
-                reservation.revision = 0;
+                reservation.set_revision(0);
                 Err(e)
             }
         }
@@ -243,10 +243,10 @@ impl PgLog {
         reservation: &mut Reservation,
         ownership: Ownership,
     ) -> Result<(), StoreError> {
-        let expected = version(reservation.revision)?;
-        reservation.revision += 1;
+        let expected = version(reservation.revision())?;
+        reservation.set_revision(reservation.revision() + 1);
         let row = Row::of(reservation, &self.options.retention);
-        let (id, owner, row) = (*reservation.id.as_uuid(), self.instance, &row);
+        let (id, owner, row) = (*reservation.id().as_uuid(), self.instance, &row);
         let take = ownership == Ownership::Take;
         let updated = self
             .run(move |c| async move {
@@ -270,22 +270,22 @@ impl PgLog {
             .await;
         match updated {
             Ok(Some(written)) => {
-                reservation.owner = written.get(0);
+                reservation.set_owner(written.get(0));
                 Ok(())
             }
             Ok(None) => {
-                reservation.revision -= 1;
-                Err(StoreError::Conflict(reservation.id))
+                reservation.set_revision(reservation.revision() - 1);
+                Err(StoreError::Conflict(reservation.id()))
             }
             Err(e) => {
-                reservation.revision -= 1;
+                reservation.set_revision(reservation.revision() - 1);
                 Err(e)
             }
         }
     }
 
     pub(super) fn owns(&self, reservation: &Reservation) -> bool {
-        reservation.owner == Some(self.instance)
+        reservation.owner() == Some(self.instance)
     }
 
     pub(super) async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
@@ -472,9 +472,9 @@ struct Row {
 impl Row {
     fn of(r: &Reservation, retention: &Retention) -> Self {
         Self {
-            version: i64::try_from(r.revision).unwrap_or(i64::MAX),
-            state: r.state.as_str(),
-            active: !r.state.is_terminal() || r.callback_due(),
+            version: i64::try_from(r.revision()).unwrap_or(i64::MAX),
+            state: r.state().as_str(),
+            active: !r.state().is_terminal() || r.callback_due(),
             purge_at: r.purge_at(retention.retention, retention.transaction_retention),
             record: record::encode(r),
         }
@@ -493,7 +493,7 @@ fn decode(row: &tokio_postgres::Row) -> Result<Reservation, StoreError> {
     let id: Uuid = row.get(0);
     let version: i64 = row.get(1);
     let mut reservation = record::decode(ReservationId::from_bytes(id.into_bytes()), row.get(2))?;
-    reservation.revision = u64::try_from(version).unwrap_or(0);
-    reservation.owner = row.get(3);
+    reservation.set_revision(u64::try_from(version).unwrap_or(0));
+    reservation.set_owner(row.get(3));
     Ok(reservation)
 }
