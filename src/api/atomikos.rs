@@ -169,11 +169,11 @@ fn conflict_report(r: &Reservation) -> ConflictReport {
             .participants()
             .iter()
             .filter_map(|p| {
-                p.link.as_ref().map(|l| LinkReport {
+                p.link().map(|l| LinkReport {
                     uri: l.uri.to_string(),
                     expires: l.expires,
-                    state: p.state.into(),
-                    last_error: p.last_error.clone(),
+                    state: p.state().into(),
+                    last_error: p.last_error().map(str::to_owned),
                 })
             })
             .collect(),

@@ -132,14 +132,14 @@ pub struct ParticipantView {
 impl From<&Participant> for ParticipantView {
     fn from(p: &Participant) -> Self {
         Self {
-            name: p.name.clone(),
-            uri: p.link.as_ref().map(|l| l.uri.to_string()),
-            expires: p.link.as_ref().map(|l| l.expires),
-            try_url: p.try_request.as_ref().map(|t| t.url.to_string()),
-            state: p.state.into(),
-            attempts: p.attempts,
-            last_error: p.last_error.clone(),
-            next_attempt_at: p.next_attempt_at,
+            name: p.name().to_owned(),
+            uri: p.link().map(|l| l.uri.to_string()),
+            expires: p.link().map(|l| l.expires),
+            try_url: p.try_request().map(|t| t.url.to_string()),
+            state: p.state().into(),
+            attempts: p.attempts(),
+            last_error: p.last_error().map(str::to_owned),
+            next_attempt_at: p.next_attempt_at(),
         }
     }
 }
@@ -298,13 +298,13 @@ impl TransactionView {
                 .participants()
                 .iter()
                 .map(|p| TransactionParticipantView {
-                    name: p.name.clone(),
+                    name: p.name().to_owned(),
                     uri: p
-                        .link
+                        .link()
                         .as_ref()
                         .map(|l| l.uri.to_string())
                         .unwrap_or_default(),
-                    confirmed_at: p.settled_at,
+                    confirmed_at: p.settled_at(),
                 })
                 .collect(),
             metadata: r.metadata().clone().into_iter().collect(),
@@ -406,8 +406,10 @@ impl From<&Reservation> for HistoryView {
                     } => {
                         v.kind = "called".into();
                         v.participant = Some(*participant as u64);
-                        v.participant_name =
-                            r.participants().get(*participant).map(|p| p.name.clone());
+                        v.participant_name = r
+                            .participants()
+                            .get(*participant)
+                            .map(|p| p.name().to_owned());
                         v.verb = Some(verb.as_str().to_owned());
                         v.result = Some(result.clone());
                         v.took_ms = Some(*took_ms);

@@ -19,8 +19,8 @@ impl Coordinator {
         let targets = r
             .unsettled()
             .filter_map(|(i, p)| {
-                let link = p.link.as_ref()?;
-                Some((i, p.name.clone(), Call::Confirm(link.uri.clone())))
+                let link = p.link()?;
+                Some((i, p.name().to_owned(), Call::Confirm(link.uri.clone())))
             })
             .collect();
         self.fan_out(r.id(), r.trace(), targets).await
@@ -31,8 +31,8 @@ impl Coordinator {
         // with the same Idempotency-Key to learn its link, so it can be cancelled.
         let unanswered: Vec<_> = r
             .unsettled()
-            .filter(|(_, p)| p.state == ParticipantState::Trying)
-            .filter_map(|(i, p)| p.try_request.clone().map(|t| (i, t)))
+            .filter(|(_, p)| p.state() == ParticipantState::Trying)
+            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)))
             .collect();
         let reloaded;
         let r = if unanswered.is_empty() {
@@ -50,7 +50,11 @@ impl Coordinator {
         };
         let targets = r
             .unsettled()
-            .filter_map(|(i, p)| p.link.clone().map(|l| (i, p.name.clone(), Call::Cancel(l))))
+            .filter_map(|(i, p)| {
+                p.link()
+                    .cloned()
+                    .map(|l| (i, p.name().to_owned(), Call::Cancel(l)))
+            })
             .collect();
         self.fan_out(r.id(), r.trace(), targets).await
     }

@@ -248,8 +248,8 @@ async fn the_try_phase_retries_with_the_same_key_and_the_last_answer_makes_it_re
     let r = h.until(created.id(), |r| r.state() != State::Trying).await;
 
     assert_eq!(r.state(), State::Reserved);
-    assert_eq!(r.participants()[0].state, ParticipantState::Reserved);
-    assert_eq!(r.participants()[0].link.as_ref().unwrap().uri, link(7).uri);
+    assert_eq!(r.participants()[0].state(), ParticipantState::Reserved);
+    assert_eq!(r.participants()[0].link().unwrap().uri, link(7).uri);
     let key = format!("{}/0", created.id());
     assert_eq!(h.participants.calls(CallVerb::Try), [key.clone(), key]);
     assert_eq!(

@@ -25,8 +25,8 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let tries = r
             .unsettled()
-            .filter(|(_, p)| p.state == ParticipantState::Trying)
-            .filter_map(|(i, p)| p.try_request.clone().map(|t| (i, t)));
+            .filter(|(_, p)| p.state() == ParticipantState::Trying)
+            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)));
         let results = join_all(tries.map(|(i, t)| self.try_one(r, i, t, wake))).await;
         results.into_iter().collect::<Result<(), _>>()?;
         let (after, ()) = self
@@ -68,7 +68,7 @@ impl Coordinator {
                     return self
                         .record(r.id(), index, |r, i, now| {
                             let p = &mut r.participant_mut(i);
-                            if p.state == ParticipantState::Trying {
+                            if p.state() == ParticipantState::Trying {
                                 p.record_link(now, link.clone());
                                 r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
                                 r.refresh_deadline(margin);
@@ -81,7 +81,7 @@ impl Coordinator {
                         .await;
                 }
                 TryOutcome::Refused(error) => {
-                    tracing::warn!(reservation_id = %r.id(), participant = %r.participants()[index].name,
+                    tracing::warn!(reservation_id = %r.id(), participant = %r.participants()[index].name(),
                         %error, "try refused: cancelling the reservation");
                     return self
                         .record(r.id(), index, |r, i, now| {
@@ -103,7 +103,7 @@ impl Coordinator {
                     let now = self.now();
                     let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let give_up = next >= r.expires_at();
-                    tracing::debug!(reservation_id = %r.id(), participant = %r.participants()[index].name,
+                    tracing::debug!(reservation_id = %r.id(), participant = %r.participants()[index].name(),
                         error = %hint.error, ?delay, "try failed; retrying");
                     self.record(r.id(), index, |r, i, now| {
                         r.participant_mut(i).record_attempt(
@@ -177,7 +177,7 @@ impl Coordinator {
             let done = settled.is_some();
             self.record(r.id(), index, |r, i, now| {
                 let p = &mut r.participant_mut(i);
-                if p.state == ParticipantState::Trying {
+                if p.state() == ParticipantState::Trying {
                     let result = error.clone().unwrap_or_else(|| "reserved".into());
                     match &link {
                         Some(link) => p.record_link(now, link.clone()),
@@ -193,7 +193,7 @@ impl Coordinator {
         }
         self.record(r.id(), index, |r, i, now| {
             let p = &mut r.participant_mut(i);
-            if p.state == ParticipantState::Trying {
+            if p.state() == ParticipantState::Trying {
                 let error = format!("{last_error}; whatever it holds expires on its own");
                 p.record_attempt(now, Some(ParticipantEvent::Abandoned), Some(error), None);
             }

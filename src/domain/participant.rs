@@ -106,20 +106,95 @@ impl ParticipantState {
 /// One participant of a reservation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Participant {
+    pub(super) name: String,
+    pub(super) try_request: Option<TryRequest>,
+    pub(super) link: Option<ParticipantLink>,
+    pub(super) state: ParticipantState,
+    /// Calls made in the current phase (try, confirm or cancel).
+    pub(super) attempts: u32,
+    pub(super) last_error: Option<String>,
+    /// When the next retry is due, while one is scheduled.
+    pub(super) next_attempt_at: Option<DateTime<Utc>>,
+    /// When the participant reached its current settled state.
+    pub(super) settled_at: Option<DateTime<Utc>>,
+}
+
+/// What a participant is made of, as a log stores it: every field, for
+/// [`Participant::restore`].
+#[derive(Debug)]
+pub struct StoredParticipant {
     pub name: String,
     pub try_request: Option<TryRequest>,
     pub link: Option<ParticipantLink>,
     pub state: ParticipantState,
-    /// Calls made in the current phase (try, confirm or cancel).
     pub attempts: u32,
     pub last_error: Option<String>,
-    /// When the next retry is due, while one is scheduled.
     pub next_attempt_at: Option<DateTime<Utc>>,
-    /// When the participant reached its current settled state.
     pub settled_at: Option<DateTime<Utc>>,
 }
 
 impl Participant {
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The try the coordinator makes, for a participant that joined as one.
+    #[must_use]
+    pub fn try_request(&self) -> Option<&TryRequest> {
+        self.try_request.as_ref()
+    }
+
+    /// The link: always there once reserved.
+    #[must_use]
+    pub fn link(&self) -> Option<&ParticipantLink> {
+        self.link.as_ref()
+    }
+
+    #[must_use]
+    pub fn state(&self) -> ParticipantState {
+        self.state
+    }
+
+    /// Calls made in the current phase (try, confirm or cancel).
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    #[must_use]
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// When the next retry is due, while one is scheduled.
+    #[must_use]
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.next_attempt_at
+    }
+
+    /// When the participant reached its current settled state.
+    #[must_use]
+    pub fn settled_at(&self) -> Option<DateTime<Utc>> {
+        self.settled_at
+    }
+
+    /// A participant as a log stored it (the reservation checks it: see
+    /// `Reservation::restore`).
+    #[must_use]
+    pub fn restore(stored: StoredParticipant) -> Self {
+        Self {
+            name: stored.name,
+            try_request: stored.try_request,
+            link: stored.link,
+            state: stored.state,
+            attempts: stored.attempts,
+            last_error: stored.last_error,
+            next_attempt_at: stored.next_attempt_at,
+            settled_at: stored.settled_at,
+        }
+    }
+
     pub(super) fn from_new(new: NewParticipant) -> Self {
         let (try_request, link, state) = match new.source {
             ParticipantSource::Link(link) => (None, Some(link), ParticipantState::Reserved),

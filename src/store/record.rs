@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::domain::{
     CallVerb, Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
-    ParticipantUrl, Reason, Reservation, ReservationId, State, StoredReservation, TraceContext,
-    TryRequest,
+    ParticipantUrl, Reason, Reservation, ReservationId, State, StoredParticipant,
+    StoredReservation, TraceContext, TryRequest,
 };
 
 /// `[1]` then the JSON of a [`ReservationV1`].
@@ -238,21 +238,21 @@ pub(super) fn revision_of(bytes: &[u8]) -> Option<u64> {
 
 fn encode_participant(p: &Participant) -> ParticipantV1 {
     ParticipantV1 {
-        name: p.name.clone(),
-        try_request: p.try_request.as_ref().map(|t| TryV1 {
+        name: p.name().to_owned(),
+        try_request: p.try_request().map(|t| TryV1 {
             url: t.url.to_string(),
             body: t.body.clone(),
             headers: t.headers.clone(),
         }),
-        link: p.link.as_ref().map(|l| LinkV1 {
+        link: p.link().map(|l| LinkV1 {
             uri: l.uri.to_string(),
             expires: l.expires.timestamp_millis(),
         }),
-        state: p.state.as_str().to_owned(),
-        attempts: p.attempts,
-        last_error: p.last_error.clone(),
-        next_attempt_at: p.next_attempt_at.map(|t| t.timestamp_millis()),
-        settled_at: p.settled_at.map(|t| t.timestamp_millis()),
+        state: p.state().as_str().to_owned(),
+        attempts: p.attempts(),
+        last_error: p.last_error().map(str::to_owned),
+        next_attempt_at: p.next_attempt_at().map(|t| t.timestamp_millis()),
+        settled_at: p.settled_at().map(|t| t.timestamp_millis()),
     }
 }
 
@@ -283,7 +283,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         .participants
         .into_iter()
         .map(|p| {
-            Ok(Participant {
+            Ok(Participant::restore(StoredParticipant {
                 name: p.name,
                 try_request: p
                     .try_request
@@ -312,7 +312,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                 last_error: p.last_error,
                 next_attempt_at: opt_time(p.next_attempt_at)?,
                 settled_at: opt_time(p.settled_at)?,
-            })
+            }))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Reservation::restore(StoredReservation {
@@ -455,7 +455,7 @@ mod tests {
         let states: Vec<_> = r
             .participants()
             .iter()
-            .map(|p| (p.name.as_str(), p.state))
+            .map(|p| (p.name(), p.state()))
             .collect();
         assert_eq!(
             states,
@@ -464,9 +464,9 @@ mod tests {
                 ("payments", ParticipantState::Abandoned)
             ]
         );
-        let link = r.participants()[0].link.as_ref().unwrap();
+        let link = r.participants()[0].link().unwrap();
         assert_eq!(link.uri.as_str(), "http://stock/holds/1");
-        let tried = r.participants()[1].try_request.as_ref().unwrap();
+        let tried = r.participants()[1].try_request().unwrap();
         assert_eq!(tried.url.as_str(), "https://pay/holds");
         assert_eq!(
             tried.headers,
