@@ -21,5 +21,5 @@ pub use participant::{
     ParticipantState, StoredParticipant, TryRequest,
 };
 pub use reservation::{deadline_for, Callback, Reservation, StoredReservation};
-pub use state::{transition, Event, Reason, Refusal, State};
+pub use state::{transition, Event, Reason, Refusal, State, Status};
 pub use trace::TraceContext;

@@ -2,6 +2,63 @@
 
 use std::fmt;
 
+/// Where a reservation stands, with what its state carries: the reason is part of the
+/// cancelling and cancelled states, and of no other, so no reservation can hold one without
+/// the other. [`State`] names the state alone (for labels, columns and the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Trying,
+    Reserved,
+    Confirming,
+    Confirmed,
+    Cancelling(Reason),
+    Cancelled(Reason),
+    Conflict,
+    Forgotten,
+}
+
+impl Status {
+    #[must_use]
+    pub fn state(self) -> State {
+        match self {
+            Status::Trying => State::Trying,
+            Status::Reserved => State::Reserved,
+            Status::Confirming => State::Confirming,
+            Status::Confirmed => State::Confirmed,
+            Status::Cancelling(_) => State::Cancelling,
+            Status::Cancelled(_) => State::Cancelled,
+            Status::Conflict => State::Conflict,
+            Status::Forgotten => State::Forgotten,
+        }
+    }
+
+    /// Why it is cancelling or cancelled; `None` in any other state.
+    #[must_use]
+    pub fn reason(self) -> Option<Reason> {
+        match self {
+            Status::Cancelling(reason) | Status::Cancelled(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The status of `state` with `reason`, or `None` when the two do not go together (a
+    /// reason outside cancelling and cancelled, or none inside).
+    #[must_use]
+    pub fn of(state: State, reason: Option<Reason>) -> Option<Self> {
+        Some(match (state, reason) {
+            (State::Cancelling, Some(reason)) => Status::Cancelling(reason),
+            (State::Cancelled, Some(reason)) => Status::Cancelled(reason),
+            (State::Cancelling | State::Cancelled, None) | (_, Some(_)) => return None,
+            (State::Trying, None) => Status::Trying,
+            (State::Reserved, None) => Status::Reserved,
+            (State::Confirming, None) => Status::Confirming,
+            (State::Confirmed, None) => Status::Confirmed,
+            (State::Conflict, None) => Status::Conflict,
+            (State::Forgotten, None) => Status::Forgotten,
+        })
+    }
+}
+
 /// Where a reservation stands. `Confirmed`, `Cancelled` and `Conflict` are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -262,6 +319,25 @@ pub fn transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_goes_with_exactly_the_cancelling_and_cancelled_states() {
+        let reasons = Reason::ALL.map(Some);
+        for state in State::ALL {
+            for reason in reasons.iter().copied().chain([None]) {
+                let cancelled = matches!(state, State::Cancelling | State::Cancelled);
+                let status = Status::of(state, reason);
+                assert_eq!(
+                    status.is_some(),
+                    cancelled == reason.is_some(),
+                    "{state} {reason:?}"
+                );
+                if let Some(status) = status {
+                    assert_eq!((status.state(), status.reason()), (state, reason));
+                }
+            }
+        }
+    }
 
     use Event as E;
     use State as S;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::history::{Happening, HistoryEntry};
 use super::participant::{NewParticipant, Participant, ParticipantSource, ParticipantState};
-use super::{transition, Event, ParticipantUrl, Reason, Refusal, State};
+use super::{transition, Event, ParticipantUrl, Reason, Refusal, State, Status};
 use crate::domain::ReservationId;
 
 /// The reservation's deadline: the earlier of `timeout_at` and the earliest link expiry minus
@@ -29,8 +29,8 @@ pub fn deadline_for<'a>(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
     pub(super) id: ReservationId,
-    pub(super) state: State,
-    pub(super) reason: Option<Reason>,
+    /// The state, with its reason when cancelling or cancelled.
+    pub(super) status: Status,
     pub(super) created_at: DateTime<Utc>,
     /// `created_at + timeout_ms`.
     pub(super) timeout_at: DateTime<Utc>,
@@ -97,8 +97,7 @@ impl Reservation {
         let timeout_at = now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
         let mut reservation = Self {
             id,
-            state: State::Reserved,
-            reason: None,
+            status: Status::Reserved,
             created_at: now,
             timeout_at,
             expires_at: timeout_at,
@@ -118,13 +117,13 @@ impl Reservation {
             reservation.add_participant(p);
         }
         if reservation.has_pending_tries() {
-            reservation.state = State::Trying;
+            reservation.status = Status::Trying;
         }
         reservation.refresh_deadline(margin);
         reservation.note(
             now,
             Happening::Created {
-                state: reservation.state,
+                state: reservation.status.state(),
             },
         );
         reservation
@@ -134,8 +133,8 @@ impl Reservation {
     /// has not been acknowledged yet.
     #[must_use]
     pub fn callback_due(&self) -> bool {
-        self.state.is_terminal()
-            && self.state != State::Forgotten
+        self.status.state().is_terminal()
+            && self.status.state() != State::Forgotten
             && self
                 .callback
                 .as_ref()
@@ -151,13 +150,12 @@ impl Reservation {
             ParticipantSource::Link(_) => Event::JoinLink,
             ParticipantSource::Try(_) => Event::JoinTry,
         };
-        let next = transition(self.state, self.reason, event)?;
+        let next = transition(self.status.state(), self.status.reason(), event)?;
         if !self.add_participant(participant) {
             return Ok(false);
         }
         if let Some((state, reason)) = next {
-            self.state = state;
-            self.reason = reason;
+            self.status = status_of(state, reason);
         }
         self.refresh_deadline(margin);
         Ok(true)
@@ -197,7 +195,7 @@ impl Reservation {
     /// `expired`, or `too_close_to_expiry` when a link's expiry set the deadline). Returns
     /// whether it did.
     pub fn expire_if_due(&mut self, now: DateTime<Utc>) -> bool {
-        matches!(self.state, State::Trying | State::Reserved)
+        matches!(self.status.state(), State::Trying | State::Reserved)
             && self.is_past_deadline(now)
             && self.apply(self.deadline_event(), now) == Ok(true)
     }
@@ -206,7 +204,7 @@ impl Reservation {
     /// link's expiry set the deadline (and the reservation is reserved), `Expire` otherwise.
     #[must_use]
     pub fn deadline_event(&self) -> Event {
-        if self.expires_at < self.timeout_at && self.state == State::Reserved {
+        if self.expires_at < self.timeout_at && self.status.state() == State::Reserved {
             Event::TooCloseToExpiry
         } else {
             Event::Expire
@@ -222,7 +220,7 @@ impl Reservation {
         retention: Duration,
         transaction_retention: Duration,
     ) -> Option<DateTime<Utc>> {
-        let keep = match self.state {
+        let keep = match self.status.state() {
             State::Confirmed => retention.max(transaction_retention),
             State::Cancelled | State::Forgotten => retention,
             _ => return None,
@@ -234,7 +232,7 @@ impl Reservation {
     /// The reservation ended more than `retention` ago: it answers 410 whatever its state.
     #[must_use]
     pub fn is_past_retention(&self, now: DateTime<Utc>, retention: Duration) -> bool {
-        self.state != State::Conflict
+        self.status.state() != State::Conflict
             && self.finished_at.is_some_and(|finished| {
                 finished + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
                     <= now
@@ -246,7 +244,8 @@ impl Reservation {
     /// # Errors
     /// [`Refusal`] from [`transition`]; the reservation is left as it was.
     pub fn apply(&mut self, event: Event, now: DateTime<Utc>) -> Result<bool, Refusal> {
-        let Some((state, reason)) = transition(self.state, self.reason, event)? else {
+        let Some((state, reason)) = transition(self.status.state(), self.status.reason(), event)?
+        else {
             return Ok(false);
         };
         if matches!(state, State::Confirming | State::Cancelling) {
@@ -259,9 +258,8 @@ impl Reservation {
             self.finished_at = Some(now);
             self.decided_at.get_or_insert(now);
         }
-        let from = self.state;
-        self.state = state;
-        self.reason = reason;
+        let from = self.status.state();
+        self.status = status_of(state, reason);
         self.note(
             now,
             Happening::Changed {
@@ -280,7 +278,7 @@ impl Reservation {
         if self.unsettled().next().is_some() {
             return false;
         }
-        let event = match self.state {
+        let event = match self.status.state() {
             State::Confirming => {
                 let all = |s| self.participants.iter().all(|p| p.state == s);
                 if all(ParticipantState::Confirmed) {
@@ -323,7 +321,7 @@ impl Reservation {
     /// When the work under way is expected to settle, while the coordinator is working.
     #[must_use]
     pub fn eta(&self, now: DateTime<Utc>, call_timeout: Duration) -> Option<DateTime<Utc>> {
-        if !self.state.is_in_progress() {
+        if !self.status.state().is_in_progress() {
             return None;
         }
         let call = now + chrono::Duration::from_std(call_timeout).unwrap_or_default();
@@ -332,7 +330,7 @@ impl Reservation {
             .filter_map(|(_, p)| p.next_attempt_at)
             .map(|at| at + chrono::Duration::from_std(call_timeout).unwrap_or_default())
             .fold(call, DateTime::max);
-        Some(if self.state == State::Trying {
+        Some(if self.status.state() == State::Trying {
             eta.min(self.expires_at.max(now))
         } else {
             eta
@@ -344,7 +342,7 @@ impl Reservation {
     /// otherwise.
     #[must_use]
     pub fn poll_after(&self, now: DateTime<Utc>) -> Option<Duration> {
-        if !self.state.is_in_progress() {
+        if !self.status.state().is_in_progress() {
             return None;
         }
         let until_last_retry = self
@@ -361,8 +359,12 @@ impl Reservation {
     pub fn activity(&self, now: DateTime<Utc>) -> String {
         use ParticipantState as P;
         let n = self.participants.len();
-        let reason = self.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-        let mut line = match self.state {
+        let reason = self
+            .status
+            .reason()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let mut line = match self.status.state() {
             State::Trying => format!(
                 "trying: {} of {} reserved",
                 n - self.count(P::Trying),
@@ -397,7 +399,7 @@ impl Reservation {
             ),
             State::Forgotten => "forgotten: an operator resolved the conflict by hand".to_owned(),
         };
-        if self.state.is_in_progress() {
+        if self.status.state().is_in_progress() {
             for (_, p) in self.unsettled() {
                 if let (Some(error), Some(at)) = (&p.last_error, p.next_attempt_at) {
                     let wait = (at - now).num_milliseconds().max(0);
@@ -458,12 +460,18 @@ impl Reservation {
 
     #[must_use]
     pub fn state(&self) -> State {
-        self.state
+        self.status.state()
     }
 
     #[must_use]
     pub fn reason(&self) -> Option<Reason> {
-        self.reason
+        self.status.reason()
+    }
+
+    /// The state with its reason, as one value.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        self.status
     }
 
     #[must_use]
@@ -590,14 +598,14 @@ impl Reservation {
     /// in the cancelling and cancelled states (also `participants_expired`, `too_close…`),
     /// a link for every reserved participant.
     pub fn restore(stored: StoredReservation) -> Result<Self, String> {
-        let cancelled = matches!(stored.state, State::Cancelling | State::Cancelled);
-        if cancelled != stored.reason.is_some() {
+        let Some(status) = Status::of(stored.state, stored.reason) else {
+            let cancelled = matches!(stored.state, State::Cancelling | State::Cancelled);
             return Err(format!(
                 "a {} reservation {} a reason",
                 stored.state,
                 if cancelled { "without" } else { "with" }
             ));
-        }
+        };
         if let Some(p) = stored
             .participants
             .iter()
@@ -607,8 +615,7 @@ impl Reservation {
         }
         Ok(Self {
             id: stored.id,
-            state: stored.state,
-            reason: stored.reason,
+            status,
             created_at: stored.created_at,
             timeout_at: stored.timeout_at,
             expires_at: stored.expires_at,
@@ -625,4 +632,11 @@ impl Reservation {
             owner: stored.owner,
         })
     }
+}
+
+/// The status a transition leads to: the table pairs a reason with exactly the cancelling
+/// and cancelled states (`domain::state`'s tests hold it to that).
+fn status_of(state: State, reason: Option<Reason>) -> Status {
+    Status::of(state, reason)
+        .expect("the transition table pairs a reason with exactly the cancelling states")
 }

@@ -45,7 +45,7 @@ fn reservation(participants: Vec<NewParticipant>) -> Reservation {
 fn the_deadline_is_the_timeout_when_links_live_longer() {
     let r = reservation(vec![link("http://a/1", at(600))]);
     assert_eq!(r.expires_at, at(30));
-    assert_eq!(r.state, State::Reserved);
+    assert_eq!(r.state(), State::Reserved);
 }
 
 #[test]
@@ -76,12 +76,12 @@ fn the_same_link_twice_is_one_participant() {
 #[test]
 fn a_try_makes_the_reservation_trying_and_a_joined_try_takes_it_back_there() {
     let r = reservation(vec![link("http://a/1", at(60)), try_("http://b/holds")]);
-    assert_eq!(r.state, State::Trying);
+    assert_eq!(r.state(), State::Trying);
 
     let mut r2 = reservation(vec![]);
-    assert_eq!(r2.state, State::Reserved);
+    assert_eq!(r2.state(), State::Reserved);
     r2.join(try_("http://b/holds"), MARGIN).unwrap();
-    assert_eq!(r2.state, State::Trying);
+    assert_eq!(r2.state(), State::Trying);
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn a_finished_reservation_is_kept_for_its_retention_and_a_conflict_until_forgott
     assert!(r.is_past_retention(at(2 + 3600), hour));
 
     let mut conflict = r.clone();
-    conflict.state = State::Conflict;
+    conflict.status = Status::Conflict;
     assert_eq!(conflict.purge_at(hour, hour), None);
     assert!(!conflict.is_past_retention(at(1_000_000), hour));
 }
@@ -120,7 +120,7 @@ fn only_an_undecided_reservation_past_its_deadline_expires() {
     assert!(!r.expire_if_due(at(29)));
     assert!(r.expire_if_due(at(30)));
     assert_eq!(
-        (r.state, r.reason),
+        (r.state(), r.reason()),
         (State::Cancelling, Some(Reason::Expired))
     );
     assert!(!r.expire_if_due(at(31)), "once decided, nothing more");
@@ -128,7 +128,7 @@ fn only_an_undecided_reservation_past_its_deadline_expires() {
     let mut confirming = reservation(vec![link("http://a/1", at(600))]);
     confirming.apply(Event::Confirm, at(1)).unwrap();
     assert!(!confirming.expire_if_due(at(100)));
-    assert_eq!(confirming.state, State::Confirming);
+    assert_eq!(confirming.state(), State::Confirming);
 }
 
 #[test]
@@ -142,14 +142,14 @@ fn a_phase_finishes_only_once_every_participant_is_settled() {
     assert!(!r.finish_phase(at(2)));
     r.participants[1].apply(ParticipantEvent::Gone, at(3));
     assert!(r.finish_phase(at(3)));
-    assert_eq!(r.state, State::Conflict);
+    assert_eq!(r.state(), State::Conflict);
 
     let mut gone = reservation(vec![link("http://a/1", at(600))]);
     gone.apply(Event::Confirm, at(1)).unwrap();
     gone.participants[0].apply(ParticipantEvent::Gone, at(2));
     assert!(gone.finish_phase(at(2)));
     assert_eq!(
-        (gone.state, gone.reason),
+        (gone.state(), gone.reason()),
         (State::Cancelled, Some(Reason::ParticipantsExpired))
     );
 }
@@ -212,27 +212,27 @@ mod properties {
                 if result.is_err() {
                     prop_assert_eq!(&r, &before, "a refused event changes nothing");
                 }
-                if before.state.is_terminal() && r.state != before.state {
+                if before.state().is_terminal() && r.state() != before.state() {
                     prop_assert!(
-                        before.state == State::Conflict && r.state == State::Forgotten,
-                        "{} left for {}", before.state, r.state
+                        before.state() == State::Conflict && r.state() == State::Forgotten,
+                        "{} left for {}", before.state(), r.state()
                     );
                 }
-                confirmed_once |= r.state == State::Confirming;
-                cancelled_once |= r.state == State::Cancelling;
+                confirmed_once |= r.state() == State::Confirming;
+                cancelled_once |= r.state() == State::Cancelling;
                 prop_assert!(
                     !(confirmed_once && cancelled_once),
                     "both confirming and cancelling were decided"
                 );
                 prop_assert_eq!(
-                    r.reason.is_some(),
-                    matches!(r.state, State::Cancelling | State::Cancelled),
+                    r.reason().is_some(),
+                    matches!(r.state(), State::Cancelling | State::Cancelled),
                     "a reason exactly while cancelling or cancelled: {:?}", r
                 );
-                prop_assert_eq!(r.finished_at.is_some(), r.state.is_terminal());
+                prop_assert_eq!(r.finished_at.is_some(), r.state().is_terminal());
                 prop_assert_eq!(
                     r.decided_at.is_some(),
-                    !matches!(r.state, State::Trying | State::Reserved)
+                    !matches!(r.state(), State::Trying | State::Reserved)
                 );
             }
         }
