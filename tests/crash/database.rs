@@ -311,3 +311,53 @@ async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
     wait_for(&http, &joiner.base, &id, |s, _| s == 303).await;
     no_link_got_both(&[&p]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn after_an_outage_an_instance_resumes_a_decision_it_owns_that_nobody_drives() {
+    let database = tcc_coordinator::required_scratch_database().await;
+    let (link, url) = behind_a_link(&database).await;
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let http = client();
+    let p = Participant::start().await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+
+    // A confirm this instance committed but whose answer was lost with the connection: in the
+    // table (owned by this instance), unknown to any of its drivers.
+    let (db, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row: uuid::Uuid = id.parse().unwrap();
+    let decided = db
+        .execute(
+            "UPDATE tcc_reservations SET state = 'confirming', version = version + 1, \
+             record = overlay(record PLACING convert_to('{\"state\":\"confirming\"', 'UTF8') \
+             FROM 10 FOR 19) WHERE id = $1 AND state = 'reserved'",
+            &[&row],
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided, 1);
+
+    // The database goes away and comes back: the instance resumes the work it owns.
+    link.cut();
+    wait_readiness(&http, &coordinator.base, 503).await;
+    assert_eq!(
+        p.count("PUT"),
+        0,
+        "nothing drove the decision before the outage"
+    );
+    link.restore();
+    wait_readiness(&http, &coordinator.base, 200).await;
+    let (status, body) = wait_for(&http, &coordinator.base, &id, |s, _| s == 303).await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(p.paths("PUT"), ["/holds/1"]);
+    assert_eq!(p.count("DELETE"), 0);
+}
