@@ -67,20 +67,20 @@ async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
 }
 
 /// A coordinator on a fresh schema, reaching the database through a proxy the test can cut;
-/// its log is `coordinator.log` in the returned directory.
-async fn coordinator_behind_a_link() -> (DatabaseLink, tempfile::TempDir, Binary) {
+/// its log is `coordinator.log` in the returned directory. Also the database's own URL.
+async fn coordinator_behind_a_link() -> (DatabaseLink, tempfile::TempDir, Binary, String) {
     let database = tcc_coordinator::required_scratch_database().await;
     let (link, url) = behind_a_link(&database).await;
     let dir = tempfile::tempdir().unwrap();
     let coordinator = instance(url.as_str(), dir.path(), "coordinator");
-    (link, dir, coordinator)
+    (link, dir, coordinator, database)
 }
 
 // Several threads: the proxy must run while the test thread waits for the binary to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
-    let (link, _dir, coordinator) = coordinator_behind_a_link().await;
+    let (link, _dir, coordinator, _) = coordinator_behind_a_link().await;
     let http = client();
     let p = Participant::start().await;
     let kept = create(
@@ -159,7 +159,7 @@ async fn wait_for_log(log: &std::path::Path, marker: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back() {
-    let (link, dir, coordinator) = coordinator_behind_a_link().await;
+    let (link, dir, coordinator, _) = coordinator_behind_a_link().await;
     let http = client();
     let p = Participant::start().await;
     let id = create(
@@ -315,10 +315,7 @@ async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn after_an_outage_an_instance_resumes_a_decision_it_owns_that_nobody_drives() {
-    let database = tcc_coordinator::required_scratch_database().await;
-    let (link, url) = behind_a_link(&database).await;
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+    let (link, _dir, coordinator, database) = coordinator_behind_a_link().await;
     let http = client();
     let p = Participant::start().await;
     let id = create(
