@@ -108,8 +108,8 @@ impl ParticipantState {
 pub struct Participant {
     pub(super) name: String,
     pub(super) try_request: Option<TryRequest>,
-    pub(super) link: Option<ParticipantLink>,
-    pub(super) state: ParticipantState,
+    /// Where it stands, with the link it holds.
+    stage: Stage,
     /// Calls made in the current phase (try, confirm or cancel).
     pub(super) attempts: u32,
     pub(super) last_error: Option<String>,
@@ -117,6 +117,18 @@ pub struct Participant {
     pub(super) next_attempt_at: Option<DateTime<Utc>>,
     /// When the participant reached its current settled state.
     pub(super) settled_at: Option<DateTime<Utc>>,
+}
+
+/// Where a participant stands, with what it holds: a reserved participant has its link by
+/// type, one still trying has none.
+#[derive(Debug, Clone, PartialEq)]
+enum Stage {
+    /// Its try has not answered yet.
+    Trying,
+    /// It holds this link and waits for confirm or cancel.
+    Reserved(ParticipantLink),
+    /// Settled in this state (never trying or reserved), with the link it held, if any.
+    Settled(ParticipantState, Option<ParticipantLink>),
 }
 
 /// What a participant is made of, as a log stores it: every field, for
@@ -148,12 +160,20 @@ impl Participant {
     /// The link: always there once reserved.
     #[must_use]
     pub fn link(&self) -> Option<&ParticipantLink> {
-        self.link.as_ref()
+        match &self.stage {
+            Stage::Trying => None,
+            Stage::Reserved(link) => Some(link),
+            Stage::Settled(_, link) => link.as_ref(),
+        }
     }
 
     #[must_use]
     pub fn state(&self) -> ParticipantState {
-        self.state
+        match self.stage {
+            Stage::Trying => ParticipantState::Trying,
+            Stage::Reserved(_) => ParticipantState::Reserved,
+            Stage::Settled(state, _) => state,
+        }
     }
 
     /// Calls made in the current phase (try, confirm or cancel).
@@ -179,32 +199,42 @@ impl Participant {
         self.settled_at
     }
 
-    /// A participant as a log stored it (the reservation checks it: see
-    /// `Reservation::restore`).
-    #[must_use]
-    pub fn restore(stored: StoredParticipant) -> Self {
-        Self {
+    /// A participant as a log stored it.
+    ///
+    /// # Errors
+    /// A sentence when it is reserved without a link.
+    pub fn restore(stored: StoredParticipant) -> Result<Self, String> {
+        let stage = match (stored.state, stored.link) {
+            (ParticipantState::Trying, _) => Stage::Trying,
+            (ParticipantState::Reserved, Some(link)) => Stage::Reserved(link),
+            (ParticipantState::Reserved, None) => {
+                return Err(format!(
+                    "participant {} is reserved without a link",
+                    stored.name
+                ))
+            }
+            (state, link) => Stage::Settled(state, link),
+        };
+        Ok(Self {
             name: stored.name,
             try_request: stored.try_request,
-            link: stored.link,
-            state: stored.state,
+            stage,
             attempts: stored.attempts,
             last_error: stored.last_error,
             next_attempt_at: stored.next_attempt_at,
             settled_at: stored.settled_at,
-        }
+        })
     }
 
     pub(super) fn from_new(new: NewParticipant) -> Self {
-        let (try_request, link, state) = match new.source {
-            ParticipantSource::Link(link) => (None, Some(link), ParticipantState::Reserved),
-            ParticipantSource::Try(t) => (Some(t), None, ParticipantState::Trying),
+        let (try_request, stage) = match new.source {
+            ParticipantSource::Link(link) => (None, Stage::Reserved(link)),
+            ParticipantSource::Try(t) => (Some(t), Stage::Trying),
         };
         Self {
             name: new.name,
             try_request,
-            link,
-            state,
+            stage,
             attempts: 0,
             last_error: None,
             next_attempt_at: None,
@@ -234,22 +264,26 @@ impl Participant {
     /// way into `reserved` for a participant that was tried: a reserved participant always
     /// has its link. Returns whether the state changed.
     pub fn record_link(&mut self, now: DateTime<Utc>, link: ParticipantLink) -> bool {
-        if participant_transition(self.state, ParticipantEvent::Reserved).is_some() {
-            self.link = Some(link);
+        self.record_attempt(now, None, None, None);
+        if participant_transition(self.state(), ParticipantEvent::Reserved).is_none() {
+            return false;
         }
-        self.record_attempt(now, Some(ParticipantEvent::Reserved), None, None)
+        self.stage = Stage::Reserved(link);
+        true
     }
 
     /// Applies `event` through [`participant_transition`]; returns whether the state changed.
     /// Nothing becomes `reserved` without a link.
     pub fn apply(&mut self, event: ParticipantEvent, now: DateTime<Utc>) -> bool {
-        let Some(state) = participant_transition(self.state, event) else {
+        let Some(state) = participant_transition(self.state(), event) else {
             return false;
         };
-        if state == ParticipantState::Reserved && self.link.is_none() {
-            return false;
-        }
-        self.state = state;
+        self.stage = match (state, &self.stage) {
+            // Only `record_link` reserves: it brings the link.
+            (ParticipantState::Reserved, _) => return false,
+            (_, Stage::Reserved(link)) => Stage::Settled(state, Some(link.clone())),
+            _ => Stage::Settled(state, None),
+        };
         self.next_attempt_at = None;
         if state.is_settled() {
             self.settled_at = Some(now);
@@ -394,7 +428,7 @@ mod tests {
             !p.apply(ParticipantEvent::Reserved, at),
             "no link, no reservation"
         );
-        assert_eq!(p.state, ParticipantState::Trying);
+        assert_eq!(p.state(), ParticipantState::Trying);
 
         let link = ParticipantLink {
             uri: ParticipantUrl::parse("http://pay/holds/1").unwrap(),
@@ -402,7 +436,7 @@ mod tests {
         };
         assert!(p.record_link(at, link.clone()));
         assert_eq!(
-            (p.state, p.link.as_ref()),
+            (p.state(), p.link()),
             (ParticipantState::Reserved, Some(&link))
         );
     }
@@ -413,8 +447,7 @@ mod tests {
         let mut p = Participant {
             name: "stock".into(),
             try_request: None,
-            link: None,
-            state: ParticipantState::Cancelled,
+            stage: Stage::Settled(ParticipantState::Cancelled, None),
             attempts: 1,
             last_error: None,
             next_attempt_at: None,
@@ -423,7 +456,7 @@ mod tests {
         let later = at + chrono::Duration::seconds(1);
         assert!(!p.record_attempt(later, Some(ParticipantEvent::Confirmed), None, None));
         assert_eq!(
-            (p.state, p.settled_at, p.attempts),
+            (p.state(), p.settled_at, p.attempts),
             (ParticipantState::Cancelled, Some(at), 2)
         );
     }

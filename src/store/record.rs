@@ -283,7 +283,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         .participants
         .into_iter()
         .map(|p| {
-            Ok(Participant::restore(StoredParticipant {
+            Participant::restore(StoredParticipant {
                 name: p.name,
                 try_request: p
                     .try_request
@@ -312,7 +312,8 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                 last_error: p.last_error,
                 next_attempt_at: opt_time(p.next_attempt_at)?,
                 settled_at: opt_time(p.settled_at)?,
-            }))
+            })
+            .map_err(corrupt)
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Reservation::restore(StoredReservation {

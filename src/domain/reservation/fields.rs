@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Callback, Reservation};
 use crate::domain::{
-    HistoryEntry, Participant, ParticipantState, Reason, ReservationId, State, Status, TraceContext,
+    HistoryEntry, Participant, Reason, ReservationId, State, Status, TraceContext,
 };
 
 /// What a reservation is made of, as a log stores it: every field, for [`Reservation::restore`].
@@ -176,8 +176,8 @@ impl Reservation {
     ///
     /// # Errors
     /// A sentence when the record breaks a rule no reservation can break: a reason exactly
-    /// in the cancelling and cancelled states (also `participants_expired`, `too_close…`),
-    /// a link for every reserved participant.
+    /// in the cancelling and cancelled states (its participants were checked as they were
+    /// restored: see `Participant::restore`).
     pub fn restore(stored: StoredReservation) -> Result<Self, String> {
         let Some(status) = Status::of(stored.state, stored.reason) else {
             let cancelled = matches!(stored.state, State::Cancelling | State::Cancelled);
@@ -187,13 +187,6 @@ impl Reservation {
                 if cancelled { "without" } else { "with" }
             ));
         };
-        if let Some(p) = stored
-            .participants
-            .iter()
-            .find(|p| p.state == ParticipantState::Reserved && p.link.is_none())
-        {
-            return Err(format!("participant {} is reserved without a link", p.name));
-        }
         Ok(Self {
             id: stored.id,
             status,

@@ -172,7 +172,7 @@ impl Reservation {
             if self
                 .participants
                 .iter()
-                .any(|p| p.link.as_ref().is_some_and(|l| l.uri == link.uri))
+                .any(|p| p.link().is_some_and(|l| l.uri == link.uri))
             {
                 return false;
             }
@@ -186,8 +186,8 @@ impl Reservation {
         let expiries = self
             .participants
             .iter()
-            .filter(|p| p.state == ParticipantState::Reserved)
-            .filter_map(|p| p.link.as_ref().map(|l| &l.expires));
+            .filter(|p| p.state() == ParticipantState::Reserved)
+            .filter_map(|p| p.link().map(|l| &l.expires));
         self.expires_at = deadline_for(self.timeout_at, expiries, margin).min(self.expires_at);
     }
 
@@ -286,7 +286,7 @@ impl Reservation {
         }
         let event = match self.status.state() {
             State::Confirming => {
-                let all = |s| self.participants.iter().all(|p| p.state == s);
+                let all = |s| self.participants.iter().all(|p| p.state() == s);
                 if all(ParticipantState::Confirmed) {
                     Event::AllConfirmed
                 } else if all(ParticipantState::Gone) {
@@ -306,7 +306,7 @@ impl Reservation {
     pub fn has_pending_tries(&self) -> bool {
         self.participants
             .iter()
-            .any(|p| p.state == ParticipantState::Trying)
+            .any(|p| p.state() == ParticipantState::Trying)
     }
 
     /// The participants still waiting for a call in the current phase.
@@ -314,13 +314,13 @@ impl Reservation {
         self.participants
             .iter()
             .enumerate()
-            .filter(|(_, p)| !p.state.is_settled())
+            .filter(|(_, p)| !p.state().is_settled())
     }
 
     fn count(&self, state: ParticipantState) -> usize {
         self.participants
             .iter()
-            .filter(|p| p.state == state)
+            .filter(|p| p.state() == state)
             .count()
     }
 
@@ -393,7 +393,7 @@ impl Reservation {
                 "cancelling{reason}: {} of {n} participants settled",
                 self.participants
                     .iter()
-                    .filter(|p| p.state.is_settled())
+                    .filter(|p| p.state().is_settled())
                     .count()
             ),
             State::Cancelled => format!("cancelled{reason}: every participant is released"),
