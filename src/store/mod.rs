@@ -416,7 +416,7 @@ pub async fn scratch_database_from_env() -> Option<String> {
 
 /// For the PostgreSQL tests, which are `#[ignore = "needs TCC_TEST_POSTGRES"]`: a new, empty
 /// schema in the database `TCC_TEST_POSTGRES` names. Run them with `--include-ignored` where
-/// one is given (`bash .ci/test-postgres.sh` starts one); without it, they fail, never pass
+/// one is given (`.ci/postgres.sh` starts one; see README); without it, they fail, never pass
 /// by doing nothing.
 ///
 /// # Panics
@@ -424,7 +424,7 @@ pub async fn scratch_database_from_env() -> Option<String> {
 #[doc(hidden)]
 pub async fn required_scratch_database() -> String {
     scratch_database_from_env().await.expect(
-        "this test needs PostgreSQL: set TCC_TEST_POSTGRES=postgres://… (bash .ci/test-postgres.sh \
+        "this test needs PostgreSQL: set TCC_TEST_POSTGRES=postgres://… (README's test command \
          starts a throwaway cluster and runs every test against it)",
     )
 }
