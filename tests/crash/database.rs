@@ -66,29 +66,62 @@ async fn wait_readiness(http: &reqwest::Client, base: &str, status: u16) {
     .await;
 }
 
-/// A coordinator on a fresh schema, reaching the database through a proxy the test can cut;
-/// its log is `coordinator.log` in the returned directory. Also the database's own URL.
-async fn coordinator_behind_a_link() -> (DatabaseLink, tempfile::TempDir, Binary, String) {
-    let database = tcc_coordinator::required_scratch_database().await;
-    let (link, url) = behind_a_link(&database).await;
-    let dir = tempfile::tempdir().unwrap();
-    let coordinator = instance(url.as_str(), dir.path(), "coordinator");
-    (link, dir, coordinator, database)
+/// A coordinator on a fresh schema, reaching the database through a proxy the test can cut
+/// (its log is `coordinator.log` in `dir`), a client, and a participant.
+struct BehindALink {
+    link: DatabaseLink,
+    dir: tempfile::TempDir,
+    coordinator: Binary,
+    /// The database's own URL, not through the proxy.
+    database: String,
+    http: reqwest::Client,
+    p: Participant,
+}
+
+impl BehindALink {
+    async fn start() -> Self {
+        let database = tcc_coordinator::required_scratch_database().await;
+        let (link, url) = behind_a_link(&database).await;
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = instance(url.as_str(), dir.path(), "coordinator");
+        Self {
+            link,
+            dir,
+            coordinator,
+            database,
+            http: client(),
+            p: Participant::start().await,
+        }
+    }
+
+    /// [`BehindALink::start`], and a reservation over the participant's hold 1 with `fields`
+    /// (e.g. its `timeout_ms`); returns its id too.
+    async fn with_reservation(fields: serde_json::Value) -> (Self, String) {
+        let this = Self::start().await;
+        let mut body = json!({"participants": [this.p.link(1)]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        let id = create(&this.http, &this.coordinator.base, &body).await;
+        (this, id)
+    }
 }
 
 // Several threads: the proxy must run while the test thread waits for the binary to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_lost_while_running_makes_it_unready_and_answer_503_until_it_is_back() {
-    let (link, _dir, coordinator, _) = coordinator_behind_a_link().await;
-    let http = client();
-    let p = Participant::start().await;
-    let kept = create(
-        &http,
-        &coordinator.base,
-        &json!({"participants": [p.link(1)]}),
-    )
-    .await;
+    let (
+        BehindALink {
+            link,
+            dir: _dir,
+            coordinator,
+            database: _,
+            http,
+            p,
+        },
+        kept,
+    ) = BehindALink::with_reservation(json!({})).await;
 
     link.cut();
     wait_readiness(&http, &coordinator.base, 503).await;
@@ -159,15 +192,17 @@ async fn wait_for_log(log: &std::path::Path, marker: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_deadline_that_falls_while_the_database_is_away_fires_once_it_is_back() {
-    let (link, dir, coordinator, _) = coordinator_behind_a_link().await;
-    let http = client();
-    let p = Participant::start().await;
-    let id = create(
-        &http,
-        &coordinator.base,
-        &json!({"timeout_ms": 1500, "participants": [p.link(1)]}),
-    )
-    .await;
+    let (
+        BehindALink {
+            link,
+            dir,
+            coordinator,
+            database: _,
+            http,
+            p,
+        },
+        id,
+    ) = BehindALink::with_reservation(json!({"timeout_ms": 1500})).await;
 
     // The database goes away before the deadline; the deadline falls meanwhile, and the
     // coordinator says it could not act on it.
@@ -315,15 +350,17 @@ async fn a_join_on_another_instance_takes_over_the_tries_of_a_dead_creator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn after_an_outage_an_instance_resumes_a_decision_it_owns_that_nobody_drives() {
-    let (link, _dir, coordinator, database) = coordinator_behind_a_link().await;
-    let http = client();
-    let p = Participant::start().await;
-    let id = create(
-        &http,
-        &coordinator.base,
-        &json!({"participants": [p.link(1)]}),
-    )
-    .await;
+    let (
+        BehindALink {
+            link,
+            dir: _dir,
+            coordinator,
+            database,
+            http,
+            p,
+        },
+        id,
+    ) = BehindALink::with_reservation(json!({})).await;
 
     // A confirm this instance committed but whose answer was lost with the connection: in the
     // table (owned by this instance), unknown to any of its drivers.
