@@ -64,7 +64,8 @@ pub struct LinkBody {
 }
 
 /// A try the coordinator performs: `POST url` with `body`, `headers`, plus
-/// `TCC-Reservation` and `Idempotency-Key`.
+/// `TCC-Reservation` (the reservation's URL), `TCC-Deadline` (its deadline, RFC 3339: a hold
+/// need not outlive it by more than the coordinator's call timeout) and `Idempotency-Key`.
 #[derive(Debug, Object, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[oai(rename = "TryRequest")]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::BoxFuture;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER,
@@ -145,7 +145,8 @@ impl ParticipantClient {
         request.send().await.map_err(|e| network_error(&e))
     }
 
-    /// `POST`s a try. `expires_if_unsaid` is the link's expiry when the participant gives none.
+    /// `POST`s a try, with the reservation's deadline in `TCC-Deadline`; the deadline is also
+    /// the link's expiry when the participant gives none.
     pub async fn try_reserve(
         &self,
         request: &TryRequest,
@@ -172,7 +173,7 @@ impl ParticipantClient {
         request: &TryRequest,
         reservation_url: &str,
         idempotency_key: &str,
-        expires_if_unsaid: DateTime<Utc>,
+        deadline: DateTime<Utc>,
         trace: Option<&TraceContext>,
     ) -> TryOutcome {
         let mut headers = HeaderMap::new();
@@ -192,6 +193,10 @@ impl ParticipantClient {
                     .headers(headers)
                     .header("TCC-Reservation", reservation_url)
                     .header("Idempotency-Key", idempotency_key)
+                    .header(
+                        "TCC-Deadline",
+                        deadline.to_rfc3339_opts(SecondsFormat::Millis, true),
+                    )
                     .headers(traceparent(trace))
                     .json(&request.body),
             )
@@ -202,7 +207,7 @@ impl ParticipantClient {
         };
         let status = response.status();
         match status.as_u16() {
-            200 | 201 => match read_link(&request.url, response, expires_if_unsaid).await {
+            200 | 201 => match read_link(&request.url, response, deadline).await {
                 Ok(link) => match self.policy.check(&link.uri).await {
                     Ok(()) => TryOutcome::Reserved(link),
                     // The participant holds something the coordinator will not call: its

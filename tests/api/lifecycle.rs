@@ -1,8 +1,9 @@
 //! Reservations from creation to a terminal state, in every participant style.
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use crate::helpers::{in_secs, is_settled, spawn_app, Behaviour, Participant, Reply};
+use crate::helpers::{expires_at, in_secs, is_settled, spawn_app, Behaviour, Participant, Reply};
 
 /// The three ways a test gives participants.
 #[derive(Clone, Copy, Debug)]
@@ -125,7 +126,8 @@ async fn five_mixed_participants_confirm_into_a_transaction() {
 }
 
 #[tokio::test]
-async fn a_try_carries_the_idempotency_key_and_the_reservation_url_and_hides_its_headers() {
+async fn a_try_carries_the_idempotency_key_the_reservation_url_and_its_deadline_and_hides_its_headers(
+) {
     let app = spawn_app().await;
     let p = Participant::start().await;
     let id = app
@@ -141,6 +143,17 @@ async fn a_try_carries_the_idempotency_key_and_the_reservation_url_and_hides_its
     assert_eq!(
         call.headers["tcc-reservation"],
         app.url(&format!("/reservations/{id}")).as_str()
+    );
+    let deadline: DateTime<Utc> = call.headers["tcc-deadline"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let behind = expires_at(&body) - deadline;
+    assert!(
+        behind >= TimeDelta::zero() && behind < TimeDelta::milliseconds(1),
+        "TCC-Deadline {deadline} is the reservation's expires_at {} to the millisecond",
+        expires_at(&body)
     );
     assert_eq!(call.headers["authorization"], "Bearer secret");
     assert_eq!(
