@@ -7,6 +7,7 @@ mod callbacks;
 mod docs;
 mod failures;
 mod helpers;
+mod kit;
 mod lifecycle;
 mod observe;
 mod repeats;

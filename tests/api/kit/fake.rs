@@ -1,0 +1,173 @@
+//! The fake participant's control API over HTTP: scripts used in order, the lost-answer case,
+//! the calls and holds it shows, reset.
+
+use serde_json::{json, Value};
+use tcc_participant::fake::FakeParticipant;
+
+use crate::helpers::client;
+
+async fn script(fake: &FakeParticipant, script: Value) -> reqwest::Response {
+    client()
+        .post(format!("{}/_script", fake.url()))
+        .json(&script)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(fake: &FakeParticipant, path: &str) -> Value {
+    client()
+        .get(format!("{}{path}", fake.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn try_hold(fake: &FakeParticipant, key: &str) -> reqwest::Response {
+    client()
+        .post(fake.try_url())
+        .header("Idempotency-Key", key)
+        .header("TCC-Reservation", "http://coordinator/reservations/r1")
+        .json(&json!({"sku": "apple"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fake_participant_uses_scripted_answers_in_order_then_answers_normally() {
+    let fake = FakeParticipant::start().await.unwrap();
+    let link = try_hold(&fake, "r1/0").await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let scripted = script(
+        &fake,
+        json!({"verb": "confirm", "answers": [{"status": 503}, {"status": 429, "retry_after_secs": 2}]}),
+    )
+    .await;
+    let first = client().put(&link).send().await.unwrap();
+    let second = client().put(&link).send().await.unwrap();
+    let third = client().put(&link).send().await.unwrap();
+
+    assert_eq!(scripted.status(), 204);
+    assert_eq!(first.status(), 503);
+    assert_eq!(second.status(), 429);
+    assert_eq!(second.headers()["retry-after"], "2");
+    assert_eq!(third.status(), 204);
+    let calls = get(&fake, "/_calls").await;
+    let seen: Vec<(&str, u64, bool)> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["verb"].as_str().unwrap(),
+                c["status"].as_u64().unwrap(),
+                c["scripted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("try", 201, false),
+            ("confirm", 503, true),
+            ("confirm", 429, true),
+            ("confirm", 204, false)
+        ]
+    );
+    assert_eq!(calls[0]["idempotency_key"], "r1/0");
+    assert_eq!(
+        calls[0]["reservation"],
+        "http://coordinator/reservations/r1"
+    );
+    let hold = link.rsplit('/').next().unwrap();
+    assert!(
+        calls.as_array().unwrap().iter().all(|c| c["hold"] == hold),
+        "{calls:#}"
+    );
+    assert_eq!(get(&fake, "/_holds").await[0]["state"], "confirmed");
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_participant_applies_then_loses_the_answer_when_told() {
+    let fake = FakeParticipant::start().await.unwrap();
+    script(
+        &fake,
+        json!({"verb": "try", "answers": [{"status": 503, "apply": true, "delay_ms": 10}]}),
+    )
+    .await;
+
+    let lost = try_hold(&fake, "r1/0").await;
+    let holds = get(&fake, "/_holds").await;
+    let repeated = try_hold(&fake, "r1/0").await;
+
+    assert_eq!(lost.status(), 503);
+    assert_eq!(
+        holds.as_array().unwrap().len(),
+        1,
+        "the try was applied: {holds:#}"
+    );
+    assert_eq!(holds[0]["state"], "held");
+    assert_eq!(
+        repeated.status(),
+        200,
+        "the repeat finds the hold the lost answer made"
+    );
+    let calls = fake.calls();
+    assert_eq!(calls[0].hold.as_deref(), holds[0]["id"].as_str());
+    assert_eq!(calls[0].status, Some(503));
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_participant_reset_forgets_scripts_calls_and_holds() {
+    let fake = FakeParticipant::start().await.unwrap();
+    try_hold(&fake, "r1/0").await;
+    script(&fake, json!({"verb": "try", "answers": [{"status": 500}]})).await;
+
+    let reset = client()
+        .post(format!("{}/_reset", fake.url()))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(reset.status(), 204);
+    assert_eq!(get(&fake, "/_calls").await, json!([]));
+    assert_eq!(get(&fake, "/_holds").await, json!([]));
+    assert_eq!(
+        try_hold(&fake, "r1/0").await.status(),
+        201,
+        "no script left, the key is new"
+    );
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_participant_refuses_a_bad_script_naming_the_field() {
+    let fake = FakeParticipant::start().await.unwrap();
+
+    let bad = script(
+        &fake,
+        json!({"verb": "confirm", "answers": [{"status": 42}]}),
+    )
+    .await;
+    let unknown_verb = script(&fake, json!({"verb": "prepare", "answers": []})).await;
+
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    let problem: Value = bad.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("`status`"),
+        "{problem}"
+    );
+    assert_eq!(unknown_verb.status(), 400);
+    assert!(fake.calls().is_empty());
+    fake.stop().await.unwrap();
+}
