@@ -98,8 +98,14 @@ impl<R: Resource> Holds<R> {
         store: Arc<dyn HoldStore>,
         settings: Settings,
     ) -> Result<Self, StoreError> {
+        let records = store.load()?;
+        let mut restored = Vec::with_capacity(records.len());
+        for record in &records {
+            restored.push((record.state, serde_json::from_value(record.hold.clone())?));
+        }
+        resource.restore(restored);
         let mut book = Book::default();
-        for record in store.load()? {
+        for record in records {
             book.due.insert(due_at(&record, &settings));
             book.keys.insert(
                 record.idempotency_key.clone(),

@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::hold::HoldState;
+
 /// The thing a service holds tentatively: stock, money, seats.
 ///
 /// The kit calls [`reserve`](Resource::reserve) at most once per `Idempotency-Key` in a
@@ -47,6 +49,13 @@ pub trait Resource: Send + Sync + 'static {
     /// [`Unavailable`] when it cannot be done now; on expiry the kit tries again a second
     /// later, on cancel it answers `503` and the coordinator asks again.
     fn release(&self, hold: &Self::Hold) -> impl Future<Output = Result<(), Unavailable>> + Send;
+
+    /// Called once at start, before any other call and before holds expire, with every hold
+    /// the store kept and its state: a service that keeps its own state in memory (stock
+    /// levels, balances) rebuilds it here from the holds. By default, nothing.
+    fn restore(&self, holds: Vec<(HoldState, Self::Hold)>) {
+        let _ = holds;
+    }
 }
 
 /// What the kit knows of a try when it asks the service to reserve.
