@@ -3,7 +3,10 @@
 //!
 //! - Request bodies reject unknown fields (a typo such as `timeout` for `timeout_ms` is an
 //!   error, not a silent default): `additionalProperties: false`.
-//! - A participant has exactly one of `link` or `try` (`null` counting as absent): `oneOf`.
+//! - A participant has exactly one of `link` or `try` (`null` counting as absent): `oneOf`
+//!   of two titled object schemas.
+//! - A described field of a named type is `allOf: [{$ref}]` with its description beside, not
+//!   inside: client generators such as openapi-python-client take it.
 //! - The configured limits: `timeout_ms` and the number of participants.
 //! - Participant URLs are absolute http(s) URLs; `after` is a reservation id.
 //! - Bearer tokens: an optional `bearer` security scheme and a `401` on every operation but
@@ -65,12 +68,33 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
     for name in CLOSED_SCHEMAS {
         schemas[name]["additionalProperties"] = json!(false);
     }
-    // `null` counts as absent, so "present" means "present and an object".
-    let given =
-        |field: &str| json!({"required": [field], "properties": {field: {"type": "object"}}});
+    // `null` counts as absent, so "present" means "present and an object". Each branch is a
+    // whole object schema with a title, so that client generators make one type of each.
+    let given = |field: &str, schema: &str| json!({"required": [field], "properties": {field: {"$ref": format!("#/components/schemas/{schema}")}}});
+    let name = schemas["NewParticipant"]["properties"]["name"].clone();
+    let with = |field: &str, schema: &str, title: &str, other: &str, other_schema: &str| {
+        let mut branch = given(field, schema);
+        branch["type"] = json!("object");
+        branch["title"] = json!(title);
+        branch["properties"]["name"] = name.clone();
+        branch["not"] = given(other, other_schema);
+        branch
+    };
     schemas["NewParticipant"]["oneOf"] = json!([
-        {"allOf": [given("link")], "not": given("try")},
-        {"allOf": [given("try")], "not": given("link")},
+        with(
+            "link",
+            "ParticipantLink",
+            "NewParticipantWithLink",
+            "try",
+            "TryRequest"
+        ),
+        with(
+            "try",
+            "TryRequest",
+            "NewParticipantWithTry",
+            "link",
+            "ParticipantLink"
+        ),
     ]);
     let create = &mut schemas["NewReservation"]["properties"];
     create["timeout_ms"]["minimum"] = json!(1);
@@ -87,6 +111,7 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
         schemas[schema]["properties"][field]["pattern"] = json!(HTTP_URL);
     }
 
+    describe_refs_beside(&mut doc);
     doc["components"]["securitySchemes"] = json!({"bearer": {
         "type": "http",
         "scheme": "bearer",
@@ -125,6 +150,32 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
         }
     }
     doc
+}
+
+/// poem-openapi describes a field of a named type as `allOf: [{$ref}, {description}]`; some
+/// client generators (openapi-python-client) cannot take an `allOf` of an enum with another
+/// schema. The description moves beside the `allOf`, which says the same in OpenAPI 3.0.
+fn describe_refs_beside(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            let described = match object.get("allOf").and_then(Value::as_array) {
+                Some(parts) if parts.len() == 2 && parts[0].get("$ref").is_some() => parts[1]
+                    .as_object()
+                    .filter(|second| second.len() == 1)
+                    .and_then(|second| second.get("description"))
+                    .cloned()
+                    .map(|description| (parts[0].clone(), description)),
+                _ => None,
+            };
+            if let Some((reference, description)) = described {
+                object.insert("allOf".into(), json!([reference]));
+                object.entry("description").or_insert(description);
+            }
+            object.values_mut().for_each(describe_refs_beside);
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_refs_beside),
+        _ => {}
+    }
 }
 
 /// An `Option` field is written as `null` when absent (and accepts `null` in requests):
@@ -227,6 +278,19 @@ mod tests {
             "#/components/schemas/Reason"
         );
         assert!(reservation["id"].get("nullable").is_none());
+    }
+
+    #[test]
+    fn no_all_of_mixes_a_reference_with_a_description() {
+        let doc = refine(&super::super::service().spec(), SpecLimits::default());
+        let text = doc.to_string();
+        assert!(!text.contains(r#"},{"description":"#), "{text}");
+        let state = &doc["components"]["schemas"]["Transaction"]["properties"]["state"];
+        assert_eq!(
+            state["allOf"],
+            json!([{"$ref": "#/components/schemas/State"}])
+        );
+        assert!(state["description"].is_string(), "{state}");
     }
 
     #[test]
