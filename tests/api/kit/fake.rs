@@ -2,7 +2,8 @@
 //! the calls and holds it shows, reset.
 
 use serde_json::{json, Value};
-use tcc_participant::fake::FakeParticipant;
+use tcc_participant::fake::{Answer, FakeParticipant, Verb};
+use tcc_participant::HoldState;
 
 use crate::helpers::client;
 
@@ -170,4 +171,58 @@ async fn fake_participant_refuses_a_bad_script_naming_the_field() {
     assert_eq!(unknown_verb.status(), 400);
     assert!(fake.calls().is_empty());
     fake.stop().await.unwrap();
+}
+
+// ---- the coordinator against the fake, as the README's recipe ----------------------------
+
+fn tried_at(fake: &FakeParticipant) -> Value {
+    json!({"participants": [{"name": "stock", "try": {"url": fake.try_url(), "body": {"sku": "apple"}}}]})
+}
+
+#[tokio::test]
+async fn fake_participant_confirm_answering_503_twice_is_confirmed_by_the_coordinator() {
+    let app = crate::helpers::spawn_app().await;
+    let stock = FakeParticipant::start().await.unwrap();
+    stock.script(Verb::Confirm, [Answer::status(503), Answer::status(503)]);
+
+    let id = app.create(&tried_at(&stock)).await;
+    app.wait_for(&id, |_, b| b["state"] == "reserved").await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    let (status, _) = app.wait_for(&id, crate::helpers::is_settled).await;
+
+    assert_eq!(status, 303);
+    let confirms: Vec<_> = stock
+        .calls_of(Verb::Confirm)
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(confirms, [Some(503), Some(503), Some(204)]);
+    assert_eq!(stock.holds().await[0].state, HoldState::Confirmed);
+    stock.stop().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_try_applied_but_answered_503_is_repeated_with_its_key_and_holds_once() {
+    let app = crate::helpers::spawn_app().await;
+    let stock = FakeParticipant::start().await.unwrap();
+    stock.script(Verb::Try, [Answer::status(503).applied()]);
+
+    let id = app.create(&tried_at(&stock)).await;
+    let (_, body) = app.wait_for(&id, |_, b| b["state"] != "trying").await;
+
+    assert_eq!(body["state"], "reserved", "{body:#}");
+    let tries = stock.calls_of(Verb::Try);
+    let statuses: Vec<_> = tries.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [Some(503), Some(200)]);
+    assert_eq!(tries[0].idempotency_key, tries[1].idempotency_key);
+    assert_eq!(tries[0].hold, tries[1].hold);
+    let holds = stock.holds().await;
+    assert_eq!(holds.len(), 1);
+    assert!(body["participants"][0]["uri"]
+        .as_str()
+        .unwrap()
+        .ends_with(&holds[0].id));
+    stock.stop().await.unwrap();
+    app.stop().await;
 }
