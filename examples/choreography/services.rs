@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::web::{Data, Json};
-use poem::{get, handler, Endpoint, EndpointExt, Route, Server};
+use poem::{get, handler, Endpoint, EndpointExt, Route};
 use serde::{Deserialize, Serialize};
 use tcc_participant::{
-    HoldState, Participant, Refusal, Resource, SledStore, StoreError, TryContext, Unavailable,
+    HoldState, Participant, Refusal, Resource, Serving, SledStore, StoreError, TryContext,
+    Unavailable,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Stock: `{"sku": "apple", "quantity": 2}` holds two apples.
 #[derive(Clone, Default)]
@@ -294,12 +293,11 @@ pub fn participant<R: Resource>(
     }
 }
 
-/// A service serving on a loopback port until stopped.
+/// A participant service, serving until stopped.
 pub struct Service {
     pub url: String,
     pub participant: Participant,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: Serving,
 }
 
 impl Service {
@@ -312,24 +310,11 @@ impl Service {
         app: impl Endpoint + 'static,
         listen: SocketAddr,
     ) -> std::io::Result<Self> {
-        let acceptor = TcpListener::bind(listen).into_acceptor().await?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| std::io::Error::other("the listener has no address"))?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let server = tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(app, token.cancelled_owned(), Some(Duration::ZERO))
-                .await
-        });
+        let serving = Serving::start(app, listen).await?;
         Ok(Self {
-            url: format!("http://{addr}"),
+            url: serving.url(),
             participant,
-            stop,
-            server,
+            serving,
         })
     }
 
@@ -343,8 +328,7 @@ impl Service {
     /// # Errors
     /// When the server failed.
     pub async fn stop(self) -> std::io::Result<()> {
-        self.stop.cancel();
-        self.server.await.map_err(std::io::Error::other)??;
+        self.serving.stop().await?;
         self.participant.shutdown().await;
         Ok(())
     }

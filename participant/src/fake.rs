@@ -12,17 +12,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use poem::http::{Method, StatusCode};
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, OpenApiService};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::Problem;
 use crate::desk::Desk;
-use crate::{HoldView, Participant, Refusal, Resource, TryContext, Unavailable};
+use crate::{HoldView, Participant, Refusal, Resource, Serving, TryContext, Unavailable};
 
 /// A participant call the fake can script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum)]
@@ -368,8 +365,7 @@ pub struct FakeParticipant {
     url: String,
     recorder: Arc<Recorder>,
     participant: Participant,
-    stop: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    serving: Serving,
 }
 
 impl FakeParticipant {
@@ -400,29 +396,12 @@ impl FakeParticipant {
             .at("/openapi.json", spec_json)
             .at("/openapi.yaml", spec_yaml)
             .around(move |next, req| record_and_answer(next, req, shared.clone()));
-        let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| std::io::Error::other("the listener has no address"))?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let server = tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(
-                    app,
-                    token.cancelled_owned(),
-                    Some(Duration::from_secs(1)),
-                )
-                .await
-        });
+        let serving = Serving::start(app, settings.listen).await?;
         Ok(Self {
-            url: format!("http://{addr}"),
+            url: serving.url(),
             recorder,
             participant,
-            stop,
-            server,
+            serving,
         })
     }
 
@@ -487,8 +466,8 @@ impl FakeParticipant {
     /// # Errors
     /// When the server failed.
     pub async fn stop(self) -> std::io::Result<()> {
-        self.stop.cancel();
+        let served = self.serving.stop().await;
         self.participant.shutdown().await;
-        self.server.await.map_err(std::io::Error::other)?
+        served
     }
 }

@@ -52,6 +52,7 @@ mod desk;
 pub mod fake;
 mod hold;
 mod resource;
+mod serve;
 mod store;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ use tokio_util::task::TaskTracker;
 pub use api::{LinkBody, Problem};
 pub use hold::{HoldRecord, HoldState, HoldView, RECORD_VERSION};
 pub use resource::{Refusal, Resource, TryContext, Unavailable};
+pub use serve::Serving;
 pub use store::{HoldStore, MemoryStore, SledStore, StoreError};
 
 use api::ParticipantApi;

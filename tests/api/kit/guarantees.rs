@@ -56,6 +56,13 @@ async fn state(uri: &str) -> String {
     hold["state"].as_str().unwrap().to_owned()
 }
 
+/// Two held holds' links, one to keep and one to drop.
+async fn two_holds(p: &Served) -> (String, String) {
+    let (_, kept, _) = link_of(try_hold(&p.holds_url(), "r1/0", &apples()).await).await;
+    let (_, dropped, _) = link_of(try_hold(&p.holds_url(), "r2/0", &apples()).await).await;
+    (kept, dropped)
+}
+
 fn apples() -> Value {
     json!({"sku": "apple", "quantity": 2})
 }
@@ -162,8 +169,7 @@ async fn kit_holds_expire_by_themselves_and_are_released_exactly_once() {
 async fn kit_confirm_is_idempotent_and_after_cancel_is_404_changing_nothing() {
     let shelf = Shelf::default();
     let p = Served::start(Participant::builder(shelf.clone()).start().unwrap()).await;
-    let (_, kept, _) = link_of(try_hold(&p.holds_url(), "r1/0", &apples()).await).await;
-    let (_, dropped, _) = link_of(try_hold(&p.holds_url(), "r2/0", &apples()).await).await;
+    let (kept, dropped) = two_holds(&p).await;
 
     assert_eq!(put(&kept).await, 204);
     assert_eq!(put(&kept).await, 204, "a repeated confirm");
@@ -182,8 +188,7 @@ async fn kit_confirm_is_idempotent_and_after_cancel_is_404_changing_nothing() {
 async fn kit_cancel_is_idempotent_and_after_confirm_is_409_changing_nothing() {
     let shelf = Shelf::default();
     let p = Served::start(Participant::builder(shelf.clone()).start().unwrap()).await;
-    let (_, kept, _) = link_of(try_hold(&p.holds_url(), "r1/0", &apples()).await).await;
-    let (_, dropped, _) = link_of(try_hold(&p.holds_url(), "r2/0", &apples()).await).await;
+    let (kept, dropped) = two_holds(&p).await;
 
     assert_eq!(delete(&dropped).await, 204);
     assert_eq!(delete(&dropped).await, 204, "a repeated cancel");

@@ -7,14 +7,11 @@ mod guarantees;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{Endpoint, EndpointExt, Route, Server};
+use poem::{Endpoint, EndpointExt, Route};
 use serde::{Deserialize, Serialize};
-use tcc_participant::{Participant, Refusal, Resource, TryContext, Unavailable};
+use tcc_participant::{Participant, Refusal, Resource, Serving, TryContext, Unavailable};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// What the shelf was asked to do.
 #[derive(Debug, Default)]
@@ -81,8 +78,7 @@ pub struct Served {
     pub url: String,
     pub participant: Participant,
     pub arrivals: Arc<AtomicUsize>,
-    stop: CancellationToken,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: Serving,
 }
 
 impl Served {
@@ -95,31 +91,20 @@ impl Served {
                 counted.fetch_add(1, Ordering::SeqCst);
                 async move { Ok(next.get_response(req).await) }
             });
-        let acceptor = TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
+        let serving = Serving::start(app, ([127, 0, 0, 1], 0).into())
             .await
             .unwrap();
-        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let server = tokio::spawn(async move {
-            Server::new_with_acceptor(acceptor)
-                .run_with_graceful_shutdown(app, token.cancelled_owned(), Some(Duration::ZERO))
-                .await
-        });
         Self {
-            url: format!("http://{addr}"),
+            url: serving.url(),
             participant,
             arrivals,
-            stop,
-            server,
+            serving,
         }
     }
 
     /// Stops serving and the expiry loop, and lets go of the store.
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.server.await.unwrap().unwrap();
+        self.serving.stop().await.unwrap();
         self.participant.shutdown().await;
     }
 
