@@ -181,6 +181,14 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if wrapper().is_some() {
+            // A wrapped coordinator writes its profile on a clean exit: SIGTERM, then wait.
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let _ = self.0.wait();
+            return;
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -229,8 +237,26 @@ enum Log<'a> {
     Postgres(&'a str),
 }
 
+/// `TCC_BENCH_WRAPPER`, when set, runs the coordinator under it, for example
+/// `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out`: instructions counted per
+/// transaction, the same from run to run whatever the machine's speed does.
+fn wrapper() -> Option<Vec<String>> {
+    std::env::var("TCC_BENCH_WRAPPER")
+        .ok()
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .filter(|w: &Vec<String>| !w.is_empty())
+}
+
 fn start_coordinator(log: &Log<'_>) -> (Process, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tcc-coordinator"));
+    let binary = env!("CARGO_BIN_EXE_tcc-coordinator");
+    let mut command = match wrapper() {
+        Some(wrapper) => {
+            let mut command = Command::new(&wrapper[0]);
+            command.args(&wrapper[1..]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     command.args([
         "--listen",
         "127.0.0.1:0",
@@ -416,7 +442,7 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     } else {
         None
     };
-    let (_coordinators, coordinators): (Vec<Process>, Vec<String>) = (0..o.instances)
+    let (coordinator_processes, coordinators): (Vec<Process>, Vec<String>) = (0..o.instances)
         .map(|i| match &database {
             Some(url) => start_coordinator(&Log::Postgres(url)),
             None => start_coordinator(&Log::Dir(&dir.path().join(format!("data-{i}")))),
@@ -464,20 +490,37 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     let mut rounds = Vec::new();
     let (mut direct_latency, mut coordinated_latency) = (Vec::new(), Vec::new());
     let (mut direct_tps_all, mut coordinator_tps_all) = (Vec::new(), Vec::new());
+    let mut cpu_per_tx_all = Vec::new();
+    let coordinator_cpu = || -> f64 {
+        coordinator_processes
+            .iter()
+            .map(|p| cpu_seconds(p.pid()))
+            .sum()
+    };
     for i in 1..=o.rounds {
         let (direct_tps, mut dl) = direct_round(o.seconds).await;
+        let cpu_before = coordinator_cpu();
         let (coordinator_tps, mut cl) = coordinated_round(o.seconds).await;
+        // CPU time the coordinators spent per transaction: steadier than throughput on a
+        // machine whose speed drifts, and what an optimisation changes.
+        let cpu_per_tx_us =
+            (coordinator_cpu() - cpu_before) * 1e6 / (coordinator_tps * o.seconds).max(1.0);
         let ratio = coordinator_tps / (direct_tps * exchanges / (exchanges + 2.0));
         eprintln!(
-            "{name} round {i}: direct {direct_tps:.0} tx/s, coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2}"
+            "{name} round {i}: direct {direct_tps:.0} tx/s, coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2}, coordinator CPU {cpu_per_tx_us:.0} µs/tx"
         );
-        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio)}));
+        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us)}));
+        cpu_per_tx_all.push(cpu_per_tx_us);
         ratios.push(ratio);
         direct_tps_all.push(direct_tps);
         coordinator_tps_all.push(coordinator_tps);
         direct_latency.append(&mut dl);
         coordinated_latency.append(&mut cl);
     }
+    eprintln!(
+        "{name}: {} coordinated transactions started in all (warm-up included)",
+        sequence.load(Ordering::Relaxed)
+    );
     direct_latency.sort();
     coordinated_latency.sort();
     let (min, max) = ratios
@@ -495,6 +538,7 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         "ratio_min": round2(min),
         "ratio_max": round2(max),
         "coordinator_tps_median": round2(median(&mut coordinator_tps_all)),
+        "coordinator_cpu_us_per_tx_median": round2(median(&mut cpu_per_tx_all)),
         "direct_tps_median": round2(median(&mut direct_tps_all)),
         "p50_ms": round2(percentile(&coordinated_latency, 0.50)),
         "p99_ms": round2(percentile(&coordinated_latency, 0.99)),
@@ -658,6 +702,35 @@ async fn timeout_storm(count: usize) -> Value {
 }
 
 // ---- pending -----------------------------------------------------------------------------
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
 
 fn resident_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -102,6 +102,7 @@ impl Coordinator {
         {
             // Not flushed here: a purge lost in a crash is simply done again at recovery.
             self.inner.store.remove(&r).await?;
+            self.inner.working.lock().expect("working lock").remove(&id);
             self.inner.metrics.left(r.state());
             tracing::debug!(reservation_id = %id, "retention ended: record purged");
         }

@@ -55,6 +55,8 @@ impl Coordinator {
                         let mut drivers = self.inner.drivers.lock().expect("drivers lock");
                         if !wake.is_cancelled() {
                             drivers.remove(&id);
+                            drop(drivers);
+                            self.forget_settled(id);
                             return;
                         }
                         Ok(())

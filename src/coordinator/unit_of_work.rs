@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{Coordinator, CoordinatorError};
 use std::hash::{Hash, Hasher};
 
-use crate::domain::{Reservation, ReservationId};
+use crate::domain::{Reservation, ReservationId, State};
 use crate::store::{Ownership, StoreError};
 
 /// Lock stripes: reservations hashing to the same stripe serialise their updates. An update
@@ -17,6 +17,11 @@ use crate::store::{Ownership, StoreError};
 /// must be many for unrelated ones not to wait for each other's flushes (64 Ki stripes:
 /// about 2.5 MiB).
 pub(super) const LOCK_STRIPES: usize = 1 << 16;
+
+/// Most reservations kept in memory beyond those in progress: reserved ones waiting for a
+/// decision (a few KiB each, so at most some tens of MiB). Beyond it, a decision reads the
+/// record from the log.
+pub(super) const KEEP_IN_MEMORY: usize = 1 << 14;
 
 /// How many times an update is re-applied after a concurrent change before giving up (with
 /// one process, never more than once; with several, only under a storm on one reservation).
@@ -117,10 +122,19 @@ impl Coordinator {
         }
     }
 
-    /// Keeps a reservation being worked on in memory, and forgets it once it is not.
-    /// A copy never replaces a newer one: a batch of deadlines is remembered after its flush,
-    /// when a driver may already have saved a later revision.
+    /// Keeps a reservation being worked on in memory, and forgets it once it is not: one in
+    /// progress; one whose driver will look at it once more before it stops; one reserved
+    /// (waiting for the client's decision), up to [`KEEP_IN_MEMORY`] kept copies, so that
+    /// deciding it reads and decodes nothing. A copy never replaces a newer one: a batch of
+    /// deadlines is remembered after its flush, when a driver may already have saved a later
+    /// revision.
     pub(super) fn remember(&self, r: &Reservation) {
+        let driven = self
+            .inner
+            .drivers
+            .lock()
+            .expect("drivers lock")
+            .contains_key(&r.id());
         let mut working = self.inner.working.lock().expect("working lock");
         if working
             .get(&r.id())
@@ -128,10 +142,22 @@ impl Coordinator {
         {
             return;
         }
-        if r.state().is_in_progress() {
+        let kept = working.contains_key(&r.id()) || working.len() < KEEP_IN_MEMORY;
+        if r.state().is_in_progress() || driven || (r.state() == State::Reserved && kept) {
             working.insert(r.id(), Arc::new(r.clone()));
         } else {
             working.remove(&r.id());
+        }
+    }
+
+    /// Forgets the copy of a reservation that has settled, once nothing works on it.
+    pub(super) fn forget_settled(&self, id: ReservationId) {
+        let mut working = self.inner.working.lock().expect("working lock");
+        if working
+            .get(&id)
+            .is_some_and(|r| !r.state().is_in_progress() && r.state() != State::Reserved)
+        {
+            working.remove(&id);
         }
     }
 
