@@ -654,6 +654,15 @@ async fn timeout_storm(count: usize) -> Value {
     }
     lateness.sort();
     let all_done = (last_delete - last_deadline.timestamp_millis()) as f64 / 1000.0;
+    // From the first deadline to the last DELETE: how long the coordinator took to send the
+    // whole storm's cancellations, against the same number of DELETEs sent directly (as
+    // many in flight as the coordinator allows itself), in the same run.
+    let first_deadline = made.iter().map(|(_, d)| *d).min().unwrap();
+    let storm_s = (last_delete - first_deadline.timestamp_millis()) as f64 / 1000.0;
+    let direct_s = direct_deletes(&participant, count, count).await;
+    eprintln!(
+        "timeout-storm: cancellations sent in {storm_s:.2} s from the first deadline; the same {count} DELETEs sent directly: {direct_s:.2} s"
+    );
 
     // When each cancel was decided (logged), from a sample of the reservations.
     let sample: Vec<_> = made.iter().step_by(10).map(|(id, _)| id.clone()).collect();
@@ -698,7 +707,40 @@ async fn timeout_storm(count: usize) -> Value {
         "delete_lateness_p99_ms": round2(percentile(&lateness, 0.99)),
         "delete_lateness_max_ms": round2(percentile(&lateness, 1.0)),
         "all_cancelled_s_after_last_deadline": round2(all_done),
+        "storm_sent_s": round2(storm_s),
+        "direct_deletes_s": round2(direct_s),
+        "storm_to_direct": round2(storm_s / direct_s),
     })
+}
+
+/// Sends `count` DELETEs straight to the participant (holds `from..from + count`), as many
+/// in flight as the coordinator's own cap; answers how long they took, in seconds.
+async fn direct_deletes(participant: &str, from: usize, count: usize) -> f64 {
+    let in_flight = tcc_coordinator::MAX_CALLS_IN_FLIGHT;
+    let http = client(in_flight);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers = (0..in_flight).map(|_| {
+        let (http, participant, next) = (http.clone(), participant.to_owned(), next.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap();
+                if i >= count {
+                    return;
+                }
+                let r = http
+                    .delete(format!("{participant}/holds/{}", from + i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        })
+    });
+    for worker in futures_util::future::join_all(workers).await {
+        worker.unwrap();
+    }
+    started.elapsed().as_secs_f64()
 }
 
 // ---- pending -----------------------------------------------------------------------------

@@ -474,3 +474,67 @@ async fn zero_participants_is_allowed_and_confirms_at_once() {
     assert_eq!(status, 303);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn in_a_storm_of_deadlines_no_confirm_is_accepted_after_its_deadline() {
+    // Arrange: 200 reservations whose deadlines fall close together, and a confirm for each
+    // sent between half a second before and 300 ms after its own deadline.
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    let mut created = Vec::new();
+    for n in 0..200 {
+        let id = app
+            .create(&json!({"timeout_ms": 1000, "participants": [p.link(n)]}))
+            .await;
+        let body = app.get_json(&format!("/reservations/{id}")).await;
+        created.push((id, expires_at(&body)));
+    }
+
+    // Act
+    let confirms = created.iter().enumerate().map(|(n, (id, deadline))| {
+        let app = &app;
+        let offset = i64::try_from(n % 40).unwrap() * 20 - 500;
+        let at = *deadline + TimeDelta::milliseconds(offset);
+        async move {
+            tokio::time::sleep((at - Utc::now()).to_std().unwrap_or_default()).await;
+            app.post(&format!("/reservations/{id}/confirm"))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let answers = futures_util::future::join_all(confirms).await;
+
+    // Assert: an accepted confirm was decided by its deadline and ends confirmed; a refused
+    // one ends cancelled because it expired.
+    let (mut accepted, mut refused) = (0, 0);
+    for ((id, deadline), answer) in created.iter().zip(answers) {
+        let (status, body) = app.wait_for(id, is_settled).await;
+        match answer {
+            202 => {
+                accepted += 1;
+                assert_eq!(status, 303, "{id}: accepted, then {status} {body}");
+                let transaction = app.get_json(&format!("/transactions/{id}")).await;
+                let decided: DateTime<Utc> =
+                    transaction["decided_at"].as_str().unwrap().parse().unwrap();
+                assert!(
+                    decided <= *deadline,
+                    "{id}: decided {decided}, deadline {deadline}"
+                );
+            }
+            410 => {
+                refused += 1;
+                assert_eq!(status, 410, "{id}: {body}");
+                assert_eq!(body["reason"], "expired", "{id}: {body}");
+            }
+            other => panic!("{id}: confirm answered {other}"),
+        }
+    }
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert_eq!(p.count("PUT"), accepted, "{:?}", p.summary());
+    assert_eq!(p.count("DELETE"), refused, "{:?}", p.summary());
+    app.stop().await;
+}
