@@ -54,7 +54,11 @@ impl TraceContext {
     /// `{trace-id}-{flags}`, as the log keeps it.
     #[must_use]
     pub fn to_stored(&self) -> String {
-        format!("{}-{:02x}", hex(&self.trace_id), self.flags)
+        let mut out = String::with_capacity(35);
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 
     /// The trace id in hex, for logs.
@@ -67,12 +71,14 @@ impl TraceContext {
     #[must_use]
     pub fn child(&self, span_id: [u8; 8]) -> String {
         let span_id = if span_id == [0; 8] { [1; 8] } else { span_id };
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&span_id),
-            self.flags
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &span_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
     }
 }
 
@@ -96,12 +102,20 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Lowercase hex, by table: made for every participant call and every record written, where
+/// `format!` per byte cost thousands of instructions.
 fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
 }
 
 #[cfg(test)]
