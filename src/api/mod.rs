@@ -12,6 +12,7 @@ mod requests;
 mod reservations;
 mod spec;
 mod system;
+mod view_json;
 mod views;
 
 use poem::endpoint::{make_sync, BoxEndpoint};

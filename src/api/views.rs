@@ -6,13 +6,32 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object};
+use serde::{Serialize, Serializer};
 
 use crate::domain::{Happening, Participant, ParticipantState, Reason, Reservation, State};
 
 // ---- representations --------------------------------------------------------------------
+//
+// The reservation's views also derive `Serialize`, for `ViewJson` (written without a
+// `serde_json::Value` tree); their serde output must stay equal to their `ToJSON` output,
+// which `the_reservation_serialises_as_its_document_says` checks. Instants are written as
+// poem-openapi writes them (`to_rfc3339`).
+
+#[allow(clippy::ref_option)] // serde's serialize_with passes a reference
+fn rfc3339_or_null<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => s.serialize_str(&at.to_rfc3339()),
+        None => s.serialize_none(),
+    }
+}
+
+fn rfc3339<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&at.to_rfc3339())
+}
 
 /// A reservation's state.
-#[derive(Debug, Clone, Copy, Enum)]
+#[derive(Debug, Clone, Copy, Enum, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[oai(rename = "State", rename_all = "snake_case")]
 pub enum StateView {
     Trying,
@@ -56,7 +75,8 @@ impl From<StateView> for State {
 }
 
 /// Why a reservation is cancelling or cancelled.
-#[derive(Debug, Clone, Copy, Enum)]
+#[derive(Debug, Clone, Copy, Enum, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[oai(rename = "Reason", rename_all = "snake_case")]
 pub enum ReasonView {
     Client,
@@ -79,7 +99,8 @@ impl From<Reason> for ReasonView {
 }
 
 /// Where one participant stands.
-#[derive(Debug, Clone, Copy, Enum)]
+#[derive(Debug, Clone, Copy, Enum, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[oai(rename = "ParticipantState", rename_all = "snake_case")]
 pub enum ParticipantStateView {
     Trying,
@@ -110,13 +131,14 @@ impl From<ParticipantState> for ParticipantStateView {
 }
 
 /// One participant of a reservation. Headers given for its try are never shown.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename = "Participant")]
 pub struct ParticipantView {
     pub name: String,
     /// The participant link, once known.
     pub uri: Option<String>,
     /// When the participant link expires.
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub expires: Option<DateTime<Utc>>,
     /// The URL the coordinator tries, for coordinator-driven participants.
     pub try_url: Option<String>,
@@ -126,6 +148,7 @@ pub struct ParticipantView {
     /// The last failed call's outcome, while it matters.
     pub last_error: Option<String>,
     /// When the next retry is due.
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
@@ -145,12 +168,13 @@ impl From<&Participant> for ParticipantView {
 }
 
 /// A hypermedia link.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename = "Link")]
 pub struct LinkView {
     pub href: String,
     /// The HTTP method to use, when it is not `GET`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
 }
 
@@ -168,39 +192,48 @@ impl LinkView {
 }
 
 /// The transitions allowed in the current state, and nothing else.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename = "ReservationLinks")]
 pub struct ReservationLinks {
     #[oai(rename = "self")]
+    #[serde(rename = "self")]
     pub self_: LinkView,
     /// Present while `reserved`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub confirm: Option<LinkView>,
     /// Present while `trying` or `reserved`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel: Option<LinkView>,
     /// Join one more participant; present while `trying` or `reserved`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub participants: Option<LinkView>,
     /// The definitive record, once `confirmed`.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction: Option<LinkView>,
 }
 
 /// A reservation: participants held together until confirmed or cancelled.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename = "Reservation")]
 pub struct ReservationView {
     pub id: String,
     pub state: StateView,
     /// Why it is cancelling or cancelled.
     pub reason: Option<ReasonView>,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     /// The deadline: not confirmed by then, it is cancelled.
+    #[serde(serialize_with = "rfc3339")]
     pub expires_at: DateTime<Utc>,
     /// When confirm or cancel was decided (and logged).
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub decided_at: Option<DateTime<Utc>>,
     /// When the work under way should be done (while `trying`, `confirming`, `cancelling`).
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub eta: Option<DateTime<Utc>>,
     /// What is being done, in words.
     pub activity: String,
@@ -209,6 +242,7 @@ pub struct ReservationView {
     /// The completion callback and its delivery, when one was given.
     pub callback: Option<CallbackView>,
     #[oai(rename = "_links")]
+    #[serde(rename = "_links")]
     pub links: ReservationLinks,
 }
 
@@ -248,7 +282,7 @@ impl ReservationView {
 }
 
 /// A completion callback and how its delivery stands.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename = "Callback")]
 pub struct CallbackView {
     pub url: String,
@@ -257,6 +291,7 @@ pub struct CallbackView {
     /// Why the last one failed.
     pub last_error: Option<String>,
     /// When it was acknowledged (2xx); absent while pending.
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -426,6 +461,83 @@ impl From<&Reservation> for HistoryView {
             participants: r.participants().iter().map(ParticipantView::from).collect(),
             events,
             dropped: r.history_dropped(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use poem_openapi::types::ToJSON;
+    use serde_json::json;
+
+    use super::ReservationView;
+    use crate::domain::{
+        Callback, Event, NewParticipant, ParticipantLink, ParticipantSource, ParticipantUrl,
+        Reservation, ReservationId, TryRequest,
+    };
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + secs * 1000 + 688).unwrap()
+    }
+
+    fn reservation(participants: Vec<NewParticipant>) -> Reservation {
+        let metadata = json!({"order": "A-17", "lines": [1, {"sku": "é\"\n"}], "none": null});
+        Reservation::new(
+            ReservationId::new(),
+            at(0),
+            Duration::from_secs(30),
+            participants,
+            metadata.as_object().unwrap().clone(),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn link(n: u32) -> NewParticipant {
+        NewParticipant {
+            name: format!("p{n}"),
+            source: ParticipantSource::Link(ParticipantLink {
+                uri: ParticipantUrl::parse(&format!("http://stock/holds/{n}")).unwrap(),
+                expires: at(600),
+            }),
+        }
+    }
+
+    fn tried() -> NewParticipant {
+        NewParticipant {
+            name: "tried".into(),
+            source: ParticipantSource::Try(TryRequest {
+                url: ParticipantUrl::parse("http://stock/holds").unwrap(),
+                body: serde_json::Value::Null,
+                headers: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn the_reservation_serialises_as_its_document_says() {
+        let reserved = reservation(vec![link(1), link(2)]);
+        let mut trying = reservation(vec![link(1), tried()]);
+        trying.set_callback(Callback {
+            url: ParticipantUrl::parse("http://orders/done").unwrap(),
+            attempts: 2,
+            last_error: Some("503 Service Unavailable".into()),
+            delivered_at: None,
+        });
+        let mut confirming = reservation(vec![link(1)]);
+        confirming.apply(Event::Confirm, at(1)).unwrap();
+        let mut cancelling = reservation(vec![link(1)]);
+        cancelling.apply(Event::Cancel, at(2)).unwrap();
+        let mut expired = reservation(vec![link(1)]);
+        expired.apply(Event::Expire, at(31)).unwrap();
+
+        for r in [reserved, trying, confirming, cancelling, expired] {
+            let view = ReservationView::of(&r, at(3), Duration::from_secs(5));
+            let direct = serde_json::to_string(&view).unwrap();
+            let documented = serde_json::to_string(&view.to_json().unwrap()).unwrap();
+            assert_eq!(direct, documented, "{:?}", r.state());
         }
     }
 }

@@ -12,6 +12,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::problem::{GoneProblem, Problem};
 use super::requests::{CreateReservationBody, ParticipantBody};
+use super::view_json::ViewJson;
 use super::views::{HistoryView, ReservationPage, ReservationView, StateView};
 use super::ApiTags;
 
@@ -72,7 +73,7 @@ async fn cancel(coordinator: &Coordinator, id: &str, prefer: Option<&str>) -> Ca
         Ok((r, _)) => {
             let v = view(coordinator, &r);
             let retry = retry_after(&r, coordinator);
-            CancelResponse::Accepted(Json(v), location(&r), retry)
+            CancelResponse::Accepted(ViewJson(v), location(&r), retry)
         }
         Err(e) => e.into(),
     }
@@ -170,7 +171,7 @@ impl ReservationsApi {
         match result {
             Ok((r, Some(applied))) if r.state() == State::Reserved => {
                 let v = view(&coordinator, &r);
-                CreateResponse::Settled(Json(v), location(&r), applied)
+                CreateResponse::Settled(ViewJson(v), location(&r), applied)
             }
             Ok((r, Some(applied))) if r.state() == State::Cancelled => {
                 CreateResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
@@ -178,7 +179,7 @@ impl ReservationsApi {
             Ok((r, _)) => {
                 let v = view(&coordinator, &r);
                 let retry = retry_after(&r, &coordinator);
-                CreateResponse::Accepted(Json(v), location(&r), retry)
+                CreateResponse::Accepted(ViewJson(v), location(&r), retry)
             }
             Err(e) => e.into(),
         }
@@ -264,7 +265,7 @@ impl ReservationsApi {
                 _ => {
                     let v = view(&coordinator, &r);
                     let retry = retry_after(&r, &coordinator);
-                    GetResponse::Ok(Json(v), retry)
+                    GetResponse::Ok(ViewJson(v), retry)
                 }
             },
             Err(e) => e.into(),
@@ -319,12 +320,12 @@ impl ReservationsApi {
                 ConfirmResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
             }
             Ok((r, Some(applied))) if r.state() == State::Conflict => {
-                ConfirmResponse::Settled(Json(view(&coordinator, &r)), applied)
+                ConfirmResponse::Settled(ViewJson(view(&coordinator, &r)), applied)
             }
             Ok((r, _)) => {
                 let v = view(&coordinator, &r);
                 let retry = retry_after(&r, &coordinator);
-                ConfirmResponse::Accepted(Json(v), location(&r), retry)
+                ConfirmResponse::Accepted(ViewJson(v), location(&r), retry)
             }
             Err(e) => e.into(),
         }
@@ -402,7 +403,7 @@ impl ReservationsApi {
             Ok(r) => {
                 let v = view(&coordinator, &r);
                 let retry = retry_after(&r, &coordinator);
-                JoinResponse::Accepted(Json(v), location(&r), retry)
+                JoinResponse::Accepted(ViewJson(v), location(&r), retry)
             }
             Err(e) => e.into(),
         }

@@ -9,6 +9,7 @@ use poem_openapi::ApiResponse;
 
 use crate::api::error::{problem_response, ApiError};
 use crate::api::problem::{GoneProblem, Problem};
+use crate::api::view_json::ViewJson;
 use crate::api::views::{HistoryView, ReservationPage, ReservationView};
 
 #[derive(ApiResponse)]
@@ -17,14 +18,14 @@ pub enum CreateResponse {
     /// The reservation is in the log. Follow `Location`; tries, if any, run now.
     #[oai(status = 202)]
     Accepted(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
     /// With `Prefer: wait`: every try answered and the reservation is `reserved`.
     #[oai(status = 200)]
     Settled(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Location")] String,
         #[oai(header = "Preference-Applied")] String,
     ),
@@ -62,7 +63,7 @@ pub enum GetResponse {
     /// when to look again while the coordinator is working.
     #[oai(status = 200)]
     Ok(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
     /// Every participant confirmed: the transaction is at `Location`.
@@ -102,7 +103,7 @@ pub enum ConfirmResponse {
     /// Confirming has started or is under way; follow `Location`.
     #[oai(status = 202)]
     Accepted(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
@@ -115,7 +116,7 @@ pub enum ConfirmResponse {
     /// With `Prefer: wait`: confirming ended in `conflict`.
     #[oai(status = 200)]
     Settled(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Preference-Applied")] String,
     ),
     /// No reservation has this id.
@@ -143,7 +144,7 @@ pub enum CancelResponse {
     /// Cancelling has started or is under way; follow `Location`.
     #[oai(status = 202)]
     Accepted(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
@@ -171,7 +172,7 @@ pub enum JoinResponse {
     /// The participant joined (or its link was already there).
     #[oai(status = 202)]
     Accepted(
-        Json<ReservationView>,
+        ViewJson<ReservationView>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
