@@ -29,10 +29,12 @@ impl Coordinator {
             .entry(id)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
-        // Read once; then each change made here arrives with the reservation as it was
-        // saved; changes made by other instances are read every poll.
+        // Read once (the copy this instance keeps while it works on the reservation, saved
+        // before any waiter is told; with a shared store no statement for it); then each
+        // change made here arrives with the reservation as it was saved; changes made by
+        // other instances are read every poll.
         let poll = self.inner.topology.poll_for_changes();
-        let result = match self.get(id).await {
+        let result = match self.current(id).await {
             Err(e) => Err(e),
             Ok(mut reservation) => loop {
                 if settled(&reservation) {
