@@ -123,9 +123,9 @@ impl Coordinator {
     }
 
     /// Keeps a reservation being worked on in memory, and forgets it once it is not: one in
-    /// progress; one whose driver will look at it once more before it stops; one reserved
-    /// (waiting for the client's decision), up to [`KEEP_IN_MEMORY`] kept copies, so that
-    /// deciding it reads and decodes nothing. A copy never replaces a newer one: a batch of
+    /// progress; and with an embedded log, one whose driver will look at it once more before
+    /// it stops, and one reserved (waiting for the client's decision), up to
+    /// [`KEEP_IN_MEMORY`] kept copies, so that deciding it reads and decodes nothing. A copy never replaces a newer one: a batch of
     /// deadlines is remembered after its flush, when a driver may already have saved a later
     /// revision.
     pub(super) fn remember(&self, r: &Reservation) {
@@ -142,8 +142,13 @@ impl Coordinator {
         {
             return;
         }
+        // Only a process that is the log's sole writer may trust a copy of a reservation it is
+        // not working on: with a shared store another instance may decide it meanwhile, and a
+        // driver started by a takeover or after an outage must read what was decided.
+        let sole_writer = self.inner.topology.answers_from_memory();
         let kept = working.contains_key(&r.id()) || working.len() < KEEP_IN_MEMORY;
-        if r.state().is_in_progress() || driven || (r.state() == State::Reserved && kept) {
+        let waiting = r.state() == State::Reserved && kept;
+        if r.state().is_in_progress() || (sole_writer && (driven || waiting)) {
             working.insert(r.id(), Arc::new(r.clone()));
         } else {
             working.remove(&r.id());
