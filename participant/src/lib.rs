@@ -1,6 +1,6 @@
 //! # tcc-participant
 //!
-//! The participant side of [tcc-coordinator]'s try/confirm/cancel protocol, done right once:
+//! The participant side of tcc-coordinator's try/confirm/cancel protocol, done right once:
 //! a service implements one [`Resource`] (reserve, confirm, release) and the kit serves the
 //! participant contract (`openapi/participant.yaml`) over HTTP with poem-openapi:
 //!
@@ -18,8 +18,6 @@
 //!
 //! [`fake`] is a scriptable fake participant for tests (also the `tcc-fake-participant`
 //! binary).
-//!
-//! [tcc-coordinator]: https://github.com/tcc-coordinator/tcc-coordinator
 //!
 //! ```no_run
 //! use tcc_participant::{Participant, Refusal, Resource, TryContext, Unavailable};
