@@ -70,20 +70,20 @@ pub use store::{HoldStore, MemoryStore, SledStore, StoreError};
 use api::ParticipantApi;
 use desk::{Desk, Holds};
 
-/// How the kit treats holds.
+/// How the kit treats holds, as the [`Builder`] sets it.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// How long a hold lives unless confirmed (default 60 s).
-    pub hold_ttl: Duration,
+    pub(crate) hold_ttl: Duration,
     /// How long a hold may outlive the reservation's deadline (`TCC-Deadline`), so that a
     /// confirm the coordinator starts just before the deadline still finds it (default 30 s).
-    pub deadline_margin: Duration,
+    pub(crate) deadline_margin: Duration,
     /// How long a settled hold is remembered, to answer repeated confirms and cancels
     /// (default 24 h).
-    pub retention: Duration,
+    pub(crate) retention: Duration,
     /// The base of the links handed out (`https://inventory.example`); by default
     /// `http://{Host header}`.
-    pub public_url: Option<String>,
+    pub(crate) public_url: Option<String>,
 }
 
 impl Default for Settings {

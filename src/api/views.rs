@@ -532,6 +532,12 @@ mod tests {
         cancelling.apply(Event::Cancel, at(2)).unwrap();
         let mut expired = reservation(vec![link(1)]);
         expired.apply(Event::Expire, at(31)).unwrap();
+        expired.set_callback(Callback {
+            url: ParticipantUrl::parse("http://orders/done").unwrap(),
+            attempts: 1,
+            last_error: None,
+            delivered_at: Some(at(32)),
+        });
 
         for r in [reserved, trying, confirming, cancelling, expired] {
             let view = ReservationView::of(&r, at(3), Duration::from_secs(5));

@@ -88,12 +88,7 @@ class FakeParticipant(Process):
 
 
 @pytest.fixture
-def workdir(tmp_path):
-    return tmp_path
-
-
-@pytest.fixture
-def coordinator(workdir):
+def coordinator(tmp_path):
     """The coordinator on an ephemeral log, and a generated client for it."""
     process = Process(
         [
@@ -102,7 +97,7 @@ def coordinator(workdir):
             "--max-retry-interval",
             "500ms",
         ],
-        workdir,
+        tmp_path,
         "coordinator",
     )
     wait_for(
@@ -116,9 +111,9 @@ def coordinator(workdir):
 
 
 @pytest.fixture
-def shop(workdir):
+def shop(tmp_path):
     """Three fake participants: order, payment, stock."""
-    fakes = {name: FakeParticipant(workdir, name) for name in ("order", "payment", "stock")}
+    fakes = {name: FakeParticipant(tmp_path, name) for name in ("order", "payment", "stock")}
     yield fakes
     for fake in fakes.values():
         fake.stop()
