@@ -309,13 +309,13 @@ impl Store {
         }
     }
 
-    /// Group-committed flushes run since the log was opened (0 for PostgreSQL, which commits
-    /// each write).
+    /// Group commits run since the log was opened: the embedded log's flushes, PostgreSQL's
+    /// transactions of reservation writes.
     #[must_use]
     pub fn flushes(&self) -> u64 {
         match &self.backend {
             Backend::Embedded(log) => log.flushes(),
-            Backend::Postgres(_) => 0,
+            Backend::Postgres(log) => log.commits(),
         }
     }
 

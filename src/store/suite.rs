@@ -102,6 +102,7 @@ suite!(
     removing_drops_the_record_and_frees_its_key,
     concurrent_creates_are_all_durable_and_readable,
     client_writes_past_the_queue_limit_are_refused_until_one_is_durable,
+    writes_made_together_each_keep_their_own_outcome,
 );
 
 async fn a_created_reservation_reads_back_equal_at_revision_1(store: &Store) {
@@ -280,6 +281,42 @@ async fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable(sto
     assert!(store.admit().is_ok());
 }
 
+async fn writes_made_together_each_keep_their_own_outcome(store: &Store) {
+    let mut created = Vec::new();
+    for _ in 0..100 {
+        let mut r = reservation();
+        store.create(&mut r, None).await.unwrap();
+        created.push(r);
+    }
+    // Every other copy is made stale by a write in between.
+    for r in created.iter().skip(1).step_by(2) {
+        let mut newer = r.clone();
+        newer.metadata_mut().insert("first".into(), "write".into());
+        store.replace(&mut newer, Ownership::Take).await.unwrap();
+    }
+    let writes = created.into_iter().enumerate().map(|(i, mut r)| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            r.apply(Event::Confirm, Utc::now()).unwrap();
+            (i, r.id(), store.replace(&mut r, Ownership::Take).await)
+        })
+    });
+    for written in futures_util::future::join_all(writes).await {
+        let (i, id, outcome) = written.unwrap();
+        let stored = store.load(id).await.unwrap().unwrap();
+        if i % 2 == 0 {
+            assert!(outcome.is_ok(), "write {i}: {outcome:?}");
+            assert_eq!(stored.state(), State::Confirming);
+        } else {
+            assert!(
+                matches!(outcome, Err(StoreError::Conflict(c)) if c == id),
+                "write {i} over a stale copy: {outcome:?}"
+            );
+            assert_eq!(stored.state(), State::Reserved, "write {i}");
+        }
+    }
+}
+
 // ---- what only a shared store does ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,6 +327,19 @@ async fn the_embedded_log_groups_concurrent_writes_into_few_flushes() {
     assert!(
         (1..200).contains(&flushes),
         "{flushes} flushes for 200 creates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn the_shared_log_commits_concurrent_writes_together() {
+    let url = required_scratch_database().await;
+    let store = postgres_store(&url, Duration::from_secs(10), 1024).await;
+    concurrent_creates_are_all_durable_and_readable(&store).await;
+    let commits = store.flushes();
+    assert!(
+        (1..200).contains(&commits),
+        "{commits} commits for 200 creates"
     );
 }
 

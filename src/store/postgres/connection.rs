@@ -50,6 +50,12 @@ impl PgLog {
             reachable: Arc::new(AtomicBool::new(true)),
             interrupted: Arc::new(AtomicBool::new(false)),
             set_up: Arc::new(AtomicBool::new(false)),
+            writer: None,
+        };
+        let connections = log.options.connections;
+        let log = Self {
+            writer: Some(super::batch::Writer::start(log.clone(), connections)),
+            ..log
         };
         match log.set_up().await {
             Ok(()) => {}

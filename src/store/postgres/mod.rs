@@ -24,12 +24,13 @@
 //!
 //! # Durability
 //!
-//! Each write is one statement in its own transaction: it returns after the commit, and
-//! PostgreSQL's own group commit shares WAL flushes between concurrent writers.
+//! A write returns after its commit. The writes waiting at one moment are committed
+//! together, in one transaction (see `batch`); each keeps its own outcome.
 //!
 //! # Rooms
 //!
-//! This file: the statements the store runs. `connection`: setting up (connect, migrate,
+//! This file: the statements the store runs. `batch`: the group commit of reservation
+//! writes. `connection`: setting up (connect, migrate,
 //! register; a database out of reach is waited for, a refusal stops the start), TLS, and how
 //! the driver's errors read. `schema`: the migrations, and scratch schemas for tests.
 
@@ -43,11 +44,13 @@ use deadpool_postgres::{Object, Pool};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
+mod batch;
 mod connection;
 mod schema;
 
 use super::{record, KeyEntry, Ownership, Retention, StoreError};
 use crate::domain::{Reservation, ReservationId, State};
+use batch::{Write, Written};
 use connection::{db_error, pool_error};
 pub(super) use schema::scratch_schema;
 
@@ -111,6 +114,9 @@ pub(super) struct PgLog {
     /// A call failed to reach the database since [`PgLog::take_interrupted`] last looked: a
     /// write may have committed without its answer, so its follow-up work may not have run.
     interrupted: Arc<AtomicBool>,
+    /// The group commit every reservation write goes through (`None` in the log the
+    /// group commit itself writes with).
+    writer: Option<batch::Writer>,
 }
 
 impl PgLog {
@@ -195,31 +201,17 @@ impl PgLog {
     ) -> Result<Option<(ReservationId, [u8; 32])>, StoreError> {
         reservation.set_revision(1);
         let row = Row::of(reservation, &self.options.retention);
-        let (id, owner) = (*reservation.id().as_uuid(), self.instance);
-        let (key_text, fingerprint) = (key.map(|k| k.key), key.map(|k| k.fingerprint.to_vec()));
-        let (row, key_text, fingerprint) = (&row, &key_text, &fingerprint);
         let inserted = self
-            .run(move |c| async move {
-                let statement = c.prepare_cached(INSERT).await?;
-                c.execute(
-                    &statement,
-                    &[
-                        &id,
-                        &row.version,
-                        &row.state,
-                        &owner,
-                        &row.active,
-                        &row.purge_at,
-                        &row.record,
-                        key_text,
-                        fingerprint,
-                    ],
-                )
-                .await
+            .submit(Write::Insert {
+                id: *reservation.id().as_uuid(),
+                row,
+                owner: self.instance,
+                key: key.map(|k| k.key.to_owned()),
+                fingerprint: key.map(|k| k.fingerprint.to_vec()),
             })
             .await;
         match inserted {
-            Ok(1) => {
+            Ok(Written::Inserted(1)) => {
                 reservation.set_owner(Some(self.instance));
                 Ok(None)
             }
@@ -246,34 +238,21 @@ impl PgLog {
         let expected = version(reservation.revision())?;
         reservation.set_revision(reservation.revision() + 1);
         let row = Row::of(reservation, &self.options.retention);
-        let (id, owner, row) = (*reservation.id().as_uuid(), self.instance, &row);
-        let take = ownership == Ownership::Take;
         let updated = self
-            .run(move |c| async move {
-                let statement = c.prepare_cached(UPDATE).await?;
-                c.query_opt(
-                    &statement,
-                    &[
-                        &id,
-                        &expected,
-                        &row.version,
-                        &row.state,
-                        &owner,
-                        &row.active,
-                        &row.purge_at,
-                        &row.record,
-                        &take,
-                    ],
-                )
-                .await
+            .submit(Write::Update {
+                id: *reservation.id().as_uuid(),
+                expected,
+                row,
+                owner: self.instance,
+                take: ownership == Ownership::Take,
             })
             .await;
         match updated {
-            Ok(Some(written)) => {
-                reservation.set_owner(written.get(0));
+            Ok(Written::Updated(Some(owner))) => {
+                reservation.set_owner(owner);
                 Ok(())
             }
-            Ok(None) => {
+            Ok(_) => {
                 reservation.set_revision(reservation.revision() - 1);
                 Err(StoreError::Conflict(reservation.id()))
             }
@@ -282,6 +261,19 @@ impl PgLog {
                 Err(e)
             }
         }
+    }
+
+    /// Writes a row: through the group commit, or alone in the writer's own log.
+    async fn submit(&self, write: Write) -> Result<Written, StoreError> {
+        match &self.writer {
+            Some(writer) => writer.write(write).await,
+            None => batch::alone(self, &write).await,
+        }
+    }
+
+    /// Transactions the group commit has committed since the start.
+    pub(super) fn commits(&self) -> u64 {
+        self.writer.as_ref().map_or(0, batch::Writer::commits)
     }
 
     pub(super) fn owns(&self, reservation: &Reservation) -> bool {
