@@ -14,11 +14,12 @@ impl Coordinator {
     /// `Store`; nothing after the failure is expired (the timers' entries are gone, but
     /// recovery re-arms every deadline at the next start).
     pub async fn expire(&self, ids: &[ReservationId]) -> Result<usize, CoordinatorError> {
+        let ids = self.maybe_undecided(ids);
         let mut expired = Vec::new();
         // First the reservations nobody else is updating, then, waiting, the others: one
         // busy stripe must not hold up the whole batch.
         let mut busy = Vec::new();
-        for &id in ids {
+        for &id in &ids {
             match self.lock_for(id).try_lock() {
                 Ok(_guard) => expired.extend(self.expire_locked(id).await?),
                 Err(_) => busy.push(id),
@@ -58,8 +59,14 @@ impl Coordinator {
         id: ReservationId,
     ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
         let mut conflicts = 0;
+        let mut hint = self.hint(id);
         loop {
-            let before = match self.current(id).await {
+            let guessed = hint.is_some();
+            let before = match hint.take() {
+                Some(r) => Ok(r),
+                None => self.current(id).await,
+            };
+            let before = match before {
                 Ok(r) => r,
                 // Purged, or past its retention: nothing to expire.
                 Err(
@@ -71,6 +78,10 @@ impl Coordinator {
             };
             let mut after = before.clone();
             if !after.expire_if_due(self.now()) {
+                if guessed {
+                    // Nothing to write, so nothing checks the guess: read it.
+                    continue;
+                }
                 return Ok(None);
             }
             match self.inner.store.write(&mut after, Ownership::Take).await {
@@ -79,7 +90,7 @@ impl Coordinator {
                 // recorded an outcome): read it again and see whether it is still due.
                 Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
-                    self.inner.working.lock().expect("working lock").remove(&id);
+                    self.drop_copies(id);
                 }
                 Err(StoreError::Conflict(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
@@ -102,7 +113,7 @@ impl Coordinator {
         {
             // Not flushed here: a purge lost in a crash is simply done again at recovery.
             self.inner.store.remove(&r).await?;
-            self.inner.working.lock().expect("working lock").remove(&id);
+            self.drop_copies(id);
             self.inner.metrics.left(r.state());
             tracing::debug!(reservation_id = %id, "retention ended: record purged");
         }
@@ -111,12 +122,37 @@ impl Coordinator {
 
     pub(super) fn arm_deadline(&self, reservation: &Reservation) {
         if matches!(reservation.state(), State::Trying | State::Reserved) {
-            // A deadline armed after the timers stopped (at shutdown) is re-armed by
-            // recovery at the next start.
-            self.inner
-                .deadlines
-                .arm(reservation.expires_at(), reservation.id(), Due::Deadline);
+            self.arm_deadline_at(reservation.expires_at(), reservation.id());
         }
+    }
+
+    pub(super) fn arm_deadline_at(&self, at: chrono::DateTime<chrono::Utc>, id: ReservationId) {
+        // A deadline armed after the timers stopped (at shutdown) is re-armed by recovery at
+        // the next start.
+        self.inner
+            .armed
+            .lock()
+            .expect("armed lock")
+            .insert(id, false);
+        self.inner.deadlines.arm(at, id, Due::Deadline);
+    }
+
+    /// Notes that a reservation whose deadline is armed here was decided: its timer will
+    /// skip it without reading the log.
+    pub(super) fn note_decided(&self, id: ReservationId) {
+        if let Some(decided) = self.inner.armed.lock().expect("armed lock").get_mut(&id) {
+            *decided = true;
+        }
+    }
+
+    /// Of the reservations whose timers came, those that may still be undecided: the others
+    /// were decided here after their deadline was armed here, and need nothing.
+    fn maybe_undecided(&self, ids: &[ReservationId]) -> Vec<ReservationId> {
+        let mut armed = self.inner.armed.lock().expect("armed lock");
+        ids.iter()
+            .copied()
+            .filter(|id| armed.remove(id) != Some(true))
+            .collect()
     }
 
     pub(super) fn arm_purge(&self, reservation: &Reservation) {

@@ -32,6 +32,12 @@ impl Coordinator {
         );
     }
 
+    /// Whether a driver of this instance works on the reservation now.
+    pub(super) fn drives(&self, id: ReservationId) -> bool {
+        let drivers = self.inner.drivers.lock().expect("drivers lock");
+        drivers.contains_key(&id)
+    }
+
     /// The driver: runs phases until the reservation needs nothing more from participants.
     pub(super) async fn drive(&self, id: ReservationId, mut wake: CancellationToken) {
         loop {
@@ -43,7 +49,7 @@ impl Coordinator {
                 Ok(r) if !self.inner.store.owns(&r) => {
                     // Another instance sharing the store works on it now.
                     self.inner.drivers.lock().expect("drivers lock").remove(&id);
-                    self.inner.working.lock().expect("working lock").remove(&id);
+                    self.drop_copies(id);
                     return;
                 }
                 Ok(r) => match r.state() {

@@ -187,6 +187,15 @@ struct Inner {
     /// was a tenth of the CPU under load. Written under the reservation's lock, after the
     /// log; never holds a reservation that is only waiting (those can be millions).
     working: Mutex<HashMap<ReservationId, Arc<Reservation>>>,
+    /// With a shared store, reserved reservations this instance saved, as it saved them: the
+    /// first guess of an update (a decision, a deadline), so that deciding reads nothing. A
+    /// hint may be stale (another instance decided meanwhile); only a write, conditional on
+    /// the revision, is ever made from one, and a hint that changes nothing is read again.
+    hints: Mutex<HashMap<ReservationId, Arc<Reservation>>>,
+    /// The reservations whose deadline timer is armed here, and whether they were decided
+    /// since. Every timer fires, decided or not; one that finds its reservation decided
+    /// skips it instead of reading the log (a read per transaction, a deadline later).
+    armed: Mutex<HashMap<ReservationId, bool>>,
     /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
     watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
@@ -238,6 +247,8 @@ impl Coordinator {
                 drivers: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
                 working: Mutex::new(HashMap::new()),
+                hints: Mutex::new(HashMap::new()),
+                armed: Mutex::new(HashMap::new()),
                 deadlines: parts.deadlines,
                 metrics: parts.metrics,
                 render: parts.render,

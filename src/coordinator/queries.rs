@@ -8,6 +8,9 @@ use tokio::sync::watch;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Refusal, Reservation, ReservationId, State};
 
+/// While this instance drives a reservation, a waiter reads it on every this many polls.
+const DRIVEN_POLL_EVERY: u32 = 10;
+
 impl Coordinator {
     /// Waits up to `limit` (capped by `--max-wait`) until `settled` holds for the
     /// reservation; returns it as it then stands, and whether `settled` held.
@@ -32,8 +35,10 @@ impl Coordinator {
         // Read once (the copy this instance keeps while it works on the reservation, saved
         // before any waiter is told; with a shared store no statement for it); then each
         // change made here arrives with the reservation as it was saved; changes made by
-        // other instances are read every poll.
+        // other instances are read every poll, and only every tenth while this instance
+        // drives the reservation (another instance changes it then only by taking it over).
         let poll = self.inner.topology.poll_for_changes();
+        let mut polls = 0_u32;
         let result = match self.current(id).await {
             Err(e) => Err(e),
             Ok(mut reservation) => loop {
@@ -50,10 +55,16 @@ impl Coordinator {
                             reservation = Reservation::clone(&changed);
                         }
                     }
-                    Err(_) if until < deadline => match self.get(id).await {
-                        Ok(read) => reservation = read,
-                        Err(e) => break Err(e),
-                    },
+                    Err(_) if until < deadline => {
+                        polls += 1;
+                        if polls % DRIVEN_POLL_EVERY != 0 && self.drives(id) {
+                            continue;
+                        }
+                        match self.get(id).await {
+                            Ok(read) => reservation = read,
+                            Err(e) => break Err(e),
+                        }
+                    }
                     _ => break Ok((reservation, false)),
                 }
             },

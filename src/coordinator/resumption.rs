@@ -35,7 +35,7 @@ impl Coordinator {
             self.inner.metrics.entered(r.state);
         }
         if matches!(r.state, State::Trying | State::Reserved) {
-            self.inner.deadlines.arm(r.expires_at, r.id, Due::Deadline);
+            self.arm_deadline_at(r.expires_at, r.id);
         }
         if let (Some(at), true) = (r.purge_at, topology.purges_by_timer()) {
             self.inner.deadlines.arm(at, r.id, Due::Purge);

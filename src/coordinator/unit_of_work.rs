@@ -52,10 +52,19 @@ impl Coordinator {
     ) -> Result<(Reservation, T), CoordinatorError> {
         let _guard = self.lock_for(id).lock().await;
         let mut conflicts = 0;
+        let mut hint = self.hint(id);
         loop {
-            let before = self.current(id).await?;
+            let guessed = hint.is_some();
+            let before = match hint.take() {
+                Some(r) => r,
+                None => self.current(id).await?,
+            };
             let mut after = before.clone();
             let out = change(&mut after, self.now());
+            if after == before && guessed {
+                // Nothing to write, so nothing checks the guess: answer from what is read.
+                continue;
+            }
             if after == before {
                 if after.state().is_in_progress()
                     && self.inner.topology.redrives_repeated_requests()
@@ -72,7 +81,7 @@ impl Coordinator {
                 Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     // A copy kept here is stale now.
-                    self.inner.working.lock().expect("working lock").remove(&id);
+                    self.drop_copies(id);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -96,6 +105,9 @@ impl Coordinator {
         let id = after.id();
         self.remember(after);
         if after.state() != before.state() {
+            if !matches!(after.state(), State::Trying | State::Reserved) {
+                self.note_decided(id);
+            }
             self.inner.metrics.moved(before.state(), after.state());
             tracing::debug!(reservation_id = %id, from = %before.state(), to = %after.state(),
                 reason = ?after.reason(), "state changed");
@@ -123,46 +135,59 @@ impl Coordinator {
     }
 
     /// Keeps a reservation being worked on in memory, and forgets it once it is not: one in
-    /// progress; and with an embedded log, one whose driver will look at it once more before
-    /// it stops, and one reserved (waiting for the client's decision), up to
-    /// [`KEEP_IN_MEMORY`] kept copies, so that deciding it reads and decodes nothing. A copy never replaces a newer one: a batch of
-    /// deadlines is remembered after its flush, when a driver may already have saved a later
-    /// revision.
+    /// progress; one whose driver will look at it once more before it stops; and with an
+    /// embedded log, one reserved (waiting for the client's decision), up
+    /// to [`KEEP_IN_MEMORY`] kept copies, so that deciding it reads and decodes nothing. With
+    /// a shared store, a reserved one is kept as a hint instead (see `Inner::hints`). A copy
+    /// never replaces a newer one: a batch of deadlines is remembered after its flush, when a
+    /// driver may already have saved a later revision.
     pub(super) fn remember(&self, r: &Reservation) {
-        let driven = self
-            .inner
-            .drivers
-            .lock()
-            .expect("drivers lock")
-            .contains_key(&r.id());
-        let mut working = self.inner.working.lock().expect("working lock");
-        if working
-            .get(&r.id())
-            .is_some_and(|kept| kept.revision() > r.revision())
-        {
-            return;
-        }
+        let driven = self.drives(r.id());
         // Only a process that is the log's sole writer may trust a copy of a reservation it is
         // not working on: with a shared store another instance may decide it meanwhile, and a
-        // driver started by a takeover or after an outage must read what was decided.
+        // driver started by a takeover or after an outage must read what was decided. The
+        // copy its own driver saved is safe for that driver's last look: an instance that
+        // changes it meanwhile becomes its owner, and this driver then finds its write
+        // refused or the work not its own; the driver drops the copy as it stops
+        // (`forget_settled`).
         let sole_writer = self.inner.topology.answers_from_memory();
-        let kept = working.contains_key(&r.id()) || working.len() < KEEP_IN_MEMORY;
-        let waiting = r.state() == State::Reserved && kept;
-        if r.state().is_in_progress() || (sole_writer && (driven || waiting)) {
-            working.insert(r.id(), Arc::new(r.clone()));
-        } else {
-            working.remove(&r.id());
+        let reserved = r.state() == State::Reserved;
+        let trusted = r.state().is_in_progress() || driven || (sole_writer && reserved);
+        let hinted = !sole_writer && reserved;
+        if keep(&self.inner.working, r, trusted) {
+            return;
         }
+        keep(&self.inner.hints, r, hinted);
+    }
+
+    /// The copy this instance saved of a reserved reservation, with a shared store: a guess
+    /// for an update, never an answer.
+    pub(super) fn hint(&self, id: ReservationId) -> Option<Reservation> {
+        let hints = self.inner.hints.lock().expect("hints lock");
+        hints.get(&id).map(|r| Reservation::clone(r))
+    }
+
+    /// Drops every copy kept of a reservation (it changed elsewhere, or left the log).
+    pub(super) fn drop_copies(&self, id: ReservationId) {
+        self.inner.working.lock().expect("working lock").remove(&id);
+        self.inner.hints.lock().expect("hints lock").remove(&id);
     }
 
     /// Forgets the copy of a reservation that has settled, once nothing works on it.
+    /// With a shared store, a reserved one becomes a hint: its driver was the last to trust it.
     pub(super) fn forget_settled(&self, id: ReservationId) {
+        let sole_writer = self.inner.topology.answers_from_memory();
         let mut working = self.inner.working.lock().expect("working lock");
-        if working
-            .get(&id)
-            .is_some_and(|r| !r.state().is_in_progress() && r.state() != State::Reserved)
-        {
-            working.remove(&id);
+        let Some(kept) = working.get(&id) else {
+            return;
+        };
+        if kept.state().is_in_progress() || (sole_writer && kept.state() == State::Reserved) {
+            return;
+        }
+        let kept = working.remove(&id);
+        drop(working);
+        if let Some(reserved) = kept.filter(|r| r.state() == State::Reserved) {
+            keep(&self.inner.hints, &reserved, true);
         }
     }
 
@@ -172,4 +197,28 @@ impl Coordinator {
         let stripe = usize::try_from(hasher.finish() % LOCK_STRIPES as u64).unwrap_or(0);
         &self.inner.locks[stripe]
     }
+}
+
+/// Keeps `r` in `copies` when `wanted` (within [`KEEP_IN_MEMORY`] for a reserved one, never
+/// over a newer copy), else drops its copy. Returns whether a newer copy is kept, which
+/// makes this save old news everywhere.
+fn keep(
+    copies: &std::sync::Mutex<std::collections::HashMap<ReservationId, Arc<Reservation>>>,
+    r: &Reservation,
+    wanted: bool,
+) -> bool {
+    let mut copies = copies.lock().expect("copies lock");
+    if copies
+        .get(&r.id())
+        .is_some_and(|kept| kept.revision() > r.revision())
+    {
+        return true;
+    }
+    let room = copies.contains_key(&r.id()) || copies.len() < KEEP_IN_MEMORY;
+    if wanted && (room || r.state() != State::Reserved) {
+        copies.insert(r.id(), Arc::new(r.clone()));
+    } else {
+        copies.remove(&r.id());
+    }
+    false
 }

@@ -321,3 +321,58 @@ async fn every_acknowledged_reservation_survives_kill_9_of_its_instance() {
         );
     }
 }
+
+/// The instance that created a reservation keeps its own copy as a first guess for the
+/// decision (so deciding reads nothing). When another instance decided meanwhile, that copy
+/// is stale: neither a write from it (conditional on the revision) nor an answer that
+/// changes nothing (a repeated join) may rest on it.
+#[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn the_creators_copy_never_answers_for_a_decision_made_on_another_instance() {
+    let (_dir, [creator, other]) = cluster(["creator", "other"]).await;
+    let http = client();
+    let p = Participant::start().await;
+    let (first, second) = (p.link(1), p.link(2));
+    let cancelled = create(&http, &creator.base, &json!({"participants": [first]})).await;
+    let confirmed = create(&http, &creator.base, &json!({"participants": [second]})).await;
+    assert_eq!(
+        decide(&http, &other.base, &cancelled, "cancel")
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(
+        decide(&http, &other.base, &confirmed, "confirm")
+            .await
+            .status(),
+        202
+    );
+
+    // A confirm from the stale copy would be a write: it must find the cancel.
+    let late_confirm = decide(&http, &creator.base, &cancelled, "confirm").await;
+    assert!(
+        [409, 410].contains(&late_confirm.status().as_u16()),
+        "a confirm after another instance's cancel answered {}",
+        late_confirm.status()
+    );
+    // A repeated join changes nothing on the stale copy: it must still see the confirm.
+    let rejoined = http
+        .post(format!(
+            "{}/reservations/{confirmed}/participants",
+            creator.base
+        ))
+        .json(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rejoined.status(),
+        409,
+        "a join after another instance's confirm"
+    );
+
+    wait_for(&http, &other.base, &confirmed, |s, _| s == 303).await;
+    wait_for(&http, &other.base, &cancelled, |s, _| s == 410).await;
+    assert_eq!(p.paths("PUT"), ["/holds/2"], "{:?}", p.summary());
+    assert_eq!(p.paths("DELETE"), ["/holds/1"], "{:?}", p.summary());
+}
