@@ -267,10 +267,26 @@ async fn concurrent_creates_are_all_durable_and_readable(store: &Store) {
             r
         })
     });
-    for r in futures_util::future::join_all(creates).await {
-        let r = r.unwrap();
-        assert_eq!(store.load(r.id()).await.unwrap(), Some(r));
+    let created: Vec<Reservation> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // Read back all at once too (PostgreSQL answers reads that wait together in one
+    // statement): each read gets its own reservation, and one never created reads as none.
+    let reads = created.iter().map(|r| store.load(r.id()));
+    for (r, read) in created
+        .iter()
+        .zip(futures_util::future::join_all(reads).await)
+    {
+        assert_eq!(read.unwrap().as_ref(), Some(r));
     }
+    let (known, unknown) = tokio::join!(
+        store.load(created[0].id()),
+        store.load(ReservationId::new())
+    );
+    assert_eq!(known.unwrap().as_ref(), Some(&created[0]));
+    assert_eq!(unknown.unwrap(), None);
 }
 
 async fn client_writes_past_the_queue_limit_are_refused_until_one_is_durable(store: &Store) {

@@ -1,8 +1,9 @@
-//! Group commit: the writes waiting at one moment go to the database together, pipelined on
-//! one connection inside one transaction, so that a busy coordinator commits once for many
-//! reservations instead of once per write. PostgreSQL already shares WAL flushes between
-//! concurrent commits, but every commit still costs the server its bookkeeping and the
-//! coordinator a round trip; under load this halves what a transaction costs the database.
+//! Group commit, and reads gathered the same way: the writes waiting at one moment go to
+//! the database together, pipelined on one connection inside one transaction, and the point
+//! reads waiting at one moment are one `SELECT … WHERE id = ANY($1)`. A busy coordinator so
+//! commits once for many reservations instead of once per write: PostgreSQL already shares
+//! WAL flushes between concurrent commits, but every statement and every commit still costs
+//! the server its bookkeeping and the coordinator a round trip.
 //!
 //! A write alone (an idle coordinator) runs as one statement without `BEGIN`/`COMMIT`, as
 //! before. Each write keeps its own outcome: a conditional `UPDATE` that matched no row is
@@ -11,6 +12,8 @@
 //! retries the whole batch (as [`PgLog::run`] does for any statement), and any other error
 //! runs the batch's writes again one by one, so one write the database refuses fails alone.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -19,14 +22,130 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_postgres::{GenericClient, Statement};
 use uuid::Uuid;
 
-use super::{PgLog, Row, StoreError, INSERT, UPDATE};
+use super::{decode, PgLog, Row, StoreError, INSERT, LOAD_MANY, UPDATE};
+use crate::domain::Reservation;
 
-/// Most writes committed together.
+/// Most writes committed together, and most ids read by one statement.
 const MOST_PER_BATCH: usize = 256;
 
-/// Most batches sent at once, each on its own connection (capped by the pool's size): while
-/// they are out, the writes that arrive wait together for the next.
+/// Most batches of each kind sent at once, each on its own connection (capped by the pool's
+/// size): while they are out, the work that arrives waits together for the next.
 const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Gathers the jobs that wait at one moment into batches and runs them, a few at once.
+struct Gatherer<J>(mpsc::UnboundedSender<J>);
+
+impl<J> Clone for Gatherer<J> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<J: Send + 'static> Gatherer<J> {
+    /// Starts the task on the current runtime; it ends when the last clone is dropped.
+    fn start<F, Fut>(connections: usize, run: F) -> Self
+    where
+        F: Fn(Vec<J>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (jobs, mut queue) = mpsc::unbounded_channel::<J>();
+        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT.min(connections).max(1)));
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MOST_PER_BATCH {
+                    match queue.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let running = run(batch);
+                tokio::spawn(async move {
+                    running.await;
+                    drop(slot);
+                });
+            }
+        });
+        Self(jobs)
+    }
+
+    /// Queues a job and waits for the answer it carries the sender of.
+    async fn ask<T>(&self, job: impl FnOnce(oneshot::Sender<T>) -> J) -> Result<T, StoreError> {
+        let stopped = || StoreError::Log("the database's batching task has stopped".into());
+        let (done, answer) = oneshot::channel();
+        self.0.send(job(done)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
+    }
+}
+
+/// Point reads, gathered.
+#[derive(Clone)]
+pub(super) struct Reader(Gatherer<ReadJob>);
+
+struct ReadJob {
+    id: Uuid,
+    done: oneshot::Sender<Result<Option<Reservation>, StoreError>>,
+}
+
+impl Reader {
+    /// `log` runs the statements (and must not read through this reader itself).
+    pub(super) fn start(log: PgLog, connections: usize) -> Self {
+        Self(Gatherer::start(connections, move |batch| {
+            let log = log.clone();
+            async move { read_all(&log, batch).await }
+        }))
+    }
+
+    /// Reads one reservation, together with whatever else is being read.
+    pub(super) async fn load(&self, id: Uuid) -> Result<Option<Reservation>, StoreError> {
+        self.0.ask(|done| ReadJob { id, done }).await?
+    }
+}
+
+/// Reads one reservation as a statement of its own.
+pub(super) async fn load_alone(log: &PgLog, id: Uuid) -> Result<Option<Reservation>, StoreError> {
+    rows_of(log, &[id]).await?.first().map(decode).transpose()
+}
+
+async fn rows_of(log: &PgLog, ids: &[Uuid]) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    log.run(move |c| async move {
+        let statement = c.prepare_cached(LOAD_MANY).await?;
+        c.query(&statement, &[&ids]).await
+    })
+    .await
+}
+
+async fn read_all(log: &PgLog, batch: Vec<ReadJob>) {
+    let ids: Vec<Uuid> = batch.iter().map(|job| job.id).collect();
+    match rows_of(log, &ids).await {
+        Ok(rows) => {
+            let by_id: HashMap<Uuid, &tokio_postgres::Row> =
+                rows.iter().map(|row| (row.get(0), row)).collect();
+            for job in batch {
+                let read = by_id.get(&job.id).map(|row| decode(row)).transpose();
+                // The reader may have stopped waiting (its request was dropped).
+                let _ = job.done.send(read);
+            }
+        }
+        Err(error) => {
+            for job in batch {
+                let _ = job.done.send(Err(again(&error)));
+            }
+        }
+    }
+}
+
+/// The same failure, told to another of a batch's jobs.
+fn again(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable(text) => StoreError::Unavailable(text.clone()),
+        StoreError::Database(text) => StoreError::Database(text.clone()),
+        other => StoreError::Log(other.to_string()),
+    }
+}
 
 /// One write of a reservation's row.
 pub(super) enum Write {
@@ -68,41 +187,24 @@ struct Job {
     done: oneshot::Sender<Result<Written, StoreError>>,
 }
 
-/// Hands writes to the group-commit task. Cheap to clone; the task ends when the last clone
-/// is dropped.
+/// Writes, gathered: the group commit.
 #[derive(Clone)]
 pub(super) struct Writer {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: Gatherer<Job>,
     /// Transactions committed (a batch, or a write alone).
     commits: Arc<AtomicU64>,
 }
 
 impl Writer {
-    /// Starts the task on the current runtime. `log` runs the statements (and must not
-    /// write through this writer itself).
+    /// `log` runs the statements (and must not write through this writer itself).
     pub(super) fn start(log: PgLog, connections: usize) -> Self {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT.min(connections).max(1)));
         let commits = Arc::new(AtomicU64::new(0));
         let counted = commits.clone();
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let mut batch = vec![first];
-                while batch.len() < MOST_PER_BATCH {
-                    match queue.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let (log, counted) = (log.clone(), counted.clone());
-                tokio::spawn(async move {
-                    let committed = commit(&log, batch).await;
-                    counted.fetch_add(committed, Ordering::Relaxed);
-                    drop(slot);
-                });
+        let jobs = Gatherer::start(connections, move |batch| {
+            let (log, counted) = (log.clone(), counted.clone());
+            async move {
+                let committed = commit(&log, batch).await;
+                counted.fetch_add(committed, Ordering::Relaxed);
             }
         });
         Self { jobs, commits }
@@ -115,13 +217,7 @@ impl Writer {
 
     /// Writes, together with whatever else is being written, and returns once committed.
     pub(super) async fn write(&self, write: Write) -> Result<Written, StoreError> {
-        let (done, outcome) = oneshot::channel();
-        self.jobs
-            .send(Job { write, done })
-            .map_err(|_| StoreError::Log("the database writer has stopped".into()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Log("the database writer has stopped".into()))?
+        self.jobs.ask(|done| Job { write, done }).await?
     }
 }
 
@@ -133,10 +229,9 @@ async fn commit(log: &PgLog, mut batch: Vec<Job>) -> u64 {
     let outcomes: Vec<_> = match together(log, &writes).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
         // The database is away: nothing is known of any of them.
-        Err(StoreError::Unavailable(text)) => writes
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(text.clone())))
-            .collect(),
+        Err(error @ StoreError::Unavailable(_)) => {
+            writes.iter().map(|_| Err(again(&error))).collect()
+        }
         Err(error) if writes.len() == 1 => vec![Err(error)],
         // One of them was refused: find which, each in a transaction of its own.
         Err(_) => {

@@ -51,10 +51,12 @@ impl PgLog {
             interrupted: Arc::new(AtomicBool::new(false)),
             set_up: Arc::new(AtomicBool::new(false)),
             writer: None,
+            reader: None,
         };
         let connections = log.options.connections;
         let log = Self {
             writer: Some(super::batch::Writer::start(log.clone(), connections)),
+            reader: Some(super::batch::Reader::start(log.clone(), connections)),
             ..log
         };
         match log.set_up().await {

@@ -88,7 +88,8 @@ const CLAIM: &str = "UPDATE tcc_reservations SET owner = $1, version = version +
         AND NOT EXISTS (SELECT 1 FROM tcc_instances i WHERE i.id = r.owner AND i.lease_until > now()) \
         ORDER BY r.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
     RETURNING id, version, record, owner";
-const LOAD: &str = "SELECT id, version, record, owner FROM tcc_reservations WHERE id = $1";
+const LOAD_MANY: &str =
+    "SELECT id, version, record, owner FROM tcc_reservations WHERE id = ANY($1)";
 const OWNED: &str = "SELECT id, version, record, owner FROM tcc_reservations \
     WHERE active AND owner = $1 AND id > $2 ORDER BY id LIMIT $3";
 const LIST: &str = "SELECT id, version, record, owner FROM tcc_reservations \
@@ -115,8 +116,10 @@ pub(super) struct PgLog {
     /// write may have committed without its answer, so its follow-up work may not have run.
     interrupted: Arc<AtomicBool>,
     /// The group commit every reservation write goes through (`None` in the log the
-    /// group commit itself writes with).
+    /// batching tasks themselves run their statements with).
     writer: Option<batch::Writer>,
+    /// Point reads, gathered the same way (`None` likewise).
+    reader: Option<batch::Reader>,
 }
 
 impl PgLog {
@@ -281,14 +284,10 @@ impl PgLog {
     }
 
     pub(super) async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
-        let uuid = *id.as_uuid();
-        let row = self
-            .run(move |c| async move {
-                let statement = c.prepare_cached(LOAD).await?;
-                c.query_opt(&statement, &[&uuid]).await
-            })
-            .await?;
-        row.as_ref().map(decode).transpose()
+        match &self.reader {
+            Some(reader) => reader.load(*id.as_uuid()).await,
+            None => batch::load_alone(self, *id.as_uuid()).await,
+        }
     }
 
     pub(super) async fn idempotency_key(
