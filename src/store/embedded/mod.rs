@@ -6,7 +6,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | a record (see `record`): `[2]`, the revision (8 bytes), the JSON of a `ReservationV1` |
+//! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | a record (see `record`): `[3]`, the revision (8 bytes), the postcard of a `ReservationV1` (older records: `[2]` and JSON) |
 //! | `idempotency` | the client's `Idempotency-Key`, UTF-8 | `[1]`, the reservation id (16 bytes), the SHA-256 of the canonical request body (32 bytes) |
 //!
 //! The first byte of every value is the record's format version; a reader refuses versions it
@@ -80,7 +80,7 @@ impl SledLog {
 
         let id = reservation.id().to_bytes();
         reservation.set_revision(1);
-        let value = record::encode(reservation);
+        let value = record::encode(reservation, record::Format::Binary);
         let Some(key) = key else {
             if let Err(error) =
                 self.reservations
@@ -133,7 +133,7 @@ impl SledLog {
             return Err(StoreError::Conflict(id));
         }
         reservation.set_revision(reservation.revision() + 1);
-        let value = record::encode(reservation);
+        let value = record::encode(reservation, record::Format::Binary);
         match self
             .reservations
             .compare_and_swap(key, current, Some(value))?

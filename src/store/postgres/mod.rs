@@ -467,7 +467,7 @@ impl Row {
             state: r.state().as_str(),
             active: !r.state().is_terminal() || r.callback_due(),
             purge_at: r.purge_at(retention.retention, retention.transaction_retention),
-            record: record::encode(r),
+            record: record::encode(r, record::Format::Json),
         }
     }
 }
