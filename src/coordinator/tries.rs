@@ -12,23 +12,57 @@ use crate::domain::{
     CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, State, TryRequest,
 };
 use crate::participant::TryOutcome;
+use crate::retry::Schedule;
 
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
 /// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
 pub(super) const LINK_RECOVERY_CALLS: u32 = 3;
 
 impl Coordinator {
+    /// Calls every pending try at once and records all the first answers in one write
+    /// (which also makes the reservation reserved, or cancelling, when they settle it); then
+    /// retries, each on its own schedule, the tries that need it.
     pub(super) async fn run_tries(
         &self,
         r: &Reservation,
         wake: &CancellationToken,
     ) -> Result<(), CoordinatorError> {
-        let tries = r
+        let tries: Vec<(usize, TryRequest)> = r
             .unsettled()
             .filter(|(_, p)| p.state() == ParticipantState::Trying)
-            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)));
-        let results = join_all(tries.map(|(i, t)| self.try_one(r, i, t, wake))).await;
-        results.into_iter().collect::<Result<(), _>>()?;
+            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)))
+            .collect();
+        if !tries.is_empty() && !self.stop_trying(r, wake) {
+            let mut schedules: Vec<Schedule> =
+                tries.iter().map(|_| self.inner.retry.schedule()).collect();
+            let calls = tries.iter().map(|(i, t)| self.try_call(r, *i, t));
+            let answers: Vec<TryAnswer> = join_all(calls)
+                .await
+                .into_iter()
+                .zip(&tries)
+                .zip(schedules.iter_mut())
+                .map(|(((outcome, took), (i, _)), schedule)| {
+                    self.answer(r, *i, outcome, took, schedule)
+                })
+                .collect();
+            let margin = self.inner.limits.participant_timeout;
+            self.update(r.id(), |r, now| {
+                for answer in &answers {
+                    answer.record(r, now, margin);
+                }
+            })
+            .await?;
+            let retries = answers.iter().zip(tries).zip(schedules).filter_map(
+                |((answer, (i, request)), schedule)| {
+                    let delay = answer.retry_in?;
+                    Some(self.retry_try(r, i, request, schedule, delay, wake))
+                },
+            );
+            join_all(retries)
+                .await
+                .into_iter()
+                .collect::<Result<(), _>>()?;
+        }
         let (after, ()) = self
             .update(r.id(), |r, now| {
                 if r.state() == State::Trying && !r.has_pending_tries() {
@@ -46,80 +80,74 @@ impl Coordinator {
         Ok(())
     }
 
-    pub(super) async fn try_one(
+    /// Whether to stop calling tries: woken (the state changed), stopping, or past the
+    /// deadline.
+    fn stop_trying(&self, r: &Reservation, wake: &CancellationToken) -> bool {
+        wake.is_cancelled() || self.inner.shutdown.is_cancelled() || r.is_past_deadline(self.now())
+    }
+
+    /// Calls one try again after `delay`, until it is answered for good, gives up at the
+    /// deadline, or the driver is woken or stopped.
+    async fn retry_try(
         &self,
         r: &Reservation,
         index: usize,
         request: TryRequest,
+        mut schedule: Schedule,
+        mut delay: Duration,
         wake: &CancellationToken,
     ) -> Result<(), CoordinatorError> {
         let margin = self.inner.limits.participant_timeout;
-        let mut schedule = self.inner.retry.schedule();
         loop {
-            if wake.is_cancelled()
-                || self.inner.shutdown.is_cancelled()
-                || r.is_past_deadline(self.now())
-            {
+            if !self.pause(delay, Some(wake)).await || self.stop_trying(r, wake) {
                 return Ok(());
             }
             let (outcome, took) = self.try_call(r, index, &request).await;
-            match outcome {
-                TryOutcome::Reserved(link) => {
-                    return self
-                        .record(r.id(), index, |r, i, now| {
-                            let p = &mut r.participant_mut(i);
-                            if p.state() == ParticipantState::Trying {
-                                p.record_link(now, link.clone());
-                                r.note_call(now, i, CallVerb::Try, "reserved".into(), took);
-                                r.refresh_deadline(margin);
-                                // The last try to answer makes it reserved in the same write.
-                                if r.state() == State::Trying && !r.has_pending_tries() {
-                                    let _ = r.apply(Event::AllTriesAnswered, now);
-                                }
-                            }
-                        })
-                        .await;
-                }
-                TryOutcome::Refused(error) => {
-                    tracing::warn!(reservation_id = %r.id(), participant = %r.participants()[index].name(),
-                        %error, "try refused: cancelling the reservation");
-                    return self
-                        .record(r.id(), index, |r, i, now| {
-                            let message = format!("try refused: {error}");
-                            r.participant_mut(i).record_attempt(
-                                now,
-                                Some(ParticipantEvent::TryRefused),
-                                Some(message.clone()),
-                                None,
-                            );
-                            r.note_call(now, i, CallVerb::Try, message, took);
-                            let _ = r.apply(Event::TryFailed, now);
-                        })
-                        .await;
-                }
-                TryOutcome::Retry(hint) => {
-                    self.count_retry(CallVerb::Try);
-                    let delay = schedule.next_delay(hint.retry_after);
-                    let now = self.now();
-                    let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-                    let give_up = next >= r.expires_at();
-                    tracing::debug!(reservation_id = %r.id(), participant = %r.participants()[index].name(),
-                        error = %hint.error, ?delay, "try failed; retrying");
-                    self.record(r.id(), index, |r, i, now| {
-                        r.participant_mut(i).record_attempt(
-                            now,
-                            None,
-                            Some(hint.error.clone()),
-                            (!give_up).then_some(next),
-                        );
-                        r.note_call(now, i, CallVerb::Try, hint.error.clone(), took);
-                    })
-                    .await?;
-                    if give_up || !self.pause(delay, Some(wake)).await {
-                        return Ok(());
-                    }
+            let answer = self.answer(r, index, outcome, took, &mut schedule);
+            self.record(r.id(), index, |r, _, now| answer.record(r, now, margin))
+                .await?;
+            match answer.retry_in {
+                Some(next) => delay = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// A try's answer, ready to record: when to call again (and whether to at all).
+    fn answer(
+        &self,
+        r: &Reservation,
+        index: usize,
+        outcome: TryOutcome,
+        took: Duration,
+        schedule: &mut Schedule,
+    ) -> TryAnswer {
+        let name = r.participants()[index].name();
+        let (mut next, mut retry_in) = (None, None);
+        match &outcome {
+            TryOutcome::Reserved(_) => {}
+            TryOutcome::Refused(error) => {
+                tracing::warn!(reservation_id = %r.id(), participant = %name, %error,
+                    "try refused: cancelling the reservation");
+            }
+            TryOutcome::Retry(hint) => {
+                self.count_retry(CallVerb::Try);
+                let delay = schedule.next_delay(hint.retry_after);
+                let at = self.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                tracing::debug!(reservation_id = %r.id(), participant = %name,
+                    error = %hint.error, ?delay, "try failed; retrying");
+                // A try that would be called again after the deadline gives up.
+                if at < r.expires_at() {
+                    (next, retry_in) = (Some(at), Some(delay));
                 }
             }
+        }
+        TryAnswer {
+            index,
+            outcome,
+            took,
+            next,
+            retry_in,
         }
     }
 
@@ -199,5 +227,53 @@ impl Coordinator {
             }
         })
         .await
+    }
+}
+
+/// The answer of one try call, ready to record.
+pub(super) struct TryAnswer {
+    index: usize,
+    outcome: TryOutcome,
+    took: Duration,
+    /// When the try is called again, if it is.
+    next: Option<chrono::DateTime<chrono::Utc>>,
+    retry_in: Option<Duration>,
+}
+
+impl TryAnswer {
+    /// Records the answer on its participant and in the history: a link (the last try to
+    /// answer makes the reservation reserved), a refusal (which cancels it), or a failure
+    /// to retry.
+    fn record(&self, r: &mut Reservation, now: chrono::DateTime<chrono::Utc>, margin: Duration) {
+        let i = self.index;
+        match &self.outcome {
+            TryOutcome::Reserved(link) => {
+                let p = &mut r.participant_mut(i);
+                if p.state() == ParticipantState::Trying {
+                    p.record_link(now, link.clone());
+                    r.note_call(now, i, CallVerb::Try, "reserved".into(), self.took);
+                    r.refresh_deadline(margin);
+                    if r.state() == State::Trying && !r.has_pending_tries() {
+                        let _ = r.apply(Event::AllTriesAnswered, now);
+                    }
+                }
+            }
+            TryOutcome::Refused(error) => {
+                let message = format!("try refused: {error}");
+                r.participant_mut(i).record_attempt(
+                    now,
+                    Some(ParticipantEvent::TryRefused),
+                    Some(message.clone()),
+                    None,
+                );
+                r.note_call(now, i, CallVerb::Try, message, self.took);
+                let _ = r.apply(Event::TryFailed, now);
+            }
+            TryOutcome::Retry(hint) => {
+                r.participant_mut(i)
+                    .record_attempt(now, None, Some(hint.error.clone()), self.next);
+                r.note_call(now, i, CallVerb::Try, hint.error.clone(), self.took);
+            }
+        }
     }
 }
