@@ -1,6 +1,8 @@
 //! Deadlines and purges: what the timer thread asks for when an instant comes (expire
 //! undecided reservations, drop records whose retention ended), and arming those timers.
 
+use std::sync::Arc;
+
 use super::{Coordinator, CoordinatorError, Due, MAX_CONFLICTS};
 use crate::domain::{Reservation, ReservationId, State};
 use crate::store::{Ownership, StoreError};
@@ -57,7 +59,7 @@ impl Coordinator {
     pub(super) async fn expire_locked(
         &self,
         id: ReservationId,
-    ) -> Result<Option<(Reservation, Reservation)>, CoordinatorError> {
+    ) -> Result<Option<(Arc<Reservation>, Reservation)>, CoordinatorError> {
         let mut conflicts = 0;
         let mut hint = self.hint(id);
         loop {
@@ -76,7 +78,7 @@ impl Coordinator {
                 ) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let mut after = before.clone();
+            let mut after = Reservation::clone(&before);
             if !after.expire_if_due(self.now()) {
                 if guessed {
                     // Nothing to write, so nothing checks the guess: read it.

@@ -35,7 +35,7 @@ impl Coordinator {
             .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)))
             .collect();
         let reloaded;
-        let r = if unanswered.is_empty() {
+        let r: &Reservation = if unanswered.is_empty() {
             r
         } else {
             let calls = unanswered

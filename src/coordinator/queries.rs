@@ -1,6 +1,7 @@
 //! Reads: a reservation (from the working copy or the log), a confirmed transaction, the
 //! listing, and waiting for a change (`Prefer: wait`). Nothing here writes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -43,7 +44,7 @@ impl Coordinator {
             Err(e) => Err(e),
             Ok(mut reservation) => loop {
                 if settled(&reservation) {
-                    break Ok((reservation, true));
+                    break Ok((Arc::unwrap_or_clone(reservation), true));
                 }
                 let until = match poll {
                     Some(every) => deadline.min(tokio::time::Instant::now() + every),
@@ -52,7 +53,7 @@ impl Coordinator {
                 match tokio::time::timeout_at(until, changes.changed()).await {
                     Ok(Ok(())) => {
                         if let Some(changed) = changes.borrow_and_update().clone() {
-                            reservation = Reservation::clone(&changed);
+                            reservation = changed;
                         }
                     }
                     Err(_) if until < deadline => {
@@ -61,11 +62,11 @@ impl Coordinator {
                             continue;
                         }
                         match self.get(id).await {
-                            Ok(read) => reservation = read,
+                            Ok(read) => reservation = Arc::new(read),
                             Err(e) => break Err(e),
                         }
                     }
-                    _ => break Ok((reservation, false)),
+                    _ => break Ok((Arc::unwrap_or_clone(reservation), false)),
                 }
             },
         };
@@ -95,11 +96,14 @@ impl Coordinator {
     /// With a shared store the copy may be stale; that is harmless where it is used (to
     /// change it, or to drive it): every write is conditional on the revision, and a stale
     /// copy's write fails, drops the copy and reads again.
-    pub(super) async fn current(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
+    pub(super) async fn current(
+        &self,
+        id: ReservationId,
+    ) -> Result<Arc<Reservation>, CoordinatorError> {
         if let Some(r) = self.inner.working.lock().expect("working lock").get(&id) {
-            return Ok(Reservation::clone(r));
+            return Ok(Arc::clone(r));
         }
-        self.read(id).await
+        Ok(Arc::new(self.read(id).await?))
     }
 
     /// Reads a reservation from the store.

@@ -59,13 +59,13 @@ impl Coordinator {
                 Some(r) => r,
                 None => self.current(id).await?,
             };
-            let mut after = before.clone();
+            let mut after = Reservation::clone(&before);
             let out = change(&mut after, self.now());
-            if after == before && guessed {
+            if after == *before && guessed {
                 // Nothing to write, so nothing checks the guess: answer from what is read.
                 continue;
             }
-            if after == before {
+            if after == *before {
                 if after.state().is_in_progress()
                     && self.inner.topology.redrives_repeated_requests()
                 {
@@ -162,9 +162,9 @@ impl Coordinator {
 
     /// The copy this instance saved of a reserved reservation, with a shared store: a guess
     /// for an update, never an answer.
-    pub(super) fn hint(&self, id: ReservationId) -> Option<Reservation> {
+    pub(super) fn hint(&self, id: ReservationId) -> Option<Arc<Reservation>> {
         let hints = self.inner.hints.lock().expect("hints lock");
-        hints.get(&id).map(|r| Reservation::clone(r))
+        hints.get(&id).cloned()
     }
 
     /// Drops every copy kept of a reservation (it changed elsewhere, or left the log).
