@@ -248,4 +248,99 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The registry in the format `exposition` names.
+    #[must_use]
+    pub fn render_as(&self, exposition: Exposition) -> String {
+        match exposition {
+            Exposition::OpenMetrics => self.render(),
+            Exposition::Prometheus => prometheus_text(&self.render()),
+        }
+    }
+}
+
+/// The text formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0, what Prometheus asks for first.
+    OpenMetrics,
+    /// Prometheus's classic text format 0.0.4, what curl, older agents and anything that
+    /// asks for nothing in particular get.
+    Prometheus,
+}
+
+impl Exposition {
+    /// Chooses from a scraper's `Accept` (RFC 9110 quality values): OpenMetrics when it is
+    /// asked for at least as strongly as plain text, else the classic format.
+    #[must_use]
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let (mut openmetrics, mut plain) = (0.0_f32, 0.0_f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let quality = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .and_then(|q| q.trim().parse().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+                "text/plain" | "text/*" | "*/*" => plain = plain.max(quality),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= plain {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Prometheus
+        }
+    }
+
+    /// The `Content-Type` of a body in this format.
+    #[must_use]
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter's `HELP` and `TYPE` name its
+/// samples (`…_total`), types 0.0.4 lacks are `untyped`, `HELP` unescapes quotes, and `UNIT`
+/// and `# EOF` go (0.0.4 has neither).
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let family = |name: &str| {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else {
+            name.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!(
+                "# HELP {} {}\n",
+                family(name),
+                help.replace("\\\"", "\"")
+            ));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "counter" | "gauge" | "histogram" | "summary" => kind,
+                _ => "untyped",
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", family(name)));
+        } else if !(line.starts_with("# UNIT ") || line == "# EOF") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }

@@ -96,7 +96,8 @@ impl HealthApi {
     }
 }
 
-/// `GET /metrics`: the coordinator's metrics in the Prometheus text format (OpenMetrics).
+/// `GET /metrics`: the coordinator's metrics, in OpenMetrics when the scraper's `Accept` asks
+/// for it (Prometheus does), else in Prometheus's classic text format (curl, older agents).
 /// Outside the OpenAPI document: it is for scrapers, not API clients.
 pub(crate) fn metrics(req: &poem::Request, stuck_after: std::time::Duration) -> poem::Response {
     use poem::IntoResponse;
@@ -107,8 +108,11 @@ pub(crate) fn metrics(req: &poem::Request, stuck_after: std::time::Duration) -> 
     metrics
         .stuck
         .set(i64::try_from(coordinator.stuck(stuck_after)).unwrap_or(i64::MAX));
+    let accept = req.header(poem::http::header::ACCEPT);
+    let exposition = crate::telemetry::Exposition::negotiate(accept);
     metrics
-        .render()
-        .with_content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .render_as(exposition)
+        .with_content_type(exposition.content_type())
+        .with_header(poem::http::header::VARY, "Accept")
         .into_response()
 }

@@ -10,11 +10,102 @@ use crate::helpers::{spawn_app_with, Behaviour, Participant, Reply, TestApp};
 async fn metrics(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    response.text().await.unwrap()
+}
+
+/// `GET /metrics` with `accept` (or none), its content type and body.
+async fn scrape(app: &TestApp, accept: Option<&str>) -> (String, String) {
+    let mut request = reqwest::Client::new().get(app.url("/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("Accept", accept);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["vary"], "Accept");
+    let kind = response.headers()["content-type"]
         .to_str()
         .unwrap()
-        .starts_with("application/openmetrics-text"));
-    response.text().await.unwrap()
+        .to_owned();
+    (kind, response.text().await.unwrap())
+}
+
+/// The rules of Prometheus's text format 0.0.4 that OpenMetrics breaks: every sample belongs
+/// to a family its `TYPE` line names exactly (a histogram's `_bucket`, `_sum`, `_count`
+/// too), the types are 0.0.4's, and no `# EOF` or `# UNIT`.
+fn assert_prometheus_text(text: &str) {
+    let mut types = std::collections::HashMap::new();
+    for line in text.lines() {
+        assert!(
+            line != "# EOF" && !line.starts_with("# UNIT"),
+            "not in 0.0.4: {line}"
+        );
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            types.insert(name.to_owned(), kind.to_owned());
+        }
+    }
+    let samples: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert!(!samples.is_empty());
+    for line in samples {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let histogram = ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+            name.strip_suffix(suffix)
+                .is_some_and(|base| types.get(base).is_some_and(|k| k == "histogram"))
+        });
+        assert!(
+            types.contains_key(name) || histogram,
+            "sample {name} has no TYPE line of its own: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_answer_in_the_format_the_scraper_asks_for() {
+    let app = spawn_app_with(|_| {}).await;
+    let prometheus_text = "text/plain; version=0.0.4; charset=utf-8";
+
+    // curl, and agents that ask for nothing in particular or for plain text.
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("text/plain"),
+        Some("text/plain;version=0.0.4"),
+    ] {
+        let (kind, text) = scrape(&app, accept).await;
+        assert_eq!(kind, prometheus_text, "Accept: {accept:?}");
+        assert_prometheus_text(&text);
+        assert!(
+            text.contains("# TYPE tcc_deadlines_fired_total counter"),
+            "{text}"
+        );
+    }
+    // Prometheus asks for OpenMetrics first.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+        version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (kind, text) = scrape(&app, Some(prometheus)).await;
+    assert_eq!(
+        kind,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE tcc_deadlines_fired counter"),
+        "{text}"
+    );
+    // OpenMetrics only when it is preferred.
+    let (kind, _) = scrape(&app, Some("text/plain, application/openmetrics-text;q=0.5")).await;
+    assert_eq!(kind, prometheus_text);
 }
 
 /// The value of the sample `name` (with its labels, as written), or 0 when absent.
