@@ -259,6 +259,15 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        if let Some(every) = crate::systemd::watchdog_interval() {
+            tasks.spawn(crate::systemd::watchdog(every, shutdown.clone()));
+        }
+        crate::systemd::recovering();
+        let stopping = shutdown.clone();
+        tasks.spawn(async move {
+            stopping.cancelled().await;
+            crate::systemd::stopping();
+        });
         let recovering = coordinator.clone();
         let failed = Arc::new(Mutex::new(None));
         let (failure, stop) = (failed.clone(), shutdown.clone());
@@ -272,6 +281,7 @@ impl App {
                         "recovery finished; ready"
                     );
                     recovering.mark_ready();
+                    crate::systemd::ready();
                 }
                 Err(error) => {
                     // A coordinator that cannot account for its whole log must not run.

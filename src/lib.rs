@@ -50,6 +50,7 @@ mod participant;
 
 mod retry;
 mod store;
+mod systemd;
 pub mod telemetry;
 mod timers;
 

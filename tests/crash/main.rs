@@ -13,6 +13,7 @@ use std::time::Duration;
 mod choreography;
 mod cluster;
 mod database;
+mod systemd;
 
 use helpers::{client, create, decide, wait_for, Behaviour, Participant, Reply};
 use serde_json::json;
