@@ -111,8 +111,8 @@ fn confirm_bad_request(error: poem::Error) -> AtomikosConfirmResponse {
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "cancel_bad_request")]
 pub enum AtomikosCancelResponse {
-    /// The cancel is logged; every participant gets `DELETE` (retried until its link
-    /// expires).
+    /// The cancel is logged and every link has answered its first `DELETE` (or
+    /// `--max-wait` passed); a link that failed is retried until it expires.
     #[oai(status = 204)]
     Cancelled,
     /// The body is not JSON.
@@ -244,8 +244,10 @@ impl AtomikosApi {
 
     /// Cancel links (Atomikos-compatible)
     ///
-    /// Logs the cancel and answers 204; every link then gets `DELETE`, retried until it
-    /// expires.
+    /// Logs the cancel, sends every link `DELETE`, and answers 204 once each has answered
+    /// its first `DELETE` (or `--max-wait` has passed), as Atomikos's own coordinator does:
+    /// a client that reads a participant right after the 204 finds it cancelled. A
+    /// participant that failed is retried in the background until its link expires.
     #[oai(path = "/coordinator/cancel", method = "put")]
     async fn cancel(
         &self,
@@ -257,10 +259,14 @@ impl AtomikosApi {
     ) -> AtomikosCancelResponse {
         let result = async {
             let links = links(body.value)?;
-            coordinator
+            let r = coordinator
                 .create_decided(links, Event::Cancel, super::trace_of(&traceparent))
                 .await
                 .map_err(refused_link)?;
+            let limit = coordinator.limits().max_wait;
+            coordinator
+                .wait_until(r.id(), every_link_answered_once, limit)
+                .await?;
             Ok::<_, ApiError>(())
         }
         .await;
@@ -269,6 +275,14 @@ impl AtomikosApi {
             Err(e) => e.into(),
         }
     }
+}
+
+/// Every participant has answered a call of the phase at least once (or needs none).
+fn every_link_answered_once(r: &Reservation) -> bool {
+    r.state().is_terminal()
+        || r.participants()
+            .iter()
+            .all(|p| p.attempts() > 0 || p.state().is_settled())
 }
 
 /// A link the coordinator refused, named by its JSON path in an Atomikos request

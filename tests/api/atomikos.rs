@@ -149,6 +149,40 @@ async fn cancel_answers_204_and_every_link_gets_delete() {
     app.stop().await;
 }
 
+/// As Atomikos's own coordinator: the 204 comes once every participant has answered its
+/// first `DELETE`, so a client that reads a participant right after it finds it cancelled.
+#[tokio::test]
+async fn cancel_answers_204_only_once_every_link_has_answered_its_first_delete() {
+    let app = crate::helpers::spawn_app().await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+    b.script("cancel", [Reply::UntilReleased]);
+
+    let body = links(&[(&a, 1, in_secs(60)), (&b, 2, in_secs(60))]);
+    let request = app
+        .http
+        .put(app.url("/coordinator/cancel"))
+        .json(&body)
+        .send();
+    let answered = tokio::spawn(async move {
+        let response = request.await.unwrap();
+        (response.status(), std::time::Instant::now())
+    });
+    b.wait_until("the held DELETE", |p| p.count("DELETE") == 1)
+        .await;
+    let released = std::time::Instant::now();
+    b.release();
+
+    let (status, at) = answered.await.unwrap();
+    assert_eq!(status, 204);
+    assert!(
+        at > released,
+        "the 204 came before the held DELETE was answered"
+    );
+    assert_eq!(a.paths("DELETE"), ["/holds/1"]);
+    assert_eq!(b.paths("DELETE"), ["/holds/2"]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_bad_link_is_422_naming_it_and_nothing_is_called() {
     let app = crate::helpers::spawn_app().await;
