@@ -106,6 +106,12 @@ impl From<CoordinatorError> for ApiError {
                     _ => "the decision was already taken",
                 }
             ))),
+            e @ CoordinatorError::NoParticipant { .. } => {
+                Self::Problem(Problem::not_found(e.to_string()))
+            }
+            e @ CoordinatorError::NotWaiting { .. } => {
+                Self::Problem(Problem::conflict(e.to_string()))
+            }
             CoordinatorError::Recovering => Self::Problem(Problem::unavailable(
                 "the coordinator is still reading its log back after a start (see /health/ready); \
                  nothing was stored: retry after the delay in Retry-After",

@@ -204,6 +204,58 @@ impl Coordinator {
         self.decide(id, Event::Forget).await
     }
 
+    /// Calls a participant waiting in backoff again at once (after an operator fixed it):
+    /// wakes the reservation's driver, which calls every participant of it that waits. The
+    /// cleared `next_attempt_at` is logged, and taking the work over makes this instance
+    /// the one that calls. Idempotent while the participant still waits or is being called.
+    ///
+    /// # Errors
+    /// `NoParticipant`; `NotWaiting`; `NotFound`; `Store`.
+    pub async fn retry_now(
+        &self,
+        id: ReservationId,
+        index: usize,
+    ) -> Result<Reservation, CoordinatorError> {
+        let _admitted = self.admit()?;
+        let (reservation, outcome) = self
+            .update_as(id, Ownership::Take, |r, _| {
+                let state = r.state();
+                let Some(p) = r.participants().get(index) else {
+                    return Err(CoordinatorError::NoParticipant { id, index });
+                };
+                let why = if !state.is_in_progress() {
+                    Some(format!("is not being called: the reservation is {state}"))
+                } else if p.state().is_settled() {
+                    Some(format!("has settled ({})", p.state().as_str()))
+                } else if !p.waits_for_retry() {
+                    Some("has not failed a call yet".to_owned())
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(CoordinatorError::NotWaiting { id, index, why });
+                }
+                r.participant_mut(index).retry_now();
+                Ok(())
+            })
+            .await?;
+        outcome?;
+        tracing::info!(reservation_id = %id, participant = index, "retry requested: calling it again now");
+        let waiting = self
+            .inner
+            .retry_now
+            .lock()
+            .expect("retry signals lock")
+            .remove(&id);
+        if let Some(waiting) = waiting {
+            waiting.cancel();
+        }
+        // Starts a driver where none runs (the work was another instance's), and wakes the
+        // tries' retries.
+        self.ensure_driven(id);
+        Ok(reservation)
+    }
+
     /// Adds a participant while the reservation is `trying` or `reserved`. A link already
     /// present is not added twice.
     ///

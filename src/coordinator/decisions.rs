@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
@@ -129,7 +130,9 @@ impl Coordinator {
     /// Calls every target at once and records all the first answers in one write (which
     /// also ends the phase when they settle it); then retries, each on its own schedule,
     /// the participants that need it, recording every later answer as it comes. Stops at
-    /// shutdown; the phase resumes at the next start.
+    /// shutdown (the phase resumes at the next start), and when an operator asks to retry
+    /// now (the driver then runs the phase again at once, calling every participant still
+    /// unsettled).
     pub(super) async fn fan_out(
         &self,
         id: ReservationId,
@@ -154,20 +157,33 @@ impl Coordinator {
             r.finish_phase(now);
         })
         .await?;
+        // Fired by an operator's "retry now": every retry below stops waiting.
+        let wake = self
+            .inner
+            .retry_now
+            .lock()
+            .expect("retry signals lock")
+            .entry(id)
+            .or_default()
+            .clone();
+        let wake = &wake;
         let retries = targets.iter().zip(schedules).zip(first).filter_map(
             |(((i, name, target), schedule), attempt)| {
                 attempt.delay.map(|delay| {
                     attempt.log_retry(id, target.verb(), name);
                     self.count_retry(target.verb());
-                    self.retry_one(id, trace, *i, name, target, schedule, delay)
+                    self.retry_one(id, trace, *i, name, target, schedule, delay, wake)
                 })
             },
         );
-        join_all(retries)
-            .await
-            .into_iter()
-            .collect::<Result<(), _>>()?;
-        if self.inner.shutdown.is_cancelled() {
+        let retried = join_all(retries).await;
+        self.inner
+            .retry_now
+            .lock()
+            .expect("retry signals lock")
+            .remove(&id);
+        retried.into_iter().collect::<Result<(), _>>()?;
+        if self.inner.shutdown.is_cancelled() || wake.is_cancelled() {
             return Ok(());
         }
         // Nothing left to call (no participants, or all settled before): end the phase.
@@ -175,7 +191,8 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Calls one participant again after `delay`, until it settles or the coordinator stops.
+    /// Calls one participant again after `delay`, until it settles, the coordinator stops
+    /// or the driver is woken.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn retry_one(
         &self,
@@ -186,9 +203,10 @@ impl Coordinator {
         target: &Call,
         mut schedule: Schedule,
         mut delay: Duration,
+        wake: &CancellationToken,
     ) -> Result<(), CoordinatorError> {
         loop {
-            if !self.pause(delay, None).await {
+            if !self.pause(delay, Some(wake)).await {
                 return Ok(());
             }
             let attempt = self.call(target, trace, &mut schedule).await;

@@ -135,6 +135,17 @@ pub enum CoordinatorError {
         refusal: Refusal,
         reservation: Box<Reservation>,
     },
+    /// The reservation has no participant at this index.
+    #[error("reservation {id} has no participant {index}")]
+    NoParticipant { id: ReservationId, index: usize },
+    /// The participant does not wait to be called again (settled, never called yet, or its
+    /// reservation is not being worked on).
+    #[error("participant {index} of reservation {id} {why}")]
+    NotWaiting {
+        id: ReservationId,
+        index: usize,
+        why: String,
+    },
     /// The log is still being read back after a start: no writes until it is.
     #[error("recovery has not finished")]
     Recovering,
@@ -196,6 +207,9 @@ struct Inner {
     /// since. Every timer fires, decided or not; one that finds its reservation decided
     /// skips it instead of reading the log (a read per transaction, a deadline later).
     armed: Mutex<HashMap<ReservationId, bool>>,
+    /// For each reservation whose confirm or cancel phase waits to retry participants, what
+    /// an operator's "retry now" fires to end the wait.
+    retry_now: Mutex<HashMap<ReservationId, CancellationToken>>,
     /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
     watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
@@ -246,6 +260,7 @@ impl Coordinator {
                     .collect(),
                 drivers: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
+                retry_now: Mutex::new(HashMap::new()),
                 working: Mutex::new(HashMap::new()),
                 hints: Mutex::new(HashMap::new()),
                 armed: Mutex::new(HashMap::new()),

@@ -291,6 +291,17 @@ impl Participant {
         true
     }
 
+    /// Whether it waits to be called again: unsettled, and its last call failed.
+    #[must_use]
+    pub fn waits_for_retry(&self) -> bool {
+        !self.state().is_settled() && self.attempts > 0
+    }
+
+    /// Calls it again at once instead of at `next_attempt_at` (an operator asked).
+    pub fn retry_now(&mut self) {
+        self.next_attempt_at = None;
+    }
+
     /// Starts a new phase (confirm or cancel): attempts count from zero again.
     pub fn start_phase(&mut self) {
         self.attempts = 0;

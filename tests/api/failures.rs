@@ -148,6 +148,64 @@ async fn confirm_answered_429_with_retry_after_waits_that_long() {
     app.stop().await;
 }
 
+/// An operator fixed a participant that asked to be called again in an hour: "retry now"
+/// calls it at once (the test would wait an hour without it), and only while it waits.
+#[tokio::test]
+async fn retry_now_calls_a_participant_waiting_in_backoff_at_once() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script("confirm", [Reply::RetryAfter(503, 3600)]);
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+    let undecided = app
+        .post(&format!("/reservations/{id}/participants/0/retry"))
+        .await;
+    assert_eq!(
+        undecided.status(),
+        409,
+        "not being called before a decision"
+    );
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/confirm"))
+            .await
+            .status(),
+        202
+    );
+    app.wait_for(&id, |_, body| {
+        !body["participants"][0]["next_attempt_at"].is_null()
+    })
+    .await;
+
+    let retried = app
+        .post(&format!("/reservations/{id}/participants/0/retry"))
+        .await;
+    assert_eq!(retried.status(), 202);
+    assert_eq!(
+        retried.headers()["location"].to_str().unwrap(),
+        format!("/reservations/{id}")
+    );
+    let (status, _) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 303);
+    assert_eq!(p.count("PUT"), 2, "{:?}", p.summary());
+
+    let settled = app
+        .post(&format!("/reservations/{id}/participants/0/retry"))
+        .await;
+    assert_eq!(settled.status(), 409);
+    let problem: Value = settled.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("participant 0"),
+        "{problem}"
+    );
+    let unknown = app
+        .post(&format!("/reservations/{id}/participants/7/retry"))
+        .await;
+    assert_eq!(unknown.status(), 404);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn confirm_slower_than_the_call_timeout_is_retried() {
     let app = spawn_app_with(|c| c.limits.participant_timeout = Duration::from_millis(300)).await;

@@ -22,7 +22,7 @@ use crate::coordinator::{Coordinator, IdempotencyKey};
 use crate::domain::{Reservation, ReservationId, State};
 use responses::{
     CancelResponse, ConfirmResponse, CreateResponse, ForgetResponse, GetResponse, HistoryResponse,
-    JoinResponse, ListResponse,
+    JoinResponse, ListResponse, RetryResponse,
 };
 
 /// The reservation operations.
@@ -374,6 +374,35 @@ impl ReservationsApi {
         .await;
         match result {
             Ok(_) => ForgetResponse::Forgotten,
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Retry a participant now
+    ///
+    /// For a participant waiting in backoff after a failed call (its `next_attempt_at` is
+    /// set), typically once an operator has fixed it: the coordinator calls it again at once
+    /// instead of at `next_attempt_at`, together with any other participant of the
+    /// reservation that waits. `index` is the participant's place in `participants`.
+    /// Idempotent; 409 when the participant does not wait.
+    #[oai(path = "/reservations/:id/participants/:index/retry", method = "post")]
+    async fn retry(
+        &self,
+        coordinator: Data<&Coordinator>,
+        id: Path<String>,
+        index: Path<usize>,
+    ) -> RetryResponse {
+        let result = async {
+            let id = parse_id(&id)?;
+            Ok::<_, ApiError>(coordinator.retry_now(id, index.0).await?)
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                let v = view(&coordinator, &r);
+                let retry = retry_after(&r, &coordinator);
+                RetryResponse::Accepted(ViewJson(v), location(&r), retry)
+            }
             Err(e) => e.into(),
         }
     }

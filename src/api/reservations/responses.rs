@@ -227,6 +227,33 @@ pub enum ForgetResponse {
 problem_response!(ForgetResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable });
 
 #[derive(ApiResponse)]
+pub enum RetryResponse {
+    /// The participant is being called again now; follow `Location` (or wait on it with
+    /// `Prefer: wait`). Repeating it while the participant still waits or is being called
+    /// answers 202 again.
+    #[oai(status = 202)]
+    Accepted(
+        ViewJson<ReservationView>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
+    /// No reservation has this id, or it has no participant at this index.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The participant does not wait to be called again: it settled, was never called, or
+    /// its reservation is not confirming, cancelling or trying.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The reservation's retention ended.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<GoneProblem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(RetryResponse { 404 => NotFound, 409 => Conflict, 503 => Unavailable } gone => Gone);
+
+#[derive(ApiResponse)]
 #[oai(bad_request_handler = "list_bad_request")]
 pub enum ListResponse {
     /// A page of reservations, newest first; `next` links the following page.
