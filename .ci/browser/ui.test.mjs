@@ -74,5 +74,148 @@ await test("dashboard-shows-a-reservation-and-its-calls", async (page) => {
   await page.screenshot({ path: `${artifacts}/dashboard.png`, fullPage: true });
 });
 
+// ---- the dashboard's actions -------------------------------------------------------------
+
+const fake = process.env.FAKE_BASE;
+assert.ok(fake, "FAKE_BASE names the fake participant");
+
+async function call(method, path, body, headers = {}) {
+  return fetch(`${base}${path}`, {
+    method,
+    headers: { "Content-Type": "application/json", ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    redirect: "manual",
+  });
+}
+
+async function script(verb, answers) {
+  const response = await fetch(`${fake}/_script`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ verb, answers }),
+  });
+  assert.equal(response.status, 204, `scripting the fake's ${verb}`);
+}
+
+// A reservation holding `holds` tries on the fake, reserved, with `metadata`.
+async function reserved(holds = 1, metadata = {}) {
+  const participants = Array.from({ length: holds }, (_, i) =>
+    ({ name: `stock-${i}`, try: { url: `${fake}/holds`, body: { sku: "apple", n: i } } }));
+  const created = await call("POST", "/reservations", { timeout_ms: 600000, participants, metadata }, { Prefer: "wait=10" });
+  assert.equal(created.status, 200, "every try answered");
+  const body = await created.json();
+  assert.equal(body.state, "reserved");
+  return body.id;
+}
+
+// The reservation's state as the API tells it.
+async function stateOf(id) {
+  const response = await call("GET", `/reservations/${id}`);
+  if (response.status === 303) return "confirmed";
+  if (response.status === 410) return (await response.json()).state ?? "gone";
+  return (await response.json()).state;
+}
+
+async function until(what, check) {
+  const stop = Date.now() + 15000;
+  for (;;) {
+    if (await check()) return;
+    assert.ok(Date.now() < stop, `waited too long for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function open(page, id) {
+  await page.goto(`${base}/ui`);
+  await page.locator(`tr[data-id="${id}"]`).click();
+  await page.locator("#timeline").waitFor();
+}
+
+await test("dashboard-confirms-after-asking", async (page) => {
+  const id = await reserved();
+  await open(page, id);
+  await page.getByRole("button", { name: "Confirm…" }).click();
+  await page.locator("#ask[open]").waitFor();
+  assert.match(await page.locator("#ask-text").textContent(), /cannot be undone/);
+  await page.screenshot({ path: `${artifacts}/dashboard-confirm-asks.png`, fullPage: true });
+  // Saying no changes nothing.
+  await page.locator("#ask-no").click();
+  assert.equal(await stateOf(id), "reserved");
+  await page.getByRole("button", { name: "Confirm…" }).click();
+  await page.locator("#ask-yes").click();
+  await until("confirmed in the API", async () => (await stateOf(id)) === "confirmed");
+  await page.locator(`tr[data-id="${id}"] .state.confirmed`).waitFor();
+  await page.locator("#detail-head .state.confirmed").waitFor();
+  assert.match(await page.locator("#acted").textContent(), /confirm: 202|confirm: 303/);
+  await page.screenshot({ path: `${artifacts}/dashboard-confirmed.png`, fullPage: true });
+});
+
+await test("dashboard-cancels-after-asking", async (page) => {
+  const id = await reserved();
+  await open(page, id);
+  await page.getByRole("button", { name: "Cancel…" }).click();
+  await page.locator("#ask-yes").click();
+  await until("cancelled in the API", async () => (await stateOf(id)) === "cancelled");
+  await page.locator("#detail-head .state.cancelled").waitFor();
+  await page.screenshot({ path: `${artifacts}/dashboard-cancelled.png`, fullPage: true });
+});
+
+await test("dashboard-retries-a-participant-now", async (page) => {
+  // The fake asks to be called again in an hour; the operator does not wait.
+  await script("confirm", [{ status: 503, retry_after_secs: 3600 }]);
+  const id = await reserved();
+  assert.equal((await call("POST", `/reservations/${id}/confirm`)).status, 202);
+  await open(page, id);
+  const retry = page.getByRole("button", { name: "Retry now" });
+  await retry.waitFor();
+  await page.screenshot({ path: `${artifacts}/dashboard-retry-waiting.png`, fullPage: true });
+  await retry.click();
+  await until("confirmed in the API", async () => (await stateOf(id)) === "confirmed");
+  await page.locator("#detail-head .state.confirmed").waitFor();
+  assert.match(await page.locator("#acted").textContent(), /retry participant 0: 202/);
+});
+
+await test("dashboard-forgets-a-conflict-after-asking", async (page) => {
+  // One participant's hold is gone at confirm time, the other confirms: a conflict.
+  await script("confirm", [{ status: 404 }]);
+  const id = await reserved(2);
+  assert.equal((await call("POST", `/reservations/${id}/confirm`)).status, 202);
+  await until("the conflict", async () => (await stateOf(id)) === "conflict");
+  await open(page, id);
+  await page.getByRole("button", { name: /Forget/ }).click();
+  assert.match(await page.locator("#ask-text").textContent(), /reconciled by hand/);
+  await page.locator("#ask-yes").click();
+  await until("forgotten in the API", async () => (await call("GET", `/reservations/${id}`)).status === 410);
+  await page.locator("#detail-head .state.forgotten").waitFor();
+  await page.screenshot({ path: `${artifacts}/dashboard-forgotten.png`, fullPage: true });
+});
+
+await test("dashboard-finds-by-id-and-metadata-and-filters-by-host", async (page) => {
+  const order = `order-${Date.now()}`;
+  const id = await reserved(1, { order });
+  const elsewhere = new Date(Date.now() + 600_000).toISOString();
+  const other = await call("POST", "/reservations", {
+    participants: [{ name: "elsewhere", link: { uri: "http://10.255.255.1:9/holds/1", expires: elsewhere } }],
+    metadata: { order: "unrelated" },
+  });
+  assert.equal(other.status, 202);
+  const otherId = (await other.json()).id;
+  await page.goto(`${base}/ui`);
+  await page.locator(`tr[data-id="${otherId}"]`).waitFor();
+
+  await page.locator("#search").fill(order);
+  await page.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll("#rows tr")];
+    return rows.length === 1 && rows[0].dataset.id === id;
+  }, id);
+  await page.locator("#search").fill("");
+  await page.locator("#host").fill(new URL(fake).host);
+  // A reservation on another host is hidden; the one on the fake's host stays.
+  await page.locator(`tr[data-id="${otherId}"]`).waitFor({ state: "detached" });
+  assert.equal(await page.locator(`tr[data-id="${id}"]`).count(), 1);
+  await page.locator("#host").fill("");
+  await page.locator("#search").fill(otherId);
+  await page.locator("#detail-head code").filter({ hasText: otherId }).waitFor();
+  await page.screenshot({ path: `${artifacts}/dashboard-search.png`, fullPage: true });
+});
+
 await browser.close();
 process.exit(failed ? 1 : 0);
