@@ -203,6 +203,15 @@ async fn retry_now_calls_a_participant_waiting_in_backoff_at_once() {
         .post(&format!("/reservations/{id}/participants/7/retry"))
         .await;
     assert_eq!(unknown.status(), 404);
+    let not_an_index = app
+        .post(&format!("/reservations/{id}/participants/first/retry"))
+        .await;
+    assert_eq!(not_an_index.status(), 404);
+    let problem: Value = not_an_index.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("`first`"),
+        "{problem}"
+    );
     app.stop().await;
 }
 

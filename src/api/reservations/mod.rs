@@ -390,11 +390,18 @@ impl ReservationsApi {
         &self,
         coordinator: Data<&Coordinator>,
         id: Path<String>,
-        index: Path<usize>,
+        /// The participant's place in `participants`: 0, 1, …
+        index: Path<String>,
     ) -> RetryResponse {
         let result = async {
             let id = parse_id(&id)?;
-            Ok::<_, ApiError>(coordinator.retry_now(id, index.0).await?)
+            let index = index.parse().map_err(|_| {
+                ApiError::Problem(Problem::not_found(format!(
+                    "reservation {id} has no participant `{}`",
+                    index.0
+                )))
+            })?;
+            Ok::<_, ApiError>(coordinator.retry_now(id, index).await?)
         }
         .await;
         match result {
