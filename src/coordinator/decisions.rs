@@ -157,15 +157,15 @@ impl Coordinator {
             r.finish_phase(now);
         })
         .await?;
-        // Fired by an operator's "retry now": every retry below stops waiting.
-        let wake = self
-            .inner
-            .retry_now
-            .lock()
-            .expect("retry signals lock")
-            .entry(id)
-            .or_default()
-            .clone();
+        // Fired by an operator's "retry now": every retry below stops waiting. Registered
+        // only while some participant waits.
+        let waits = first.iter().any(|attempt| attempt.delay.is_some());
+        let wake = if waits {
+            let mut signals = self.inner.retry_now.lock().expect("retry signals lock");
+            signals.entry(id).or_default().clone()
+        } else {
+            CancellationToken::new()
+        };
         let wake = &wake;
         let retries = targets.iter().zip(schedules).zip(first).filter_map(
             |(((i, name, target), schedule), attempt)| {
@@ -177,11 +177,10 @@ impl Coordinator {
             },
         );
         let retried = join_all(retries).await;
-        self.inner
-            .retry_now
-            .lock()
-            .expect("retry signals lock")
-            .remove(&id);
+        if waits {
+            let mut signals = self.inner.retry_now.lock().expect("retry signals lock");
+            signals.remove(&id);
+        }
         retried.into_iter().collect::<Result<(), _>>()?;
         if self.inner.shutdown.is_cancelled() || wake.is_cancelled() {
             return Ok(());
@@ -192,7 +191,7 @@ impl Coordinator {
     }
 
     /// Calls one participant again after `delay`, until it settles, the coordinator stops
-    /// or the driver is woken.
+    /// or an operator asks to retry now (`wake`).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn retry_one(
         &self,
