@@ -38,7 +38,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Pings systemd's watchdog at half its interval until `shutdown`: pings stop when the
 /// runtime does not get to run this task, and systemd then restarts the process.
 pub async fn watchdog(every: Duration, shutdown: CancellationToken) {
-    // systemd never asks for less than a second; a zero would stop `interval`.
+    // A zero period would make `interval` panic.
     let mut tick = tokio::time::interval((every / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
