@@ -50,6 +50,18 @@ fn view(coordinator: &Coordinator, r: &Reservation) -> ReservationView {
     )
 }
 
+/// What a 202 carries: the reservation's view, its `Location`, and `Retry-After`.
+fn accepted(
+    coordinator: &Coordinator,
+    r: &Reservation,
+) -> (ViewJson<ReservationView>, String, Option<u64>) {
+    (
+        ViewJson(view(coordinator, r)),
+        location(r),
+        retry_after(r, coordinator),
+    )
+}
+
 fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
     id.parse().map_err(|_| {
         ApiError::Problem(Problem::not_found(format!(
@@ -71,9 +83,8 @@ async fn cancel(coordinator: &Coordinator, id: &str, prefer: Option<&str>) -> Ca
             CancelResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
         }
         Ok((r, _)) => {
-            let v = view(coordinator, &r);
-            let retry = retry_after(&r, coordinator);
-            CancelResponse::Accepted(ViewJson(v), location(&r), retry)
+            let (v, at, retry) = accepted(coordinator, &r);
+            CancelResponse::Accepted(v, at, retry)
         }
         Err(e) => e.into(),
     }
@@ -177,9 +188,8 @@ impl ReservationsApi {
                 CreateResponse::Gone(Json(GoneProblem::of(&r)), Some(applied))
             }
             Ok((r, _)) => {
-                let v = view(&coordinator, &r);
-                let retry = retry_after(&r, &coordinator);
-                CreateResponse::Accepted(ViewJson(v), location(&r), retry)
+                let (v, at, retry) = accepted(&coordinator, &r);
+                CreateResponse::Accepted(v, at, retry)
             }
             Err(e) => e.into(),
         }
@@ -323,9 +333,8 @@ impl ReservationsApi {
                 ConfirmResponse::Settled(ViewJson(view(&coordinator, &r)), applied)
             }
             Ok((r, _)) => {
-                let v = view(&coordinator, &r);
-                let retry = retry_after(&r, &coordinator);
-                ConfirmResponse::Accepted(ViewJson(v), location(&r), retry)
+                let (v, at, retry) = accepted(&coordinator, &r);
+                ConfirmResponse::Accepted(v, at, retry)
             }
             Err(e) => e.into(),
         }
@@ -406,9 +415,8 @@ impl ReservationsApi {
         .await;
         match result {
             Ok(r) => {
-                let v = view(&coordinator, &r);
-                let retry = retry_after(&r, &coordinator);
-                RetryResponse::Accepted(ViewJson(v), location(&r), retry)
+                let (v, at, retry) = accepted(&coordinator, &r);
+                RetryResponse::Accepted(v, at, retry)
             }
             Err(e) => e.into(),
         }
@@ -437,9 +445,8 @@ impl ReservationsApi {
         .await;
         match result {
             Ok(r) => {
-                let v = view(&coordinator, &r);
-                let retry = retry_after(&r, &coordinator);
-                JoinResponse::Accepted(ViewJson(v), location(&r), retry)
+                let (v, at, retry) = accepted(&coordinator, &r);
+                JoinResponse::Accepted(v, at, retry)
             }
             Err(e) => e.into(),
         }
