@@ -17,7 +17,7 @@ use crate::coordinator::{Coordinator, Parts, Topology};
 use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
 use crate::store::{PostgresOptions, Retention, Store, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Traces, TracesError};
 use crate::{api, cluster, coordinator, timers};
 
 /// How long open connections get to finish at shutdown.
@@ -58,6 +58,8 @@ pub enum AppError {
     Tls(String),
     #[error("cannot use --participant-ca: {0}")]
     ParticipantCa(String),
+    #[error(transparent)]
+    Traces(#[from] TracesError),
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -99,6 +101,7 @@ pub struct App {
     shutdown: CancellationToken,
     deadlines: std::thread::JoinHandle<()>,
     recovery_failed: Arc<Mutex<Option<RecoveryError>>>,
+    traces: Traces,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -223,6 +226,14 @@ impl App {
                  clients name, except link-local and cloud metadata addresses"
             );
         }
+        let traces = match &config.otlp_endpoint {
+            Some(endpoint) => {
+                let traces = Traces::to_collector(endpoint)?;
+                tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+                traces
+            }
+            None => Traces::off(),
+        };
         let deadlines = timers::TimerQueue::default();
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
@@ -233,6 +244,7 @@ impl App {
                 extra_roots,
                 metrics.clone(),
             )?),
+            traces: traces.clone(),
             retry: config.retry,
             limits: config.limits,
             // Milliseconds: the log keeps instants to the millisecond, so reads equal writes.
@@ -318,6 +330,7 @@ impl App {
             shutdown,
             deadlines,
             recovery_failed: failed,
+            traces,
             _temp_dir: temp_dir,
         })
     }
@@ -362,6 +375,7 @@ impl App {
             shutdown,
             deadlines,
             recovery_failed,
+            traces,
             _temp_dir,
             ..
         } = self;
@@ -383,6 +397,8 @@ impl App {
         } else {
             tracing::info!(flushes, "stopped; the transaction log is closed");
         }
+        // The spans still queued go to the collector before the process ends.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         if deadlines_failed {
             return Err(AppError::DeadlineThread);
         }

@@ -13,7 +13,7 @@
 //! | `coordinator` | the use cases, a room per job: `commands`, `queries` (and waiting), `unit_of_work` (the only writer), `drivers`, `tries`, `decisions` (confirm and cancel phases), `callbacks`, `deadlines` (and purges), `resumption` (recovery and takeover), `admission` (and validation), `topology` (every embedded/shared difference) |
 //! | `domain` | ids, links, limits, the reservation's and the participants' state machines, deadlines, history, trace context: pure, no I/O |
 //! | `participant` | the `Participants` seam; `http`: one call per verb, each answer classified; `policy`: which hosts may be called |
-//! | [`telemetry`] | the log subscriber and the metrics of one coordinator |
+//! | [`telemetry`] | the log subscriber, the metrics of one coordinator, and its spans for an OTLP collector |
 //! | `retry` | the backoff policy |
 //! | `store` | the log behind one interface with conditional writes: `embedded` (sled, group commit), `postgres` (statements, `connection`, `schema`), `record` (the versioned format) |
 //! | `cluster` | with PostgreSQL: the lease heartbeat, takeover of lapsed instances' work, resuming own work after an outage, retention |

@@ -101,14 +101,15 @@ pub fn openapi_yaml() -> String {
 /// API and `/metrics` like any client (with the token it is given, when one is needed).
 const DASHBOARD: &str = include_str!("ui.html");
 
-/// The trace of a request's `traceparent` header (an invalid one is ignored, as W3C says).
+/// The caller's span of a request's `traceparent` header (an invalid one is ignored, as W3C
+/// says).
 fn trace_of(
     header: &poem_openapi::param::Header<Option<String>>,
-) -> Option<crate::domain::TraceContext> {
+) -> Option<crate::domain::SpanParent> {
     header
         .0
         .as_deref()
-        .and_then(crate::domain::TraceContext::from_traceparent)
+        .and_then(crate::domain::SpanParent::from_traceparent)
 }
 
 /// What a completion callback receives: the reservation's representation, as `GET` shows it.

@@ -139,6 +139,8 @@ pub struct Config {
     /// More certificate authorities (a PEM bundle) trusted for participant calls, besides
     /// the system's.
     pub participant_ca: Option<PathBuf>,
+    /// Where spans go (an OTLP/HTTP collector's base URL); none: they are not exported.
+    pub otlp_endpoint: Option<Url>,
 }
 
 impl Default for Config {
@@ -380,6 +382,13 @@ pub struct Cli {
     /// (by default the coordinator stops and names the first).
     #[arg(long, env = "TCC_RECOVER_SKIP_UNREADABLE")]
     recover_skip_unreadable: bool,
+
+    /// Export traces (each reservation's create, tries, decision, phases and participant
+    /// calls, in the W3C trace it propagates) to this OpenTelemetry collector over OTLP/HTTP,
+    /// e.g. http://localhost:4318 (`/v1/traces` is appended). The other OTEL_EXPORTER_OTLP_*
+    /// and OTEL_BSP_* variables (headers, timeout, queue size) and OTEL_SERVICE_NAME apply.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<Url>,
 }
 
 impl Cli {
@@ -465,6 +474,13 @@ impl Cli {
                 "--api-token must not be empty or contain spaces or control characters".into(),
             ));
         }
+        if let Some(url) = &self.otlp_endpoint {
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError(format!(
+                    "--otlp-endpoint must be an http or https URL, not `{url}`"
+                )));
+            }
+        }
         if let Some(url) = &self.public_url {
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError(format!(
@@ -520,6 +536,7 @@ impl Cli {
                 .zip(self.tls_key)
                 .map(|(cert, key)| TlsFiles { cert, key }),
             participant_ca: self.participant_ca,
+            otlp_endpoint: self.otlp_endpoint,
             log_format: self.log_format,
             port_file: self.port_file,
             stuck_after: self.stuck_after,

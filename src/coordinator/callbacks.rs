@@ -1,12 +1,17 @@
 //! Completion callbacks: `POST` the final representation until it is acknowledged.
 
 use super::{Coordinator, CoordinatorError};
-use crate::domain::Reservation;
+use crate::domain::{Reservation, SpanParent};
+use crate::telemetry::ActiveSpan;
 
 impl Coordinator {
     /// `POST`s the final representation to the callback until it answers 2xx (or the
     /// coordinator stops: recovery resumes it at the next start).
-    pub(super) async fn deliver_callback(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+    pub(super) async fn deliver_callback(
+        &self,
+        r: &Reservation,
+        phase: Option<SpanParent>,
+    ) -> Result<(), CoordinatorError> {
         let Some(callback) = &r.callback() else {
             return Ok(());
         };
@@ -16,11 +21,13 @@ impl Coordinator {
             if self.inner.shutdown.is_cancelled() {
                 return Ok(());
             }
-            let outcome = self
-                .inner
-                .client
-                .callback(&callback.url, body.clone(), r.trace().as_ref())
-                .await;
+            let span = self.call_span(phase, None, None, &callback.url);
+            let traceparent = span.as_ref().map(ActiveSpan::traceparent);
+            let call =
+                self.inner
+                    .client
+                    .callback(&callback.url, body.clone(), traceparent.as_deref());
+            let outcome = self.calling(span, call).await;
             let (delivered, error, delay) = match outcome {
                 Ok(()) => (true, None, None),
                 Err(hint) => {

@@ -6,9 +6,12 @@ use super::{
     check_link_expiry, invalid, too_many, Coordinator, CoordinatorError, CreateReservation, Field,
     IdempotencyKey,
 };
+use std::time::SystemTime;
+
+use super::spans::decided_by_client;
 use crate::domain::{
-    Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId, State,
-    TraceContext,
+    Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId,
+    SpanParent, State,
 };
 use crate::store::{KeyEntry, Ownership};
 
@@ -23,6 +26,7 @@ impl Coordinator {
         request: CreateReservation,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reservation, CoordinatorError> {
+        let started = SystemTime::now();
         if let Some(key) = &idempotency {
             if let Some(existing) = self.inner.store.idempotency_key(&key.key).await? {
                 return self.replay(key, existing).await;
@@ -57,7 +61,8 @@ impl Coordinator {
             request.metadata,
             limits.participant_timeout,
         );
-        reservation.set_trace(request.trace.unwrap_or_else(new_trace));
+        let caller = request.trace;
+        reservation.set_trace(caller.map_or_else(|| self.inner.traces.new_trace(), |c| c.trace));
         if let Some(url) = request.callback {
             reservation.set_callback(Callback::new(url));
         }
@@ -79,6 +84,7 @@ impl Coordinator {
         self.inner.metrics.entered(reservation.state());
         tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
             participants = reservation.participants().len(), "reservation created");
+        self.create_span(&reservation, caller, started);
         self.arm_deadline(&reservation);
         if reservation.state().is_in_progress() {
             self.ensure_driven(reservation.id());
@@ -106,35 +112,54 @@ impl Coordinator {
 
     /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
     /// Past the deadline the reservation is cancelled instead and the answer is `Gone`.
+    /// `caller` is the request's `traceparent`: the decision's span hangs under it when it
+    /// is of the reservation's trace.
     ///
     /// # Errors
     /// [`CoordinatorError::Refused`] with `Gone` or `Conflict`; `NotFound`; `Store`.
-    pub async fn confirm(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Confirm).await
+    pub async fn confirm(
+        &self,
+        id: ReservationId,
+        caller: Option<SpanParent>,
+    ) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Confirm, caller).await
     }
 
     /// Decides to cancel. Idempotent.
     ///
     /// # Errors
     /// As [`Coordinator::confirm`].
-    pub async fn cancel(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Cancel).await
+    pub async fn cancel(
+        &self,
+        id: ReservationId,
+        caller: Option<SpanParent>,
+    ) -> Result<Reservation, CoordinatorError> {
+        self.decide(id, Event::Cancel, caller).await
     }
 
     pub(super) async fn decide(
         &self,
         id: ReservationId,
         event: Event,
+        caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
+        let started = SystemTime::now();
         let _admitted = self.admit()?;
-        let (reservation, outcome) = self
+        let (reservation, (outcome, decided)) = self
             .update_as(id, Ownership::Take, |r, now| {
-                if r.expire_if_due(now) && event == Event::Confirm {
-                    return Err(Refusal::Gone);
-                }
-                r.apply(event, now)
+                let undecided = r.decided_at().is_none();
+                let outcome = if r.expire_if_due(now) && event == Event::Confirm {
+                    Err(Refusal::Gone)
+                } else {
+                    r.apply(event, now)
+                };
+                (outcome, undecided && r.decided_at().is_some())
             })
             .await?;
+        if decided && decided_by_client(&reservation) {
+            // The others (a confirm that came past the deadline) are the unit of work's.
+            self.decision_span(&reservation, caller, started);
+        }
         match outcome {
             Ok(_) => Ok(reservation),
             Err(refusal) => Err(CoordinatorError::Refused {
@@ -155,8 +180,9 @@ impl Coordinator {
         &self,
         links: Vec<NewParticipant>,
         event: Event,
-        trace: Option<TraceContext>,
+        caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
+        let started = SystemTime::now();
         self.check_participant_count(links.len())?;
         let _admitted = self.admit()?;
         for (i, p) in links.iter().enumerate() {
@@ -172,7 +198,7 @@ impl Coordinator {
             serde_json::Map::new(),
             limits.participant_timeout,
         );
-        reservation.set_trace(trace.unwrap_or_else(new_trace));
+        reservation.set_trace(caller.map_or_else(|| self.inner.traces.new_trace(), |c| c.trace));
         let event = if reservation.is_past_deadline(now) {
             reservation.deadline_event()
         } else {
@@ -190,6 +216,8 @@ impl Coordinator {
         self.inner.metrics.entered(reservation.state());
         tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
             participants = reservation.participants().len(), "reservation created decided");
+        self.create_span(&reservation, caller, started);
+        self.decision_span(&reservation, None, started);
         self.ensure_driven(reservation.id());
         Ok(reservation)
     }
@@ -201,7 +229,7 @@ impl Coordinator {
     /// [`CoordinatorError::Refused`] (`Conflict`) for any state but `conflict`; `NotFound`;
     /// `Store`.
     pub async fn forget(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Forget).await
+        self.decide(id, Event::Forget, None).await
     }
 
     /// Calls a participant waiting in backoff again at once (after an operator fixed it):
@@ -297,10 +325,4 @@ impl Coordinator {
         }
         Ok(reservation)
     }
-}
-
-/// A trace of the coordinator's own, for a client that sent no `traceparent`.
-pub(super) fn new_trace() -> TraceContext {
-    TraceContext::new(uuid::Uuid::new_v4().into_bytes())
-        .unwrap_or_else(|| TraceContext::new([1; 16]).expect("a non-zero trace id"))
 }

@@ -7,16 +7,22 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::spans::end_call;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
-    CallVerb, ParticipantEvent, ParticipantState, Reservation, ReservationId, TraceContext,
+    CallVerb, ParticipantEvent, ParticipantState, Reservation, ReservationId, SpanParent,
 };
-use crate::participant::{CancelOutcome, ConfirmOutcome};
+use crate::participant::{CancelOutcome, ConfirmOutcome, Outcome};
 use crate::retry::Schedule;
+use crate::telemetry::ActiveSpan;
 use crate::telemetry::VerbLabels;
 
 impl Coordinator {
-    pub(super) async fn run_confirms(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+    pub(super) async fn run_confirms(
+        &self,
+        r: &Reservation,
+        phase: Option<SpanParent>,
+    ) -> Result<(), CoordinatorError> {
         let targets = r
             .unsettled()
             .filter_map(|(i, p)| {
@@ -24,10 +30,14 @@ impl Coordinator {
                 Some((i, p.name().to_owned(), Call::Confirm(link.uri.clone())))
             })
             .collect();
-        self.fan_out(r.id(), r.trace(), targets).await
+        self.fan_out(r.id(), phase, targets).await
     }
 
-    pub(super) async fn run_cancels(&self, r: &Reservation) -> Result<(), CoordinatorError> {
+    pub(super) async fn run_cancels(
+        &self,
+        r: &Reservation,
+        phase: Option<SpanParent>,
+    ) -> Result<(), CoordinatorError> {
         // A try whose answer never arrived (a timeout, a crash) may hold a change: ask again
         // with the same Idempotency-Key to learn its link, so it can be cancelled.
         let unanswered: Vec<_> = r
@@ -41,7 +51,7 @@ impl Coordinator {
         } else {
             let calls = unanswered
                 .into_iter()
-                .map(|(i, t)| self.recover_link(r, i, t));
+                .map(|(i, t)| self.recover_link(r, i, t, phase));
             join_all(calls)
                 .await
                 .into_iter()
@@ -57,7 +67,7 @@ impl Coordinator {
                     .map(|l| (i, p.name().to_owned(), Call::Cancel(l)))
             })
             .collect();
-        self.fan_out(r.id(), r.trace(), targets).await
+        self.fan_out(r.id(), phase, targets).await
     }
 
     pub(super) fn count_retry(&self, verb: CallVerb) {
@@ -73,14 +83,24 @@ impl Coordinator {
     /// One confirm or cancel call, its answer classified into what to record.
     pub(super) async fn call(
         &self,
+        index: usize,
         target: &Call,
-        trace: Option<TraceContext>,
+        phase: Option<SpanParent>,
         schedule: &mut Schedule,
     ) -> Attempt {
-        let trace = trace.as_ref();
+        let url = match target {
+            Call::Confirm(uri) => uri,
+            Call::Cancel(link) => &link.uri,
+        };
+        let span = self.call_span(phase, Some(target.verb()), Some(index), url);
+        let traceparent = span.as_ref().map(ActiveSpan::traceparent);
+        let traceparent = traceparent.as_deref();
         let started = std::time::Instant::now();
         let mut attempt = match target {
-            Call::Confirm(uri) => match self.inner.client.confirm(uri, trace).await {
+            Call::Confirm(uri) => match self
+                .calling(span, self.inner.client.confirm(uri, traceparent))
+                .await
+            {
                 ConfirmOutcome::Confirmed => Attempt::settled(ParticipantEvent::Confirmed, None),
                 ConfirmOutcome::Gone(e) => {
                     Attempt::settled(ParticipantEvent::Gone, Some(format!("confirm: {e}")))
@@ -97,7 +117,10 @@ impl Coordinator {
                     took: Duration::ZERO,
                 },
             },
-            Call::Cancel(link) => match self.inner.client.cancel(&link.uri, trace).await {
+            Call::Cancel(link) => match self
+                .calling(span, self.inner.client.cancel(&link.uri, traceparent))
+                .await
+            {
                 CancelOutcome::Cancelled => Attempt::settled(ParticipantEvent::Cancelled, None),
                 CancelOutcome::ExpiresOnItsOwn => Attempt::settled(
                     ParticipantEvent::Cancelled,
@@ -127,6 +150,17 @@ impl Coordinator {
         attempt
     }
 
+    /// Awaits a participant call and ends its span with the answer.
+    pub(super) async fn calling<T: Outcome>(
+        &self,
+        span: Option<ActiveSpan>,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let outcome = call.await;
+        end_call(span, &outcome);
+        outcome
+    }
+
     /// Calls every target at once and records all the first answers in one write (which
     /// also ends the phase when they settle it); then retries, each on its own schedule,
     /// the participants that need it, recording every later answer as it comes. Stops at
@@ -136,7 +170,7 @@ impl Coordinator {
     pub(super) async fn fan_out(
         &self,
         id: ReservationId,
-        trace: Option<TraceContext>,
+        phase: Option<SpanParent>,
         targets: Vec<(usize, String, Call)>,
     ) -> Result<(), CoordinatorError> {
         let mut schedules: Vec<Schedule> = targets
@@ -147,7 +181,7 @@ impl Coordinator {
             targets
                 .iter()
                 .zip(schedules.iter_mut())
-                .map(|((_, _, target), schedule)| self.call(target, trace, schedule)),
+                .map(|((i, _, target), schedule)| self.call(*i, target, phase, schedule)),
         )
         .await;
         self.update(id, |r, now| {
@@ -172,7 +206,7 @@ impl Coordinator {
                 attempt.delay.map(|delay| {
                     attempt.log_retry(id, target.verb(), name);
                     self.count_retry(target.verb());
-                    self.retry_one(id, trace, *i, name, target, schedule, delay, wake)
+                    self.retry_one(id, phase, *i, name, target, schedule, delay, wake)
                 })
             },
         );
@@ -196,7 +230,7 @@ impl Coordinator {
     pub(super) async fn retry_one(
         &self,
         id: ReservationId,
-        trace: Option<TraceContext>,
+        phase: Option<SpanParent>,
         index: usize,
         name: &str,
         target: &Call,
@@ -208,7 +242,7 @@ impl Coordinator {
             if !self.pause(delay, Some(wake)).await {
                 return Ok(());
             }
-            let attempt = self.call(target, trace, &mut schedule).await;
+            let attempt = self.call(index, target, phase, &mut schedule).await;
             let next = attempt.delay;
             if next.is_some() {
                 attempt.log_retry(id, target.verb(), name);

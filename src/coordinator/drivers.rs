@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Reservation, ReservationId, State};
+use crate::telemetry::ActiveSpan;
 
 /// How long a driver waits before re-reading the log after the log failed.
 pub(super) const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
@@ -52,22 +53,29 @@ impl Coordinator {
                     self.drop_copies(id);
                     return;
                 }
-                Ok(r) => match r.state() {
-                    State::Trying => self.run_tries(&r, &wake).instrument(span(&r)).await,
-                    State::Confirming => self.run_confirms(&r).instrument(span(&r)).await,
-                    State::Cancelling => self.run_cancels(&r).instrument(span(&r)).await,
-                    _ if r.callback_due() => self.deliver_callback(&r).instrument(span(&r)).await,
-                    _ => {
-                        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
-                        if !wake.is_cancelled() {
-                            drivers.remove(&id);
-                            drop(drivers);
-                            self.forget_settled(id);
-                            return;
+                Ok(r) if r.state().is_in_progress() || r.callback_due() => {
+                    let phase_span = self.phase_span(&r);
+                    let phase = phase_span.as_ref().map(ActiveSpan::as_parent);
+                    let run = async {
+                        match r.state() {
+                            State::Trying => self.run_tries(&r, &wake, phase).await,
+                            State::Confirming => self.run_confirms(&r, phase).await,
+                            State::Cancelling => self.run_cancels(&r, phase).await,
+                            _ => self.deliver_callback(&r, phase).await,
                         }
-                        Ok(())
+                    };
+                    run.instrument(span(&r)).await
+                }
+                Ok(_) => {
+                    let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+                    if !wake.is_cancelled() {
+                        drivers.remove(&id);
+                        drop(drivers);
+                        self.forget_settled(id);
+                        return;
                     }
-                },
+                    Ok(())
+                }
                 Err(CoordinatorError::NotFound(_) | CoordinatorError::Purged(_)) => {
                     // Its retention ended (a callback that was never acknowledged): nothing
                     // is left to do.

@@ -30,13 +30,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::domain::{
-    Limits, NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, State,
-    TraceContext,
+    Limits, NewParticipant, ParticipantUrl, Refusal, Reservation, ReservationId, SpanParent, State,
 };
 use crate::participant::Participants;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, StoreError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Traces};
 
 mod admission;
 mod callbacks;
@@ -46,6 +45,7 @@ mod decisions;
 mod drivers;
 mod queries;
 mod resumption;
+mod spans;
 mod topology;
 mod tries;
 mod unit_of_work;
@@ -72,8 +72,9 @@ pub struct CreateReservation {
     pub timeout: Option<Duration>,
     pub participants: Vec<NewParticipant>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// The client's `traceparent`, when it sent a valid one.
-    pub trace: Option<TraceContext>,
+    /// The client's `traceparent`, when it sent a valid one: the reservation's trace, and
+    /// the span its create hangs under.
+    pub trace: Option<SpanParent>,
     /// Where to `POST` the final representation.
     pub callback: Option<ParticipantUrl>,
 }
@@ -186,6 +187,8 @@ pub struct Coordinator {
 struct Inner {
     store: Store,
     client: Arc<dyn Participants>,
+    /// The spans of reservations, exported when a collector is configured.
+    traces: Traces,
     retry: RetryPolicy,
     limits: Limits,
     clock: Clock,
@@ -228,6 +231,8 @@ pub struct Parts {
     pub store: Store,
     /// The participant calls (HTTP in the service).
     pub client: Arc<dyn Participants>,
+    /// The spans of reservations (see [`Traces`]).
+    pub traces: Traces,
     pub retry: RetryPolicy,
     pub limits: Limits,
     pub clock: Clock,
@@ -251,6 +256,7 @@ impl Coordinator {
             inner: Arc::new(Inner {
                 store: parts.store,
                 client: parts.client,
+                traces: parts.traces,
                 retry: parts.retry,
                 limits: parts.limits,
                 clock: parts.clock,

@@ -15,8 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::{Coordinator, CreateReservation, Parts, Topology};
 use crate::domain::{
     CallVerb, Happening, Limits, NewParticipant, ParticipantLink, ParticipantSource,
-    ParticipantState, ParticipantUrl, Reason, Reservation, ReservationId, State, TraceContext,
-    TryRequest,
+    ParticipantState, ParticipantUrl, Reason, Reservation, ReservationId, State, TryRequest,
 };
 use crate::participant::{
     CancelOutcome, ConfirmOutcome, Participants, PolicyError, RetryHint, TryOutcome,
@@ -68,7 +67,7 @@ impl Participants for Scripted {
         _reservation_url: &'a str,
         idempotency_key: &'a str,
         _expires_if_unsaid: DateTime<Utc>,
-        _trace: Option<&'a TraceContext>,
+        _traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, TryOutcome> {
         let mut calls = self.calls.lock().unwrap();
         calls.push((CallVerb::Try, idempotency_key.to_owned()));
@@ -80,7 +79,7 @@ impl Participants for Scripted {
     fn confirm<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        _trace: Option<&'a TraceContext>,
+        _traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, ConfirmOutcome> {
         self.calls
             .lock()
@@ -93,7 +92,7 @@ impl Participants for Scripted {
     fn cancel<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        _trace: Option<&'a TraceContext>,
+        _traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, CancelOutcome> {
         self.calls
             .lock()
@@ -107,7 +106,7 @@ impl Participants for Scripted {
         &'a self,
         _url: &'a ParticipantUrl,
         _body: Vec<u8>,
-        _trace: Option<&'a TraceContext>,
+        _traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), RetryHint>> {
         Box::pin(async { Ok(()) })
     }
@@ -137,6 +136,7 @@ impl Harness {
         let coordinator = Coordinator::new(Parts {
             store,
             client: participants.clone(),
+            traces: crate::telemetry::Traces::off(),
             retry: RetryPolicy {
                 initial: Duration::from_millis(1),
                 max_interval: Duration::from_millis(5),
@@ -296,7 +296,7 @@ async fn the_confirm_phase_retries_only_the_participant_that_needs_it() {
         .create(vec![a_link(1), a_link(2)], Duration::from_secs(30))
         .await;
 
-    h.coordinator.confirm(created.id()).await.unwrap();
+    h.coordinator.confirm(created.id(), None).await.unwrap();
     let r = h.until(created.id(), |r| r.state().is_terminal()).await;
 
     assert_eq!(r.state(), State::Confirmed);

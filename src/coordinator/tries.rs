@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
-    CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, State, TryRequest,
+    CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, SpanParent, State, TryRequest,
 };
 use crate::participant::TryOutcome;
 use crate::retry::Schedule;
+use crate::telemetry::ActiveSpan;
 
 /// Calls made to learn the link of a try whose answer was lost (a crash, a timeout) before
 /// cancelling it: enough to ride out a blip, few enough not to hold up the cancel.
@@ -26,6 +27,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         wake: &CancellationToken,
+        phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
         let tries: Vec<(usize, TryRequest)> = r
             .unsettled()
@@ -35,7 +37,7 @@ impl Coordinator {
         if !tries.is_empty() && !self.stop_trying(r, wake) {
             let mut schedules: Vec<Schedule> =
                 tries.iter().map(|_| self.inner.retry.schedule()).collect();
-            let calls = tries.iter().map(|(i, t)| self.try_call(r, *i, t));
+            let calls = tries.iter().map(|(i, t)| self.try_call(r, *i, t, phase));
             let answers: Vec<TryAnswer> = join_all(calls)
                 .await
                 .into_iter()
@@ -55,7 +57,7 @@ impl Coordinator {
             let retries = answers.iter().zip(tries).zip(schedules).filter_map(
                 |((answer, (i, request)), schedule)| {
                     let delay = answer.retry_in?;
-                    Some(self.retry_try(r, i, request, schedule, delay, wake))
+                    Some(self.retry_try(r, i, request, schedule, delay, wake, phase))
                 },
             );
             join_all(retries)
@@ -88,6 +90,7 @@ impl Coordinator {
 
     /// Calls one try again after `delay`, until it is answered for good, gives up at the
     /// deadline, or the driver is woken or stopped.
+    #[allow(clippy::too_many_arguments)]
     async fn retry_try(
         &self,
         r: &Reservation,
@@ -96,13 +99,14 @@ impl Coordinator {
         mut schedule: Schedule,
         mut delay: Duration,
         wake: &CancellationToken,
+        phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
         let margin = self.inner.limits.participant_timeout;
         loop {
             if !self.pause(delay, Some(wake)).await || self.stop_trying(r, wake) {
                 return Ok(());
             }
-            let (outcome, took) = self.try_call(r, index, &request).await;
+            let (outcome, took) = self.try_call(r, index, &request, phase).await;
             let answer = self.answer(r, index, outcome, took, &mut schedule);
             self.record(r.id(), index, |r, _, now| answer.record(r, now, margin))
                 .await?;
@@ -158,21 +162,21 @@ impl Coordinator {
         r: &Reservation,
         index: usize,
         request: &TryRequest,
+        phase: Option<SpanParent>,
     ) -> (TryOutcome, Duration) {
         let reservation_url = format!("{}/reservations/{}", self.inner.public_url, r.id());
         let key = format!("{}/{index}", r.id());
+        let span = self.call_span(phase, Some(CallVerb::Try), Some(index), &request.url);
+        let traceparent = span.as_ref().map(ActiveSpan::traceparent);
         let started = std::time::Instant::now();
-        let outcome = self
-            .inner
-            .client
-            .try_reserve(
-                request,
-                &reservation_url,
-                &key,
-                r.timeout_at(),
-                r.trace().as_ref(),
-            )
-            .await;
+        let call = self.inner.client.try_reserve(
+            request,
+            &reservation_url,
+            &key,
+            r.timeout_at(),
+            traceparent.as_deref(),
+        );
+        let outcome = self.calling(span, call).await;
         (outcome, started.elapsed())
     }
 
@@ -184,11 +188,12 @@ impl Coordinator {
         r: &Reservation,
         index: usize,
         request: TryRequest,
+        phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
         let mut schedule = self.inner.retry.schedule();
         let mut last_error = String::from("the try never answered");
         for call in 1..=LINK_RECOVERY_CALLS {
-            let (outcome, took) = self.try_call(r, index, &request).await;
+            let (outcome, took) = self.try_call(r, index, &request, phase).await;
             let (link, settled, error) = match outcome {
                 TryOutcome::Reserved(link) => (Some(link), Some(ParticipantEvent::Reserved), None),
                 TryOutcome::Refused(e) => (

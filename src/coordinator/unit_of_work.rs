@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::spans::decided_by_client;
 use super::{Coordinator, CoordinatorError};
 use std::hash::{Hash, Hasher};
 
@@ -104,6 +105,11 @@ impl Coordinator {
     pub(super) fn saved(&self, before: &Reservation, after: &Reservation) {
         let id = after.id();
         self.remember(after);
+        if let (None, Some(decided)) = (before.decided_at(), after.decided_at()) {
+            if !decided_by_client(after) {
+                self.decision_span(after, None, decided.into());
+            }
+        }
         if after.state() != before.state() {
             if !matches!(after.state(), State::Trying | State::Reserved) {
                 self.note_decided(id);

@@ -22,4 +22,4 @@ pub use participant::{
 };
 pub use reservation::{deadline_for, Callback, Reservation, StoredReservation};
 pub use state::{transition, Event, Reason, Refusal, State, Status};
-pub use trace::TraceContext;
+pub use trace::{SpanParent, TraceContext};

@@ -22,6 +22,50 @@ impl TraceContext {
     /// version-00 prefix.
     #[must_use]
     pub fn from_traceparent(header: &str) -> Option<Self> {
+        SpanParent::from_traceparent(header).map(|p| p.trace)
+    }
+
+    /// The same trace, marked sampled: a trace the coordinator starts while it exports its
+    /// spans, so that participants record theirs too.
+    #[must_use]
+    pub fn sampled(self) -> Self {
+        Self {
+            flags: self.flags | 1,
+            ..self
+        }
+    }
+
+    /// Whether the trace's owner asked for it to be recorded (the W3C `sampled` flag).
+    #[must_use]
+    pub fn is_sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// The trace id's 16 bytes.
+    #[must_use]
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The flags byte.
+    #[must_use]
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+}
+
+/// Where a new span hangs: a trace, and the span it is a child of (`None` for the trace's
+/// root). From a client's `traceparent`, or a span of the coordinator's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanParent {
+    pub trace: TraceContext,
+    pub span: Option<[u8; 8]>,
+}
+
+impl SpanParent {
+    /// Reads a `traceparent` header; see [`TraceContext::from_traceparent`].
+    #[must_use]
+    pub fn from_traceparent(header: &str) -> Option<Self> {
         let header = header.trim();
         let mut parts = header.splitn(5, '-');
         let version = parts.next()?;
@@ -39,9 +83,14 @@ impl TraceContext {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        Some(Self { trace_id, flags })
+        Some(Self {
+            trace: TraceContext { trace_id, flags },
+            span: Some(parent_id),
+        })
     }
+}
 
+impl TraceContext {
     /// Reads the form [`TraceContext::to_stored`] writes.
     #[must_use]
     pub fn from_stored(text: &str) -> Option<Self> {

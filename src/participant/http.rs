@@ -14,7 +14,7 @@ use super::{
     CallPolicy, CancelOutcome, ConfirmOutcome, Outcome, Participants, PolicyError, RetryHint,
     TryOutcome, MAX_CALLS_IN_FLIGHT, TCC_JSON,
 };
-use crate::domain::{ParticipantLink, ParticipantUrl, TraceContext, TryRequest};
+use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
 use crate::telemetry::Metrics;
 
 impl Participants for ParticipantClient {
@@ -24,7 +24,7 @@ impl Participants for ParticipantClient {
         reservation_url: &'a str,
         idempotency_key: &'a str,
         expires_if_unsaid: DateTime<Utc>,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, TryOutcome> {
         Box::pin(ParticipantClient::try_reserve(
             self,
@@ -32,33 +32,33 @@ impl Participants for ParticipantClient {
             reservation_url,
             idempotency_key,
             expires_if_unsaid,
-            trace,
+            traceparent,
         ))
     }
 
     fn confirm<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, ConfirmOutcome> {
-        Box::pin(ParticipantClient::confirm(self, uri, trace))
+        Box::pin(ParticipantClient::confirm(self, uri, traceparent))
     }
 
     fn cancel<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, CancelOutcome> {
-        Box::pin(ParticipantClient::cancel(self, uri, trace))
+        Box::pin(ParticipantClient::cancel(self, uri, traceparent))
     }
 
     fn callback<'a>(
         &'a self,
         url: &'a ParticipantUrl,
         body: Vec<u8>,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), RetryHint>> {
-        Box::pin(ParticipantClient::callback(self, url, body, trace))
+        Box::pin(ParticipantClient::callback(self, url, body, traceparent))
     }
 
     fn check<'a>(&'a self, url: &'a ParticipantUrl) -> BoxFuture<'a, Result<(), PolicyError>> {
@@ -153,7 +153,7 @@ impl ParticipantClient {
         reservation_url: &str,
         idempotency_key: &str,
         expires_if_unsaid: DateTime<Utc>,
-        trace: Option<&TraceContext>,
+        traceparent: Option<&str>,
     ) -> TryOutcome {
         self.measured(
             "try",
@@ -162,7 +162,7 @@ impl ParticipantClient {
                 reservation_url,
                 idempotency_key,
                 expires_if_unsaid,
-                trace,
+                traceparent,
             ),
         )
         .await
@@ -174,7 +174,7 @@ impl ParticipantClient {
         reservation_url: &str,
         idempotency_key: &str,
         deadline: DateTime<Utc>,
-        trace: Option<&TraceContext>,
+        traceparent: Option<&str>,
     ) -> TryOutcome {
         let mut headers = HeaderMap::new();
         for (name, value) in &request.headers {
@@ -197,7 +197,7 @@ impl ParticipantClient {
                         "TCC-Deadline",
                         deadline.to_rfc3339_opts(SecondsFormat::Millis, true),
                     )
-                    .headers(traceparent(trace))
+                    .headers(traceparent_header(traceparent))
                     .json(&request.body),
             )
             .await;
@@ -235,19 +235,15 @@ impl ParticipantClient {
     }
 
     /// `PUT`s a confirmation.
-    pub async fn confirm(
-        &self,
-        uri: &ParticipantUrl,
-        trace: Option<&TraceContext>,
-    ) -> ConfirmOutcome {
-        self.measured("confirm", self.confirm_once(uri, trace))
+    pub async fn confirm(&self, uri: &ParticipantUrl, traceparent: Option<&str>) -> ConfirmOutcome {
+        self.measured("confirm", self.confirm_once(uri, traceparent))
             .await
     }
 
     async fn confirm_once(
         &self,
         uri: &ParticipantUrl,
-        trace: Option<&TraceContext>,
+        traceparent: Option<&str>,
     ) -> ConfirmOutcome {
         let sent = self
             .send(
@@ -256,7 +252,7 @@ impl ParticipantClient {
                     .put(uri.as_url().clone())
                     .header(CONTENT_TYPE, TCC_JSON)
                     .header(ACCEPT, TCC_JSON)
-                    .headers(traceparent(trace)),
+                    .headers(traceparent_header(traceparent)),
             )
             .await;
         let response = match sent {
@@ -278,26 +274,19 @@ impl ParticipantClient {
     }
 
     /// `DELETE`s the link to cancel.
-    pub async fn cancel(
-        &self,
-        uri: &ParticipantUrl,
-        trace: Option<&TraceContext>,
-    ) -> CancelOutcome {
-        self.measured("cancel", self.cancel_once(uri, trace)).await
+    pub async fn cancel(&self, uri: &ParticipantUrl, traceparent: Option<&str>) -> CancelOutcome {
+        self.measured("cancel", self.cancel_once(uri, traceparent))
+            .await
     }
 
-    async fn cancel_once(
-        &self,
-        uri: &ParticipantUrl,
-        trace: Option<&TraceContext>,
-    ) -> CancelOutcome {
+    async fn cancel_once(&self, uri: &ParticipantUrl, traceparent: Option<&str>) -> CancelOutcome {
         let sent = self
             .send(
                 uri,
                 self.http
                     .delete(uri.as_url().clone())
                     .header(ACCEPT, TCC_JSON)
-                    .headers(traceparent(trace)),
+                    .headers(traceparent_header(traceparent)),
             )
             .await;
         let response = match sent {
@@ -325,7 +314,7 @@ impl ParticipantClient {
         &self,
         url: &ParticipantUrl,
         body: Vec<u8>,
-        trace: Option<&TraceContext>,
+        traceparent: Option<&str>,
     ) -> Result<(), RetryHint> {
         let post = async {
             let sent = self
@@ -334,7 +323,7 @@ impl ParticipantClient {
                     self.http
                         .post(url.as_url().clone())
                         .header(CONTENT_TYPE, "application/json")
-                        .headers(traceparent(trace))
+                        .headers(traceparent_header(traceparent))
                         .body(body),
                 )
                 .await;
@@ -348,16 +337,12 @@ impl ParticipantClient {
     }
 }
 
-/// `traceparent` for one outgoing call: the reservation's trace, a fresh span id.
-fn traceparent(trace: Option<&TraceContext>) -> HeaderMap {
+/// The `traceparent` header of one outgoing call (the call's own span in the reservation's
+/// trace).
+fn traceparent_header(traceparent: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    if let Some(trace) = trace {
-        let span: [u8; 8] = uuid::Uuid::new_v4().as_bytes()[..8]
-            .try_into()
-            .expect("8 of 16 bytes");
-        if let Ok(value) = HeaderValue::from_str(&trace.child(span)) {
-            headers.insert("traceparent", value);
-        }
+    if let Some(value) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        headers.insert("traceparent", value);
     }
     headers
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 
-use crate::domain::{ParticipantLink, ParticipantUrl, TraceContext, TryRequest};
+use crate::domain::{ParticipantLink, ParticipantUrl, TryRequest};
 
 mod http;
 mod policy;
@@ -65,9 +65,12 @@ pub enum CancelOutcome {
     Retry(RetryHint),
 }
 
-/// How an answer is counted in the metrics.
-trait Outcome {
+/// How an answer is counted in the metrics and shown on its span.
+pub trait Outcome {
+    /// `ok`, `refused`, `gone`, `retry`, ...
     fn label(&self) -> &'static str;
+    /// What went wrong, when something did.
+    fn error(&self) -> Option<&str>;
 }
 
 impl Outcome for TryOutcome {
@@ -76,6 +79,14 @@ impl Outcome for TryOutcome {
             TryOutcome::Reserved(_) => "ok",
             TryOutcome::Refused(_) => "refused",
             TryOutcome::Retry(_) => "retry",
+        }
+    }
+
+    fn error(&self) -> Option<&str> {
+        match self {
+            TryOutcome::Reserved(_) => None,
+            TryOutcome::Refused(e) => Some(e),
+            TryOutcome::Retry(hint) => Some(&hint.error),
         }
     }
 }
@@ -89,6 +100,14 @@ impl Outcome for ConfirmOutcome {
             ConfirmOutcome::Retry(_) => "retry",
         }
     }
+
+    fn error(&self) -> Option<&str> {
+        match self {
+            ConfirmOutcome::Confirmed => None,
+            ConfirmOutcome::Gone(e) | ConfirmOutcome::Refused(e) => Some(e),
+            ConfirmOutcome::Retry(hint) => Some(&hint.error),
+        }
+    }
 }
 
 impl Outcome for CancelOutcome {
@@ -97,6 +116,13 @@ impl Outcome for CancelOutcome {
             CancelOutcome::Cancelled => "ok",
             CancelOutcome::ExpiresOnItsOwn => "expires_on_its_own",
             CancelOutcome::Retry(_) => "retry",
+        }
+    }
+
+    fn error(&self) -> Option<&str> {
+        match self {
+            CancelOutcome::Cancelled | CancelOutcome::ExpiresOnItsOwn => None,
+            CancelOutcome::Retry(hint) => Some(&hint.error),
         }
     }
 }
@@ -109,6 +135,10 @@ impl Outcome for Result<(), RetryHint> {
         } else {
             "retry"
         }
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.as_ref().err().map(|hint| hint.error.as_str())
     }
 }
 
@@ -127,21 +157,21 @@ pub trait Participants: Send + Sync + 'static {
         reservation_url: &'a str,
         idempotency_key: &'a str,
         expires_if_unsaid: DateTime<Utc>,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, TryOutcome>;
 
     /// `PUT`s a confirmation.
     fn confirm<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, ConfirmOutcome>;
 
     /// `DELETE`s the link.
     fn cancel<'a>(
         &'a self,
         uri: &'a ParticipantUrl,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, CancelOutcome>;
 
     /// `POST`s a completion callback: `Ok` once it answers 2xx.
@@ -149,7 +179,7 @@ pub trait Participants: Send + Sync + 'static {
         &'a self,
         url: &'a ParticipantUrl,
         body: Vec<u8>,
-        trace: Option<&'a TraceContext>,
+        traceparent: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), RetryHint>>;
 
     /// Whether the coordinator may call `url` at all (the outgoing call policy).

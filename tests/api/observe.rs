@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use tcc_coordinator::ApiToken;
 
-use crate::helpers::{spawn_app_with, Behaviour, Participant, Reply, TestApp};
+use crate::helpers::{eventually, spawn_app_with, Behaviour, Participant, Reply, TestApp};
 
 async fn metrics(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
@@ -392,4 +392,302 @@ async fn the_dashboard_is_one_self_contained_page_served_without_a_token() {
     );
     assert!(!html.contains("<script src") && !html.contains("<link"));
     app.stop().await;
+}
+
+// ---- traces in a collector ------------------------------------------------------------------
+
+/// One span as the collector received it: ids in hex, parent empty for a root.
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    trace: String,
+    id: String,
+    parent: String,
+    name: String,
+    attributes: Vec<(String, String)>,
+}
+
+impl ExportedSpan {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A small OTLP/HTTP collector: `POST /v1/traces` with an `ExportTraceServiceRequest` in
+/// protobuf; keeps every span it receives.
+struct Collector {
+    base: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+    state: std::sync::Arc<Held>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Whether the collector answers, and how many exports arrived.
+#[derive(Default)]
+struct Held {
+    open: tokio::sync::watch::Sender<bool>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let collector = Self::start_held().await;
+        collector.release();
+        collector
+    }
+
+    /// A collector that takes each export in and answers none until [`Collector::release`].
+    async fn start_held() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use poem::listener::{Acceptor, Listener};
+        use poem::{handler, post, web::Data, EndpointExt, Route};
+        use prost::Message;
+
+        type Spans = std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>;
+
+        #[handler]
+        async fn export(
+            body: Vec<u8>,
+            spans: Data<&Spans>,
+            state: Data<&std::sync::Arc<Held>>,
+        ) -> poem::Result<()> {
+            state
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = state.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).map_err(|e| {
+                poem::Error::from_string(e.to_string(), poem::http::StatusCode::BAD_REQUEST)
+            })?;
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let mut kept = spans.lock().unwrap();
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        kept.push(ExportedSpan {
+                            trace: hex(&span.trace_id),
+                            id: hex(&span.span_id),
+                            parent: hex(&span.parent_span_id),
+                            name: span.name,
+                            attributes: span
+                                .attributes
+                                .into_iter()
+                                .map(|kv| (kv.key, format!("{:?}", kv.value.and_then(|v| v.value))))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        let spans = Spans::default();
+        let state = std::sync::Arc::new(Held::default());
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let app = Route::new()
+            .at("/v1/traces", post(export))
+            .data(spans.clone())
+            .data(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            spans,
+            state,
+            server,
+        }
+    }
+
+    fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    fn requests(&self) -> usize {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The one span named `name`.
+fn one<'a>(spans: &'a [ExportedSpan], name: &str) -> &'a ExportedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one `{name}` span in {spans:#?}");
+    found[0]
+}
+
+#[tokio::test]
+async fn a_collector_receives_one_trace_with_the_create_tries_decision_and_every_call() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CONFIRMING_CLIENT: &str = "1111111111111111";
+    let collector = Collector::start().await;
+    let endpoint = collector.base.parse().unwrap();
+    let app = spawn_app_with(|c| c.otlp_endpoint = Some(endpoint)).await;
+    let p = Participant::start().await;
+    let created = app
+        .http
+        .post(app.url("/reservations"))
+        .header("traceparent", CLIENT_TRACE)
+        .json(&json!({"participants": [p.try_("stock"), p.try_("seat")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 202);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for(&id, |_, b| b["state"] == "reserved").await;
+    let confirmed = app
+        .http
+        .post(app.url(&format!("/reservations/{id}/confirm")))
+        .header("traceparent", format!("00-{TRACE}-{CONFIRMING_CLIENT}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 202);
+    app.wait_for(&id, |s, _| s == 303).await;
+    // Stopping sends what is still queued.
+    app.stop().await;
+
+    let spans = eventually("the collector receives the reservation's spans", || {
+        let spans = collector.spans();
+        async move { (spans.len() >= 8).then_some(spans) }
+    })
+    .await;
+    assert_eq!(
+        spans.len(),
+        8,
+        "create, tries, 2 tries, decision, phase, 2 confirms: {spans:#?}"
+    );
+    assert!(
+        spans.iter().all(|s| s.trace == TRACE),
+        "one trace: {spans:#?}"
+    );
+
+    let create = one(&spans, "create");
+    assert_eq!(create.parent, "00f067aa0ba902b7", "under the client's span");
+    assert!(create
+        .attribute("tcc.reservation.id")
+        .unwrap()
+        .contains(&id));
+    let tries = one(&spans, "tries");
+    assert_eq!(tries.parent, create.id);
+    let decision = one(&spans, "decision");
+    assert_eq!(
+        decision.parent, CONFIRMING_CLIENT,
+        "under the confirming request's span"
+    );
+    assert!(decision
+        .attribute("tcc.decided_by")
+        .unwrap()
+        .contains("client"));
+    let phase = one(&spans, "confirm phase");
+    assert_eq!(phase.parent, decision.id);
+    let calls = |name: &str, parent: &ExportedSpan| {
+        let calls: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(calls.len(), 2, "two `{name}` spans: {spans:#?}");
+        for call in &calls {
+            assert_eq!(call.parent, parent.id, "{name} under {}", parent.name);
+            assert!(call.attribute("tcc.outcome").unwrap().contains("ok"));
+        }
+        calls.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+    };
+    let mut call_spans = calls("participant try", tries);
+    call_spans.extend(calls("participant confirm", phase));
+
+    // Each call carried its own span in `traceparent`: the participant's spans hang under it.
+    let mut carried: Vec<String> = p
+        .calls()
+        .iter()
+        .map(|call| {
+            let header = call.headers["traceparent"].to_str().unwrap();
+            header.split('-').nth(2).unwrap().to_owned()
+        })
+        .collect();
+    carried.sort();
+    call_spans.sort();
+    assert_eq!(carried, call_spans);
+}
+
+#[tokio::test]
+async fn a_collector_that_does_not_answer_holds_up_no_request() {
+    let collector = Collector::start_held().await;
+    let endpoint = collector.base.parse().unwrap();
+    let app = spawn_app_with(|c| c.otlp_endpoint = Some(endpoint)).await;
+    let p = Participant::start().await;
+    // 110 reservations of 5 spans each (create, decision, confirm phase, two calls): more
+    // than a batch (512), which the exporter sends at once, and the collector holds.
+    let mut ids = Vec::new();
+    for n in 0..110 {
+        let id = app
+            .create(&json!({"participants": [p.link(2 * n), p.link(2 * n + 1)]}))
+            .await;
+        assert_eq!(
+            app.post(&format!("/reservations/{id}/confirm"))
+                .await
+                .status(),
+            202
+        );
+        ids.push(id);
+    }
+    eventually("an export reaches the collector, which holds it", || {
+        let requests = collector.requests();
+        async move { (requests > 0).then_some(()) }
+    })
+    .await;
+
+    // While the collector holds it, every reservation still completes, and a new one too.
+    for id in &ids {
+        app.wait_for(id, |s, _| s == 303).await;
+    }
+    let id = app
+        .create(&json!({"participants": [p.try_("stock")]}))
+        .await;
+    app.wait_for(&id, |_, b| b["state"] == "reserved").await;
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/confirm"))
+            .await
+            .status(),
+        202
+    );
+    app.wait_for(&id, |s, _| s == 303).await;
+    assert!(
+        collector.spans().is_empty(),
+        "the collector has answered nothing yet"
+    );
+
+    collector.release();
+    app.stop().await;
+    // The queued spans, the last reservation's among them, go out at shutdown.
+    eventually(
+        "the last reservation's spans arrive once the collector answers",
+        || {
+            let spans = collector.spans();
+            async move {
+                spans
+                    .iter()
+                    .any(|s| s.name == "participant try")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }

@@ -19,7 +19,7 @@ use super::ApiTags;
 mod responses;
 
 use crate::coordinator::{Coordinator, IdempotencyKey};
-use crate::domain::{Reservation, ReservationId, State};
+use crate::domain::{Reservation, ReservationId, SpanParent, State};
 use responses::{
     CancelResponse, ConfirmResponse, CreateResponse, ForgetResponse, GetResponse, HistoryResponse,
     JoinResponse, ListResponse, RetryResponse,
@@ -71,10 +71,15 @@ fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
 }
 
 /// Answers a cancel (both verbs share it).
-async fn cancel(coordinator: &Coordinator, id: &str, prefer: Option<&str>) -> CancelResponse {
+async fn cancel(
+    coordinator: &Coordinator,
+    id: &str,
+    prefer: Option<&str>,
+    caller: Option<SpanParent>,
+) -> CancelResponse {
     let result = async {
         let id = parse_id(id)?;
-        let r = coordinator.cancel(id).await?;
+        let r = coordinator.cancel(id, caller).await?;
         hold_answer(coordinator, r, prefer, |r| r.state().is_terminal()).await
     }
     .await;
@@ -312,10 +317,15 @@ impl ReservationsApi {
         /// every participant was gone), or after N seconds with the usual 202.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// W3C Trace Context: the decision's span hangs under this one when it is of the
+        /// reservation's trace (an invalid value is ignored).
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> ConfirmResponse {
+        let caller = super::trace_of(&traceparent);
         let result = async {
             let id = parse_id(&id)?;
-            let r = coordinator.confirm(id).await?;
+            let r = coordinator.confirm(id, caller).await?;
             hold_answer(&coordinator, r, prefer.0.as_deref(), |r| {
                 r.state().is_terminal()
             })
@@ -353,8 +363,13 @@ impl ReservationsApi {
         /// with the usual 202.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// W3C Trace Context: the decision's span hangs under this one when it is of the
+        /// reservation's trace (an invalid value is ignored).
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> CancelResponse {
-        cancel(&coordinator, &id, prefer.0.as_deref()).await
+        let caller = super::trace_of(&traceparent);
+        cancel(&coordinator, &id, prefer.0.as_deref(), caller).await
     }
 
     /// Cancel a reservation (same as `POST /reservations/{id}/cancel`)
@@ -366,8 +381,12 @@ impl ReservationsApi {
         /// As for `POST /reservations/{id}/cancel`.
         #[oai(name = "Prefer")]
         prefer: Header<Option<String>>,
+        /// As for `POST /reservations/{id}/cancel`.
+        #[oai(name = "traceparent")]
+        traceparent: Header<Option<String>>,
     ) -> CancelResponse {
-        cancel(&coordinator, &id, prefer.0.as_deref()).await
+        let caller = super::trace_of(&traceparent);
+        cancel(&coordinator, &id, prefer.0.as_deref(), caller).await
     }
 
     /// Forget a conflict

@@ -1,8 +1,12 @@
-//! Logging and metrics: the tracing subscriber (the only global of the process) and the
-//! Prometheus registry of one coordinator.
+//! Logging, metrics and traces: the tracing subscriber (the only global of the process), the
+//! Prometheus registry of one coordinator, and its spans for an OTLP collector ([`Traces`]).
 //!
-//! Each [`crate::App`] has its own registry, so that several coordinators in one process (a
-//! test suite) count apart.
+//! Each [`crate::App`] has its own registry and its own trace exporter, so that several
+//! coordinators in one process (a test suite) count and export apart.
+
+mod traces;
+
+pub use traces::{decision_span, reservation_span, ActiveSpan, Traces, TracesError};
 
 use std::sync::Arc;
 
