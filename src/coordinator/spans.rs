@@ -34,7 +34,9 @@ impl Coordinator {
         caller: Option<SpanParent>,
         started: SystemTime,
     ) {
-        let Some(trace) = r.trace() else { return };
+        let Some(trace) = r.trace().filter(|_| self.inner.traces.is_exported()) else {
+            return;
+        };
         let parent = caller.unwrap_or(SpanParent { trace, span: None });
         let mut span = self.inner.traces.start_at(
             "create",
@@ -62,7 +64,9 @@ impl Coordinator {
         caller: Option<SpanParent>,
         started: SystemTime,
     ) {
-        let Some(trace) = r.trace() else { return };
+        let Some(trace) = r.trace().filter(|_| self.inner.traces.is_exported()) else {
+            return;
+        };
         let parent = caller
             .filter(|c| c.trace.trace_id_bytes() == trace.trace_id_bytes())
             .unwrap_or(SpanParent {
@@ -114,7 +118,9 @@ impl Coordinator {
             .inner
             .traces
             .start(name, SpanKind::Internal, parent, None);
-        span.set("tcc.reservation.id", r.id().to_string());
+        if span.is_recording() {
+            span.set("tcc.reservation.id", r.id().to_string());
+        }
         Some(span)
     }
 
@@ -138,6 +144,10 @@ impl Coordinator {
             .inner
             .traces
             .start(name, SpanKind::Client, phase?, None);
+        if !span.is_recording() {
+            // Only its id is needed, for the call's traceparent.
+            return Some(span);
+        }
         if let Some(verb) = verb {
             span.set("tcc.verb", verb.as_str());
         }

@@ -212,6 +212,14 @@ impl ActiveSpan {
         self.trace.child(self.id)
     }
 
+    /// Whether the span goes to a collector: attributes are worth computing.
+    #[must_use]
+    pub fn is_recording(&self) -> bool {
+        self.span
+            .as_ref()
+            .is_some_and(opentelemetry::trace::Span::is_recording)
+    }
+
     /// Adds an attribute.
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         if let Some(span) = &mut self.span {
