@@ -2,13 +2,13 @@
 //! forget, join, and the Atomikos-style create-and-decide. Each goes through the unit of work
 //! and returns the reservation as saved.
 
+use std::time::SystemTime;
+
+use super::spans::decided_by_client;
 use super::{
     check_link_expiry, invalid, too_many, Coordinator, CoordinatorError, CreateReservation, Field,
     IdempotencyKey,
 };
-use std::time::SystemTime;
-
-use super::spans::decided_by_client;
 use crate::domain::{
     Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId,
     SpanParent, State,

@@ -691,3 +691,57 @@ async fn a_collector_that_does_not_answer_holds_up_no_request() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_deadline_decides_under_the_create_in_a_trace_the_coordinator_starts_and_samples() {
+    let collector = Collector::start().await;
+    let endpoint = collector.base.parse().unwrap();
+    let app = spawn_app_with(|c| c.otlp_endpoint = Some(endpoint)).await;
+    let p = Participant::start().await;
+    let id = app
+        .create(&json!({"timeout_ms": 100, "participants": [p.link(1), p.link(2)]}))
+        .await;
+    app.wait_for(&id, |s, _| s == 410).await;
+    app.stop().await;
+
+    let spans = eventually("the collector receives the reservation's spans", || {
+        let spans = collector.spans();
+        async move { (spans.len() >= 5).then_some(spans) }
+    })
+    .await;
+    assert_eq!(
+        spans.len(),
+        5,
+        "create, decision, phase, 2 cancels: {spans:#?}"
+    );
+    let create = one(&spans, "create");
+    assert_eq!(create.parent, "", "no client trace: the create is the root");
+    assert!(spans.iter().all(|s| s.trace == create.trace));
+    let decision = one(&spans, "decision");
+    assert_eq!(decision.parent, create.id);
+    assert!(decision
+        .attribute("tcc.decided_by")
+        .unwrap()
+        .contains("coordinator"));
+    assert!(decision
+        .attribute("tcc.reason")
+        .unwrap()
+        .contains("expired"));
+    let phase = one(&spans, "cancel phase");
+    assert_eq!(phase.parent, decision.id);
+    let cancels: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "participant cancel")
+        .collect();
+    assert_eq!(cancels.len(), 2);
+    assert!(cancels.iter().all(|s| s.parent == phase.id));
+    // The coordinator's own trace is sampled, so that participants record theirs too.
+    for call in p.calls() {
+        let header = call.headers["traceparent"].to_str().unwrap().to_owned();
+        assert!(
+            header.starts_with(&format!("00-{}-", create.trace)),
+            "{header}"
+        );
+        assert!(header.ends_with("-01"), "{header}");
+    }
+}
