@@ -555,3 +555,142 @@ pub async fn wait_past(instant: DateTime<Utc>) {
     tokio::time::sleep(left + Duration::from_millis(20)).await;
     assert!(Utc::now() > instant);
 }
+
+// ---- an OTLP collector ---------------------------------------------------------------------
+
+/// One span as the collector received it: ids in hex, parent empty for a root.
+#[derive(Debug, Clone)]
+pub struct ExportedSpan {
+    pub trace: String,
+    pub id: String,
+    pub parent: String,
+    pub name: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ExportedSpan {
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A small OTLP/HTTP collector: `POST /v1/traces` with an `ExportTraceServiceRequest` in
+/// protobuf; keeps every span it receives.
+pub struct Collector {
+    pub base: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
+    state: std::sync::Arc<Held>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Whether the collector answers, and how many exports arrived.
+#[derive(Default)]
+struct Held {
+    open: tokio::sync::watch::Sender<bool>,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Collector {
+    pub async fn start() -> Self {
+        let collector = Self::start_held().await;
+        collector.release();
+        collector
+    }
+
+    /// A collector that takes each export in and answers none until [`Collector::release`].
+    pub async fn start_held() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use poem::listener::{Acceptor, Listener};
+        use poem::{handler, post, web::Data, EndpointExt, Route};
+        use prost::Message;
+
+        type Spans = std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>;
+
+        #[handler]
+        async fn export(
+            body: Vec<u8>,
+            spans: Data<&Spans>,
+            state: Data<&std::sync::Arc<Held>>,
+        ) -> poem::Result<()> {
+            state
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = state.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+            let request = ExportTraceServiceRequest::decode(body.as_slice()).map_err(|e| {
+                poem::Error::from_string(e.to_string(), poem::http::StatusCode::BAD_REQUEST)
+            })?;
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let mut kept = spans.lock().unwrap();
+            for resource in request.resource_spans {
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        kept.push(ExportedSpan {
+                            trace: hex(&span.trace_id),
+                            id: hex(&span.span_id),
+                            parent: hex(&span.parent_span_id),
+                            name: span.name,
+                            attributes: span
+                                .attributes
+                                .into_iter()
+                                .map(|kv| (kv.key, format!("{:?}", kv.value.and_then(|v| v.value))))
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        let spans = Spans::default();
+        let state = std::sync::Arc::new(Held::default());
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let app = Route::new()
+            .at("/v1/traces", post(export))
+            .data(spans.clone())
+            .data(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            spans,
+            state,
+            server,
+        }
+    }
+
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn spans(&self) -> Vec<ExportedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The one span named `name`.
+pub fn one<'a>(spans: &'a [ExportedSpan], name: &str) -> &'a ExportedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one `{name}` span in {spans:#?}");
+    found[0]
+}

@@ -5,7 +5,10 @@ use std::time::Duration;
 use serde_json::json;
 use tcc_coordinator::ApiToken;
 
-use crate::helpers::{eventually, spawn_app_with, Behaviour, Participant, Reply, TestApp};
+use crate::helpers::{
+    eventually, one, spawn_app_with, Behaviour, Collector, ExportedSpan, Participant, Reply,
+    TestApp,
+};
 
 async fn metrics(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
@@ -395,143 +398,6 @@ async fn the_dashboard_is_one_self_contained_page_served_without_a_token() {
 }
 
 // ---- traces in a collector ------------------------------------------------------------------
-
-/// One span as the collector received it: ids in hex, parent empty for a root.
-#[derive(Debug, Clone)]
-struct ExportedSpan {
-    trace: String,
-    id: String,
-    parent: String,
-    name: String,
-    attributes: Vec<(String, String)>,
-}
-
-impl ExportedSpan {
-    fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A small OTLP/HTTP collector: `POST /v1/traces` with an `ExportTraceServiceRequest` in
-/// protobuf; keeps every span it receives.
-struct Collector {
-    base: String,
-    spans: std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>,
-    state: std::sync::Arc<Held>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-/// Whether the collector answers, and how many exports arrived.
-#[derive(Default)]
-struct Held {
-    open: tokio::sync::watch::Sender<bool>,
-    requests: std::sync::atomic::AtomicUsize,
-}
-
-impl Collector {
-    async fn start() -> Self {
-        let collector = Self::start_held().await;
-        collector.release();
-        collector
-    }
-
-    /// A collector that takes each export in and answers none until [`Collector::release`].
-    async fn start_held() -> Self {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use poem::listener::{Acceptor, Listener};
-        use poem::{handler, post, web::Data, EndpointExt, Route};
-        use prost::Message;
-
-        type Spans = std::sync::Arc<std::sync::Mutex<Vec<ExportedSpan>>>;
-
-        #[handler]
-        async fn export(
-            body: Vec<u8>,
-            spans: Data<&Spans>,
-            state: Data<&std::sync::Arc<Held>>,
-        ) -> poem::Result<()> {
-            state
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut open = state.open.subscribe();
-            let _ = open.wait_for(|open| *open).await;
-            let request = ExportTraceServiceRequest::decode(body.as_slice()).map_err(|e| {
-                poem::Error::from_string(e.to_string(), poem::http::StatusCode::BAD_REQUEST)
-            })?;
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            let mut kept = spans.lock().unwrap();
-            for resource in request.resource_spans {
-                for scope in resource.scope_spans {
-                    for span in scope.spans {
-                        kept.push(ExportedSpan {
-                            trace: hex(&span.trace_id),
-                            id: hex(&span.span_id),
-                            parent: hex(&span.parent_span_id),
-                            name: span.name,
-                            attributes: span
-                                .attributes
-                                .into_iter()
-                                .map(|kv| (kv.key, format!("{:?}", kv.value.and_then(|v| v.value))))
-                                .collect(),
-                        });
-                    }
-                }
-            }
-            Ok(())
-        }
-
-        let spans = Spans::default();
-        let state = std::sync::Arc::new(Held::default());
-        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .unwrap();
-        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-        let app = Route::new()
-            .at("/v1/traces", post(export))
-            .data(spans.clone())
-            .data(state.clone());
-        let server = tokio::spawn(async move {
-            let _ = poem::Server::new_with_acceptor(acceptor).run(app).await;
-        });
-        Self {
-            base: format!("http://{addr}"),
-            spans,
-            state,
-            server,
-        }
-    }
-
-    fn release(&self) {
-        self.state.open.send_replace(true);
-    }
-
-    fn requests(&self) -> usize {
-        self.state
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn spans(&self) -> Vec<ExportedSpan> {
-        self.spans.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-/// The one span named `name`.
-fn one<'a>(spans: &'a [ExportedSpan], name: &str) -> &'a ExportedSpan {
-    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
-    assert_eq!(found.len(), 1, "one `{name}` span in {spans:#?}");
-    found[0]
-}
 
 #[tokio::test]
 async fn a_collector_receives_one_trace_with_the_create_tries_decision_and_every_call() {

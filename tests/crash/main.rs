@@ -281,6 +281,64 @@ async fn a_logged_confirm_decision_completes_after_kill_9() {
     assert_eq!(slow.count("DELETE"), 0);
 }
 
+#[tokio::test]
+async fn after_kill_9_the_resumed_confirm_phase_hangs_under_the_decision_made_before() {
+    // Arrange: spans exported every 100 ms; a participant that holds its confirm, so the
+    // crash lands mid-phase, after the decision's span has reached the collector.
+    let collector = helpers::Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["--otlp-endpoint", collector.base.as_str()];
+    let env = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+    let coordinator = Binary::start_with(&data, &args, &env);
+    let http = client();
+    let slow = Participant::start().await;
+    slow.script("confirm", held(60));
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [slow.link(1)]}),
+    )
+    .await;
+    let confirm = decide(&http, &coordinator.base, &id, "confirm").await;
+    assert_eq!(confirm.status(), 202);
+    slow.wait_until("the first PUT", |p| p.count("PUT") == 1)
+        .await;
+    let decision = helpers::eventually("the decision's span reaches the collector", || {
+        let spans = collector.spans();
+        async move { spans.into_iter().find(|s| s.name == "decision") }
+    })
+    .await;
+
+    // Act
+    coordinator.kill_9();
+    slow.clear_script("confirm");
+    let restarted = Binary::start_with(&data, &args, &env);
+    wait_for(&http, &restarted.base, &id, |s, _| s == 303).await;
+
+    // Assert: the restarted coordinator's confirm phase, and its call, hang under the
+    // decision the killed one made.
+    let (phase, call) = helpers::eventually("the resumed phase's spans arrive", || {
+        let spans = collector.spans();
+        async move {
+            let call = spans.iter().find(|s| {
+                s.name == "participant confirm"
+                    && s.attribute("tcc.outcome").is_some_and(|o| o.contains("ok"))
+            })?;
+            let phase = spans.iter().find(|s| s.id == call.parent)?;
+            Some((phase.clone(), call.clone()))
+        }
+    })
+    .await;
+    assert_eq!(phase.name, "confirm phase");
+    assert_eq!(phase.parent, decision.id);
+    assert_eq!(
+        (&phase.trace, &call.trace),
+        (&decision.trace, &decision.trace)
+    );
+    drop(restarted);
+}
+
 #[test]
 fn a_bad_flag_or_an_unusable_data_directory_exits_non_zero_with_one_sentence() {
     let bin = env!("CARGO_BIN_EXE_tcc-coordinator");
