@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Refusal, Reservation, ReservationId, State};
+use crate::store::ListQuery;
 
 /// While this instance drives a reservation, a waiter reads it on every this many polls.
 const DRIVEN_POLL_EVERY: u32 = 10;
@@ -146,17 +147,15 @@ impl Coordinator {
         }
     }
 
-    /// Up to `limit` reservations, newest first, optionally only those in `state` and only
-    /// those older than `before`; and whether there are more.
+    /// A page of reservations, newest first, as `query` filters them, and the cursor of the
+    /// next page (`None`: nothing older matches).
     ///
     /// # Errors
     /// [`CoordinatorError::Log`].
     pub async fn list(
         &self,
-        state: Option<State>,
-        before: Option<ReservationId>,
-        limit: usize,
-    ) -> Result<(Vec<Reservation>, bool), CoordinatorError> {
-        Ok(self.inner.store.newest_first(before, limit, state).await?)
+        query: ListQuery,
+    ) -> Result<(Vec<Reservation>, Option<ReservationId>), CoordinatorError> {
+        Ok(self.inner.store.newest_first(query).await?)
     }
 }

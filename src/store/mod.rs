@@ -15,6 +15,7 @@
 //! commits for PostgreSQL.
 
 mod embedded;
+mod listing;
 
 mod postgres;
 mod record;
@@ -26,6 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Reservation, ReservationId, State};
 pub use embedded::SyncMode;
+pub use listing::{ListQuery, MAX_SCAN};
 pub use postgres::PostgresOptions;
 
 /// The log cannot be read or written.
@@ -277,25 +279,23 @@ impl Store {
         }
     }
 
-    /// Up to `limit` reservations, only those in `state` when given, newest first, strictly
-    /// older than `before` when given; and whether more match beyond them.
+    /// A page of reservations, newest first, as `query` filters them; and the cursor of the
+    /// next page (`None`: nothing older matches). See [`ListQuery`].
     ///
     /// # Errors
     /// [`StoreError`] when the store fails or a record cannot be decoded.
     pub async fn newest_first(
         &self,
-        before: Option<ReservationId>,
-        limit: usize,
-        state: Option<State>,
-    ) -> Result<(Vec<Reservation>, bool), StoreError> {
+        query: ListQuery,
+    ) -> Result<(Vec<Reservation>, Option<ReservationId>), StoreError> {
         match &self.backend {
             Backend::Embedded(log) => {
                 let log = log.clone();
-                tokio::task::spawn_blocking(move || log.newest_first(before, limit, state))
+                tokio::task::spawn_blocking(move || log.newest_first(&query))
                     .await
                     .map_err(|e| StoreError::Blocking(e.to_string()))?
             }
-            Backend::Postgres(log) => log.newest_first(before, limit, state).await,
+            Backend::Postgres(log) => log.newest_first(&query).await,
         }
     }
 

@@ -28,6 +28,25 @@ fn reservation() -> Reservation {
     )
 }
 
+/// A reservation holding one link at `host`.
+fn reservation_with(host: &str) -> Reservation {
+    let link = crate::domain::ParticipantLink {
+        uri: crate::domain::ParticipantUrl::parse(&format!("http://{host}/holds/1")).unwrap(),
+        expires: Utc::now() + chrono::Duration::hours(1),
+    };
+    Reservation::new(
+        ReservationId::new(),
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        Duration::from_secs(30),
+        vec![crate::domain::NewParticipant {
+            name: "held".into(),
+            source: crate::domain::ParticipantSource::Link(link),
+        }],
+        serde_json::Map::new(),
+        Duration::from_secs(5),
+    )
+}
+
 fn sled_store(max_waiting: usize) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
@@ -99,6 +118,7 @@ suite!(
     concurrent_writers_of_one_reservation_win_one_revision_each,
     an_idempotency_key_maps_to_the_first_reservation_only,
     listing_is_newest_first_filtered_and_paged,
+    listing_filters_by_participant_host_and_text_within_a_scan_budget,
     removing_drops_the_record_and_frees_its_key,
     concurrent_creates_are_all_durable_and_readable,
     client_writes_past_the_queue_limit_are_refused_until_one_is_durable,
@@ -217,21 +237,78 @@ async fn listing_is_newest_first_filtered_and_paged(store: &Store) {
         tokio::time::sleep(Duration::from_millis(2)).await; // distinct UUIDv7 instants
     }
     let newest: Vec<_> = ids.iter().rev().map(|(id, _)| *id).collect();
-    let (page, more) = store.newest_first(None, 3, None).await.unwrap();
+    let (page, next) = store.newest_first(ListQuery::newest(3)).await.unwrap();
     assert_eq!(page.iter().map(|r| r.id()).collect::<Vec<_>>(), newest[..3]);
-    assert!(more);
-    let (rest, more) = store
-        .newest_first(Some(page[2].id()), 3, None)
+    assert_eq!(next, Some(page[2].id()));
+    let (rest, next) = store
+        .newest_first(ListQuery {
+            before: next,
+            ..ListQuery::newest(3)
+        })
         .await
         .unwrap();
     assert_eq!(rest.iter().map(|r| r.id()).collect::<Vec<_>>(), newest[3..]);
-    assert!(!more);
+    assert_eq!(next, None);
     let (cancelling, _) = store
-        .newest_first(None, 10, Some(State::Cancelling))
+        .newest_first(ListQuery {
+            state: Some(State::Cancelling),
+            ..ListQuery::newest(10)
+        })
         .await
         .unwrap();
     assert_eq!(cancelling.len(), 2);
     assert!(cancelling.iter().all(|r| r.state() == State::Cancelling));
+}
+
+async fn listing_filters_by_participant_host_and_text_within_a_scan_budget(store: &Store) {
+    let mut ids = Vec::new();
+    for (host, tag) in [
+        ("stock.internal:8080", "blue"),
+        ("pay.internal", "red"),
+        ("stock.internal:8080", "red"),
+        ("seat.internal", "green"),
+    ] {
+        let mut r = reservation_with(host);
+        r.metadata_mut()
+            .insert("order".into(), serde_json::json!({"colour": tag}));
+        store.create(&mut r, None).await.unwrap();
+        ids.push(r.id());
+        tokio::time::sleep(Duration::from_millis(2)).await; // distinct UUIDv7 instants
+    }
+    let listed = |query: ListQuery| async move {
+        let (page, next) = store.newest_first(query).await.unwrap();
+        (page.iter().map(Reservation::id).collect::<Vec<_>>(), next)
+    };
+    let by_host = |host: &str| ListQuery {
+        participant_host: Some(host.into()),
+        ..ListQuery::newest(10)
+    };
+    assert_eq!(
+        listed(by_host("STOCK.internal:8080")).await,
+        (vec![ids[2], ids[0]], None)
+    );
+    assert_eq!(listed(by_host("pay")).await, (vec![ids[1]], None));
+    assert_eq!(listed(by_host("elsewhere")).await, (vec![], None));
+    let by_text = |text: &str| ListQuery {
+        text: Some(text.into()),
+        ..ListQuery::newest(10)
+    };
+    assert_eq!(listed(by_text("Red")).await, (vec![ids[2], ids[1]], None));
+    let prefix = ids[3].to_string()[..13].to_owned();
+    assert!(listed(by_text(&prefix)).await.0.contains(&ids[3]));
+    // A scan budget of two records: the first page finds one red among the newest two and
+    // says where to go on; the next finds the other.
+    let budget = ListQuery {
+        max_scan: 2,
+        ..by_text("red")
+    };
+    assert_eq!(listed(budget.clone()).await, (vec![ids[2]], Some(ids[2])));
+    let (found, _) = listed(ListQuery {
+        before: Some(ids[2]),
+        ..budget
+    })
+    .await;
+    assert_eq!(found, vec![ids[1]]);
 }
 
 async fn removing_drops_the_record_and_frees_its_key(store: &Store) {

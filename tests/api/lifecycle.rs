@@ -453,6 +453,51 @@ async fn listing_shows_reservations_newest_first_filtered_by_state() {
 }
 
 #[tokio::test]
+async fn listing_finds_reservations_by_participant_host_and_text_and_next_keeps_the_filters() {
+    let app = spawn_app().await;
+    let stock = Participant::start().await;
+    let pay = Participant::start().await;
+    let order = |participants: Value, order: &str| json!({"participants": participants, "metadata": {"order": order}});
+    let a = app.create(&order(json!([stock.link(1)]), "A-17")).await;
+    let b = app.create(&order(json!([pay.link(2)]), "B-99")).await;
+    let c = app
+        .create(&order(json!([stock.link(3), pay.link(4)]), "a-18"))
+        .await;
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let stock_host = stock.base.trim_start_matches("http://");
+    let first = app
+        .get_json(&format!(
+            "/reservations?participant_host={stock_host}&limit=1"
+        ))
+        .await;
+    assert_eq!(ids(&first), std::slice::from_ref(&c));
+    let next = first["next"].as_str().unwrap();
+    assert!(next.contains("participant_host="), "{next}");
+    let second = app.get_json(next).await;
+    assert_eq!(ids(&second), std::slice::from_ref(&a));
+    assert!(second["next"].is_null());
+
+    // Metadata values, case-insensitively; and an id.
+    let orders = app.get_json("/reservations?q=a-1").await;
+    assert_eq!(ids(&orders), [c, a]);
+    let by_id = app.get_json(&format!("/reservations?q={b}")).await;
+    assert_eq!(ids(&by_id), [b]);
+
+    let empty = app.get("/reservations?q=").await;
+    assert_eq!(empty.status(), 400);
+    assert!(empty.text().await.unwrap().contains("q"));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn health_says_live_and_ready_once_recovery_is_done() {
     let app = spawn_app().await;
     assert_eq!(app.get("/health/live").await.status(), 200);

@@ -20,6 +20,7 @@ mod responses;
 
 use crate::coordinator::{Coordinator, IdempotencyKey};
 use crate::domain::{Reservation, ReservationId, SpanParent, State};
+use crate::store::{ListQuery, MAX_SCAN};
 use responses::{
     CancelResponse, ConfirmResponse, CreateResponse, ForgetResponse, GetResponse, HistoryResponse,
     JoinResponse, ListResponse, RetryResponse,
@@ -93,6 +94,23 @@ async fn cancel(
         }
         Err(e) => e.into(),
     }
+}
+
+/// The link to the listing page after `after`, with the same filters.
+fn next_page(query: &ListQuery, limit: u32, after: ReservationId) -> String {
+    let mut link = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(state) = query.state {
+        link.append_pair("state", state.as_str());
+    }
+    if let Some(host) = &query.participant_host {
+        link.append_pair("participant_host", host);
+    }
+    if let Some(text) = &query.text {
+        link.append_pair("q", text);
+    }
+    link.append_pair("limit", &limit.to_string());
+    link.append_pair("after", &after.to_string());
+    format!("/reservations?{}", link.finish())
 }
 
 /// The seconds of a `Prefer: wait=N` (RFC 7240), when the header asks for it.
@@ -202,13 +220,24 @@ impl ReservationsApi {
 
     /// List reservations
     ///
-    /// Newest first, optionally only those in one `state`. Follow `next` for older ones.
+    /// Newest first, optionally only those in one `state`, calling one participant host, or
+    /// matching a text. Follow `next` for older ones. With `participant_host` or `q`, one
+    /// page examines at most 10,000 reservations: it may then hold fewer than `limit` (even
+    /// none) and still have a `next` to continue the search from.
     #[oai(path = "/reservations", method = "get")]
     async fn list(
         &self,
         coordinator: Data<&Coordinator>,
         /// Only reservations in this state.
         state: Query<Option<StateView>>,
+        /// Only reservations with a participant (try URL or link) whose `host:port`
+        /// contains this, case-insensitively; e.g. `stock` or `stock.internal:8080`.
+        #[oai(validator(min_length = 1, max_length = 255))]
+        participant_host: Query<Option<String>>,
+        /// Only reservations whose id starts with this, or with a metadata value containing
+        /// it (compared with the value's JSON text, case-insensitively).
+        #[oai(validator(min_length = 1, max_length = 255))]
+        q: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
@@ -234,25 +263,16 @@ impl ReservationsApi {
                 })
                 .transpose()?;
             let limit = limit.0.unwrap_or(50);
-            let state = state.0;
-            let (items, more) = coordinator
-                .list(
-                    state.map(Into::into),
-                    before,
-                    usize::try_from(limit).unwrap_or(50),
-                )
-                .await?;
-            let next = match (more, items.last()) {
-                (true, Some(last)) => Some(match state {
-                    Some(s) => format!(
-                        "/reservations?state={}&limit={limit}&after={}",
-                        State::from(s),
-                        last.id()
-                    ),
-                    None => format!("/reservations?limit={limit}&after={}", last.id()),
-                }),
-                _ => None,
+            let query = ListQuery {
+                before,
+                limit: usize::try_from(limit).unwrap_or(50),
+                state: state.0.map(Into::into),
+                participant_host: participant_host.0,
+                text: q.0,
+                max_scan: MAX_SCAN,
             };
+            let (items, next) = coordinator.list(query.clone()).await?;
+            let next = next.map(|after| next_page(&query, limit, after));
             let items = items.iter().map(|r| view(&coordinator, r)).collect();
             Ok::<_, ApiError>(ReservationPage { items, next })
         }

@@ -28,8 +28,9 @@ use std::path::Path;
 
 mod group_commit;
 
-use super::{record, KeyEntry, StoreError};
-use crate::domain::{Reservation, ReservationId, State};
+use super::listing::{Next, Page};
+use super::{record, KeyEntry, ListQuery, StoreError};
+use crate::domain::{Reservation, ReservationId};
 use group_commit::GroupCommit;
 pub use group_commit::SyncMode;
 
@@ -203,26 +204,20 @@ impl SledLog {
     /// Scans from `before` backwards until `limit + 1` match. Blocking (a scan).
     pub(super) fn newest_first(
         &self,
-        before: Option<ReservationId>,
-        limit: usize,
-        state: Option<State>,
-    ) -> Result<(Vec<Reservation>, bool), StoreError> {
-        let entries = match before {
+        query: &ListQuery,
+    ) -> Result<(Vec<Reservation>, Option<ReservationId>), StoreError> {
+        let entries = match query.before {
             Some(id) => self.reservations.range(..id.to_bytes()),
             None => self.reservations.iter(),
         };
-        let mut page = Vec::with_capacity(limit.min(1024));
+        let mut page = Page::new(query);
         for entry in entries.rev() {
             let (key, value) = entry?;
-            let reservation = record::decode(id_of(&key)?, &value)?;
-            if state.is_none_or(|s| reservation.state() == s) {
-                if page.len() == limit {
-                    return Ok((page, true));
-                }
-                page.push(reservation);
+            if let Next::Done(next) = page.offer(record::decode(id_of(&key)?, &value)?) {
+                return Ok(page.finish(Some(next)));
             }
         }
-        Ok((page, false))
+        Ok(page.finish(None))
     }
 }
 

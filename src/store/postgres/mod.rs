@@ -48,7 +48,8 @@ mod batch;
 mod connection;
 mod schema;
 
-use super::{record, KeyEntry, Ownership, Retention, StoreError};
+use super::listing::{Next, Page};
+use super::{record, KeyEntry, ListQuery, Ownership, Retention, StoreError};
 use crate::domain::{Reservation, ReservationId, State};
 use batch::{Write, Written};
 use connection::{db_error, pool_error};
@@ -95,6 +96,8 @@ const OWNED: &str = "SELECT id, version, record, owner FROM tcc_reservations \
 const LIST: &str = "SELECT id, version, record, owner FROM tcc_reservations \
     WHERE ($1::uuid IS NULL OR id < $1) AND ($2::text IS NULL OR state = $2) \
     ORDER BY id DESC LIMIT $3";
+/// Rows fetched at once while a listing filters by host or text.
+const LIST_CHUNK: usize = 500;
 const PURGE: &str = "DELETE FROM tcc_reservations WHERE id IN (SELECT id FROM tcc_reservations \
     WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
@@ -326,28 +329,41 @@ impl PgLog {
         Ok(())
     }
 
+    /// A listing page. The state is filtered by the query; host and text filters by
+    /// [`Page`], over chunks of rows fetched newest first.
     pub(super) async fn newest_first(
         &self,
-        before: Option<ReservationId>,
-        limit: usize,
-        state: Option<State>,
-    ) -> Result<(Vec<Reservation>, bool), StoreError> {
-        let before = before.map(|id| *id.as_uuid());
-        let state = state.map(State::as_str);
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-        let rows = self
-            .run(move |c| async move {
-                let statement = c.prepare_cached(LIST).await?;
-                c.query(&statement, &[&before, &state, &fetch]).await
-            })
-            .await?;
-        let more = rows.len() > limit;
-        let page = rows
-            .iter()
-            .take(limit)
-            .map(decode)
-            .collect::<Result<_, _>>()?;
-        Ok((page, more))
+        query: &ListQuery,
+    ) -> Result<(Vec<Reservation>, Option<ReservationId>), StoreError> {
+        let chunk = if query.filters_content() {
+            LIST_CHUNK
+        } else {
+            // The page and one more, to know whether a next page has anything.
+            query.limit.saturating_add(1)
+        };
+        let fetch = i64::try_from(chunk).unwrap_or(i64::MAX);
+        let state = query.state.map(State::as_str);
+        let mut cursor = query.before.map(|id| *id.as_uuid());
+        let mut page = Page::new(query);
+        loop {
+            let rows = self
+                .run(move |c| async move {
+                    let statement = c.prepare_cached(LIST).await?;
+                    c.query(&statement, &[&cursor, &state, &fetch]).await
+                })
+                .await?;
+            let complete = rows.len() < chunk;
+            for row in &rows {
+                let r = decode(row)?;
+                cursor = Some(*r.id().as_uuid());
+                if let Next::Done(next) = page.offer(r) {
+                    return Ok(page.finish(Some(next)));
+                }
+            }
+            if complete {
+                return Ok(page.finish(None));
+            }
+        }
     }
 
     pub(super) async fn heartbeat(&self) -> Result<(), StoreError> {
