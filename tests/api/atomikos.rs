@@ -200,3 +200,52 @@ async fn a_bad_link_is_422_naming_it_and_nothing_is_called() {
     assert!(a.calls().is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_atomikos_confirm_is_one_trace_create_decision_phase_and_calls() {
+    let collector = crate::helpers::Collector::start().await;
+    let endpoint = collector.base.parse().unwrap();
+    let app = crate::helpers::spawn_app_with(|c| c.otlp_endpoint = Some(endpoint)).await;
+    let (a, b) = (Participant::start().await, Participant::start().await);
+    let response = app
+        .http
+        .put(app.url("/coordinator/confirm"))
+        .header("content-type", "application/tcc+json")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(links(&[(&a, 1, in_secs(60)), (&b, 2, in_secs(60))]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    app.stop().await;
+
+    let spans = crate::helpers::eventually("the collector receives the spans", || {
+        let spans = collector.spans();
+        async move { (spans.len() >= 5).then_some(spans) }
+    })
+    .await;
+    assert_eq!(
+        spans.len(),
+        5,
+        "create, decision, phase, 2 confirms: {spans:#?}"
+    );
+    assert!(spans
+        .iter()
+        .all(|s| s.trace == "0af7651916cd43dd8448eb211c80319c"));
+    let create = crate::helpers::one(&spans, "create");
+    assert_eq!(create.parent, "b7ad6b7169203331");
+    let decision = crate::helpers::one(&spans, "decision");
+    assert_eq!(decision.parent, create.id);
+    let phase = crate::helpers::one(&spans, "confirm phase");
+    assert_eq!(phase.parent, decision.id);
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.name == "participant confirm" && s.parent == phase.id)
+            .count(),
+        2
+    );
+}
