@@ -21,7 +21,9 @@ use std::time::SystemTime;
 use opentelemetry::trace::SpanKind;
 
 use super::Coordinator;
-use crate::domain::{CallVerb, ParticipantUrl, Reason, Reservation, SpanParent, State};
+use crate::domain::{
+    CallVerb, ParticipantUrl, Reason, Reservation, SpanParent, State, TraceContext,
+};
 use crate::participant::Outcome;
 use crate::telemetry::{decision_span, reservation_span, ActiveSpan};
 
@@ -34,19 +36,12 @@ impl Coordinator {
         caller: Option<SpanParent>,
         started: SystemTime,
     ) {
-        let Some(trace) = r.trace().filter(|_| self.inner.traces.is_exported()) else {
+        let Some(trace) = self.exported_trace(r) else {
             return;
         };
         let parent = caller.unwrap_or(SpanParent { trace, span: None });
-        let mut span = self.inner.traces.start_at(
-            "create",
-            SpanKind::Server,
-            parent,
-            Some(reservation_span(r.id())),
-            started,
-        );
-        span.set("tcc.reservation.id", r.id().to_string());
-        span.set("tcc.state", r.state().as_str());
+        let id = reservation_span(r.id());
+        let mut span = self.milestone("create", SpanKind::Server, parent, id, r, started);
         span.set(
             "tcc.participants",
             i64::try_from(r.participants().len()).unwrap_or(i64::MAX),
@@ -64,7 +59,7 @@ impl Coordinator {
         caller: Option<SpanParent>,
         started: SystemTime,
     ) {
-        let Some(trace) = r.trace().filter(|_| self.inner.traces.is_exported()) else {
+        let Some(trace) = self.exported_trace(r) else {
             return;
         };
         let parent = caller
@@ -78,14 +73,8 @@ impl Coordinator {
         } else {
             SpanKind::Internal
         };
-        let mut span = self.inner.traces.start_at(
-            "decision",
-            kind,
-            parent,
-            Some(decision_span(r.id())),
-            started,
-        );
-        span.set("tcc.reservation.id", r.id().to_string());
+        let id = decision_span(r.id());
+        let mut span = self.milestone("decision", kind, parent, id, r, started);
         span.set(
             "tcc.decided_by",
             if decided_by_client(r) {
@@ -94,10 +83,34 @@ impl Coordinator {
                 "coordinator"
             },
         );
-        span.set("tcc.state", r.state().as_str());
         if let Some(reason) = r.reason() {
             span.set("tcc.reason", reason.as_str());
         }
+    }
+
+    /// The reservation's trace, when its spans are exported.
+    fn exported_trace(&self, r: &Reservation) -> Option<TraceContext> {
+        r.trace().filter(|_| self.inner.traces.is_exported())
+    }
+
+    /// A span of the reservation's own (its create, its decision), named by `id`, with
+    /// its id and state.
+    fn milestone(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        parent: SpanParent,
+        id: [u8; 8],
+        r: &Reservation,
+        started: SystemTime,
+    ) -> ActiveSpan {
+        let mut span = self
+            .inner
+            .traces
+            .start_at(name, kind, parent, Some(id), started);
+        span.set("tcc.reservation.id", r.id().to_string());
+        span.set("tcc.state", r.state().as_str());
+        span
     }
 
     /// The span of the phase the driver is about to run on `r`; `None` for a reservation

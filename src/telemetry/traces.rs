@@ -291,26 +291,22 @@ struct ChosenIds(RandomIdGenerator);
 
 impl IdGenerator for ChosenIds {
     fn new_trace_id(&self) -> TraceId {
-        CHOSEN
-            .with(|c| {
-                let mut chosen = c.get();
-                let trace = chosen.trace.take();
-                c.set(chosen);
-                trace
-            })
-            .unwrap_or_else(|| self.0.new_trace_id())
+        take_chosen(|c| c.trace.take()).unwrap_or_else(|| self.0.new_trace_id())
     }
 
     fn new_span_id(&self) -> SpanId {
-        CHOSEN
-            .with(|c| {
-                let mut chosen = c.get();
-                let span = chosen.span.take();
-                c.set(chosen);
-                span
-            })
-            .unwrap_or_else(|| self.0.new_span_id())
+        take_chosen(|c| c.span.take()).unwrap_or_else(|| self.0.new_span_id())
     }
+}
+
+/// Takes one of the chosen ids of this thread (each is used once).
+fn take_chosen<T>(pick: impl FnOnce(&mut Chosen) -> Option<T>) -> Option<T> {
+    CHOSEN.with(|c| {
+        let mut chosen = c.get();
+        let id = pick(&mut chosen);
+        c.set(chosen);
+        id
+    })
 }
 
 #[cfg(test)]

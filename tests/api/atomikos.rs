@@ -222,16 +222,9 @@ async fn an_atomikos_confirm_is_one_trace_create_decision_phase_and_calls() {
     assert_eq!(response.status(), 204);
     app.stop().await;
 
-    let spans = crate::helpers::eventually("the collector receives the spans", || {
-        let spans = collector.spans();
-        async move { (spans.len() >= 5).then_some(spans) }
-    })
-    .await;
-    assert_eq!(
-        spans.len(),
-        5,
-        "create, decision, phase, 2 confirms: {spans:#?}"
-    );
+    let spans = collector
+        .received(5, "create, decision, phase, 2 confirms")
+        .await;
     assert!(spans
         .iter()
         .all(|s| s.trace == "0af7651916cd43dd8448eb211c80319c"));

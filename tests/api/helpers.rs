@@ -680,6 +680,17 @@ impl Collector {
     pub fn spans(&self) -> Vec<ExportedSpan> {
         self.spans.lock().unwrap().clone()
     }
+
+    /// Waits until `n` spans have arrived, and checks that no more did.
+    pub async fn received(&self, n: usize, what: &str) -> Vec<ExportedSpan> {
+        let spans = eventually(&format!("the collector receives {n} spans"), || {
+            let spans = self.spans();
+            async move { (spans.len() >= n).then_some(spans) }
+        })
+        .await;
+        assert_eq!(spans.len(), n, "{what}: {spans:#?}");
+        spans
+    }
 }
 
 impl Drop for Collector {

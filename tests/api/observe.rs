@@ -433,16 +433,9 @@ async fn a_collector_receives_one_trace_with_the_create_tries_decision_and_every
     // Stopping sends what is still queued.
     app.stop().await;
 
-    let spans = eventually("the collector receives the reservation's spans", || {
-        let spans = collector.spans();
-        async move { (spans.len() >= 8).then_some(spans) }
-    })
-    .await;
-    assert_eq!(
-        spans.len(),
-        8,
-        "create, tries, 2 tries, decision, phase, 2 confirms: {spans:#?}"
-    );
+    let spans = collector
+        .received(8, "create, tries, 2 tries, decision, phase, 2 confirms")
+        .await;
     assert!(
         spans.iter().all(|s| s.trace == TRACE),
         "one trace: {spans:#?}"
@@ -570,16 +563,9 @@ async fn a_deadline_decides_under_the_create_in_a_trace_the_coordinator_starts_a
     app.wait_for(&id, |s, _| s == 410).await;
     app.stop().await;
 
-    let spans = eventually("the collector receives the reservation's spans", || {
-        let spans = collector.spans();
-        async move { (spans.len() >= 5).then_some(spans) }
-    })
-    .await;
-    assert_eq!(
-        spans.len(),
-        5,
-        "create, decision, phase, 2 cancels: {spans:#?}"
-    );
+    let spans = collector
+        .received(5, "create, decision, phase, 2 cancels")
+        .await;
     let create = one(&spans, "create");
     assert_eq!(create.parent, "", "no client trace: the create is the root");
     assert!(spans.iter().all(|s| s.trace == create.trace));
