@@ -17,14 +17,6 @@ impl TraceContext {
         (trace_id != [0; 16]).then_some(Self { trace_id, flags: 0 })
     }
 
-    /// Reads a `traceparent` header (`00-{trace-id}-{parent-id}-{flags}`). Per the W3C
-    /// specification an invalid one is ignored (`None`); a future version is read by its
-    /// version-00 prefix.
-    #[must_use]
-    pub fn from_traceparent(header: &str) -> Option<Self> {
-        SpanParent::from_traceparent(header).map(|p| p.trace)
-    }
-
     /// The same trace, marked sampled: a trace the coordinator starts while it exports its
     /// spans, so that participants record theirs too.
     #[must_use]
@@ -33,12 +25,6 @@ impl TraceContext {
             flags: self.flags | 1,
             ..self
         }
-    }
-
-    /// Whether the trace's owner asked for it to be recorded (the W3C `sampled` flag).
-    #[must_use]
-    pub fn is_sampled(&self) -> bool {
-        self.flags & 1 == 1
     }
 
     /// The trace id's 16 bytes.
@@ -63,7 +49,9 @@ pub struct SpanParent {
 }
 
 impl SpanParent {
-    /// Reads a `traceparent` header; see [`TraceContext::from_traceparent`].
+    /// Reads a `traceparent` header (`00-{trace-id}-{parent-id}-{flags}`): the trace, and
+    /// the caller's span. Per the W3C specification an invalid one is ignored (`None`); a
+    /// future version is read by its version-00 prefix.
     #[must_use]
     pub fn from_traceparent(header: &str) -> Option<Self> {
         let header = header.trim();
@@ -175,7 +163,12 @@ mod tests {
 
     #[test]
     fn a_valid_traceparent_is_read_and_children_keep_its_trace() {
-        let trace = TraceContext::from_traceparent(EXAMPLE).unwrap();
+        let caller = SpanParent::from_traceparent(EXAMPLE).unwrap();
+        assert_eq!(
+            caller.span,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        let trace = caller.trace;
         assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             trace.child([0xab; 8]),
@@ -196,10 +189,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
         ] {
-            assert_eq!(TraceContext::from_traceparent(bad), None, "{bad}");
+            assert_eq!(SpanParent::from_traceparent(bad), None, "{bad}");
         }
         // A later version is read by its version-00 prefix.
-        assert!(TraceContext::from_traceparent(
+        assert!(SpanParent::from_traceparent(
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later"
         )
         .is_some());
