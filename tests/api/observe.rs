@@ -258,23 +258,33 @@ fn trace_ids(p: &Participant) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_clients_trace_reaches_every_participant_call() {
-    let app = spawn_app_with(|_| {}).await;
-    let p = Participant::start().await;
+/// Creates a reservation with `traceparent`, asserting the 202; its id.
+async fn create_traced(app: &TestApp, traceparent: &str, body: &serde_json::Value) -> String {
     let created = app
         .http
         .post(app.url("/reservations"))
-        .header("traceparent", CLIENT_TRACE)
-        .json(&json!({"participants": [p.try_("stock"), p.link(9)]}))
+        .header("traceparent", traceparent)
+        .json(body)
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), 202);
-    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+    created.json::<serde_json::Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
-        .to_owned();
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_clients_trace_reaches_every_participant_call() {
+    let app = spawn_app_with(|_| {}).await;
+    let p = Participant::start().await;
+    let id = create_traced(
+        &app,
+        CLIENT_TRACE,
+        &json!({"participants": [p.try_("stock"), p.link(9)]}),
+    )
+    .await;
     app.wait_for(&id, |_, b| b["state"] == "reserved").await;
     app.post(&format!("/reservations/{id}/confirm")).await;
     app.wait_for(&id, |s, _| s == 303).await;
@@ -289,20 +299,12 @@ async fn a_clients_trace_reaches_every_participant_call() {
 async fn without_a_client_trace_the_coordinator_starts_one_per_reservation() {
     let app = spawn_app_with(|_| {}).await;
     let p = Participant::start().await;
-    let id = app
-        .http
-        .post(app.url("/reservations"))
-        .header("traceparent", "not-a-traceparent")
-        .json(&json!({"timeout_ms": 100, "participants": [p.link(1), p.link(2)]}))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_traced(
+        &app,
+        "not-a-traceparent",
+        &json!({"timeout_ms": 100, "participants": [p.link(1), p.link(2)]}),
+    )
+    .await;
     app.wait_for(&id, |s, _| s == 410).await;
     let ids = trace_ids(&p);
     assert_eq!(ids.len(), 2, "two cancels");
@@ -407,19 +409,12 @@ async fn a_collector_receives_one_trace_with_the_create_tries_decision_and_every
     let endpoint = collector.base.parse().unwrap();
     let app = spawn_app_with(|c| c.otlp_endpoint = Some(endpoint)).await;
     let p = Participant::start().await;
-    let created = app
-        .http
-        .post(app.url("/reservations"))
-        .header("traceparent", CLIENT_TRACE)
-        .json(&json!({"participants": [p.try_("stock"), p.try_("seat")]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 202);
-    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_traced(
+        &app,
+        CLIENT_TRACE,
+        &json!({"participants": [p.try_("stock"), p.try_("seat")]}),
+    )
+    .await;
     app.wait_for(&id, |_, b| b["state"] == "reserved").await;
     let confirmed = app
         .http
