@@ -168,6 +168,7 @@ impl App {
                 let options = PostgresOptions {
                     url: url.expose().to_owned(),
                     connections: config.store_connections,
+                    statement_timeout: config.store_timeout,
                     lease: config.lease,
                     retention: Retention {
                         retention: config.limits.retention,

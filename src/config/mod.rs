@@ -108,6 +108,8 @@ pub struct Config {
     pub lease: Duration,
     /// With a PostgreSQL store: connections kept open at most.
     pub store_connections: usize,
+    /// With a PostgreSQL store: how long one statement may go unanswered.
+    pub store_timeout: Duration,
     /// With a PostgreSQL store and `sslmode=require`: more CAs trusted for its certificate.
     pub store_ca: Option<PathBuf>,
     pub limits: Limits,
@@ -323,6 +325,14 @@ pub struct Cli {
     #[arg(long, env = "TCC_STORE_CONNECTIONS", default_value_t = 16)]
     store_connections: usize,
 
+    /// With --store: how long one database statement may go unanswered (and a request wait
+    /// for a free connection). Past it the connection is dropped, as the server may have gone
+    /// silent (a partition, a hung host, a primary that failed over), and the request
+    /// answers 503 with Retry-After. Connecting is bounded by the URL's `connect_timeout`
+    /// (2 s when it names none), for each of its hosts at once.
+    #[arg(long, env = "TCC_STORE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    store_timeout: Duration,
+
     /// With --store …?sslmode=require: a PEM bundle of certificate authorities trusted for
     /// the database's certificate, besides the system's (the certificate is always verified).
     #[arg(long, env = "TCC_STORE_CA")]
@@ -429,6 +439,7 @@ impl Cli {
         positive("max-timeout", self.max_timeout)?;
         positive("participant-timeout", self.participant_timeout)?;
         positive("max-retry-interval", self.max_retry_interval)?;
+        positive("store-timeout", self.store_timeout)?;
         if self.default_timeout > self.max_timeout {
             return Err(ConfigError(format!(
                 "--default-timeout ({}) is longer than --max-timeout ({})",
@@ -509,6 +520,7 @@ impl Cli {
             },
             lease: self.lease,
             store_connections: self.store_connections,
+            store_timeout: self.store_timeout,
             store_ca: self.store_ca,
             limits: Limits {
                 default_timeout: self.default_timeout,

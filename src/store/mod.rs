@@ -414,6 +414,16 @@ pub async fn scratch_database_from_env() -> Option<String> {
     Some(postgres::scratch_schema(&url).await)
 }
 
+/// For tests: a new, empty schema in the database `url` names (a multi-host URL too), and
+/// the URL that uses it.
+///
+/// # Panics
+/// When the database cannot be reached.
+#[doc(hidden)]
+pub async fn scratch_database(url: &str) -> String {
+    postgres::scratch_schema(url).await
+}
+
 /// For the PostgreSQL tests, which are `#[ignore = "needs TCC_TEST_POSTGRES"]`: a new, empty
 /// schema in the database `TCC_TEST_POSTGRES` names. Run them with `--include-ignored` where
 /// one is given (`.ci/postgres.sh` starts one; see README); without it, they fail, never pass

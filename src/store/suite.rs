@@ -69,6 +69,7 @@ async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store
             retention: RETENTION,
             instance_name: "store suite".into(),
             ca: None,
+            statement_timeout: Duration::from_secs(2),
         },
         max_waiting,
     )
@@ -517,6 +518,7 @@ async fn an_unreachable_database_is_waited_for_and_named_without_its_password() 
             retention: RETENTION,
             instance_name: "unreachable".into(),
             ca: None,
+            statement_timeout: Duration::from_secs(2),
         },
         1,
     )

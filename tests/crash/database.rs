@@ -9,10 +9,14 @@ use super::helpers::{client, create, decide, eventually, wait_for, Participant, 
 use super::{command_without_log, Binary};
 
 /// A TCP proxy to the database that the test can cut (every connection dropped, new ones
-/// closed at once) and restore: a database lost while the coordinator runs.
+/// closed at once) and restore: a database lost while the coordinator runs; or freeze (every
+/// connection kept open and nothing answered, new ones accepted and never answered either)
+/// and thaw: a server gone silent, as behind a network partition or on a hung host.
 struct DatabaseLink {
     addr: std::net::SocketAddr,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `false` while frozen.
+    flowing: tokio::sync::watch::Sender<bool>,
     connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
@@ -24,18 +28,29 @@ impl DatabaseLink {
         let link = Self {
             addr,
             up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            flowing: tokio::sync::watch::Sender::new(true),
             connections: std::sync::Arc::default(),
         };
         let (up, connections) = (link.up.clone(), link.connections.clone());
+        let flowing = link.flowing.clone();
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let upstream = upstream.clone();
+                let (upstream, mut flowing) = (upstream.clone(), flowing.subscribe());
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    // A connection made while frozen is accepted and left unanswered.
+                    if flowing.wait_for(|f| *f).await.is_err() {
+                        return;
+                    }
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            pump(from_client, to_server, flowing.clone()),
+                            pump(from_server, to_client, flowing),
+                        );
                     }
                 });
                 connections.lock().unwrap().push(task);
@@ -53,6 +68,35 @@ impl DatabaseLink {
 
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Nothing passes any more, and nothing is closed.
+    fn freeze(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// What was held passes, and everything flows again.
+    fn thaw(&self) {
+        self.flowing.send_replace(true);
+    }
+}
+
+/// Copies one direction of a connection, holding what it read while the link is frozen.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut flowing: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if flowing.wait_for(|f| *f).await.is_err() || to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -394,4 +438,133 @@ async fn after_an_outage_an_instance_resumes_a_decision_it_owns_that_nobody_driv
     assert_eq!(status, 303, "{body}");
     assert_eq!(p.paths("PUT"), ["/holds/1"]);
     assert_eq!(p.count("DELETE"), 0);
+}
+
+/// Sends a create to `base` with a client timeout far past the coordinator's bound, and
+/// returns its status and `Retry-After`, failing the test if no answer came.
+async fn create_answered(
+    http: &reqwest::Client,
+    base: &str,
+    body: &serde_json::Value,
+) -> (u16, Option<String>) {
+    let started = std::time::Instant::now();
+    let answer = http
+        .post(format!("{base}/reservations"))
+        .timeout(ANSWER_PATIENCE)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a create got no answer within {ANSWER_PATIENCE:?} ({:?}): {e}",
+                started.elapsed()
+            )
+        });
+    let retry_after = answer
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (answer.status().as_u16(), retry_after)
+}
+
+/// Longer than any bound the coordinator documents for a request that needs the database:
+/// a request still unanswered after it has hung.
+const ANSWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn a_database_gone_silent_gets_503_with_retry_after_never_a_hang_and_is_used_again_once_it_answers(
+) {
+    let (
+        BehindALink {
+            link,
+            dir: _dir,
+            coordinator,
+            database: _,
+            http,
+            p,
+        },
+        kept,
+    ) = BehindALink::with_reservation(json!({})).await;
+
+    link.freeze();
+    let (status, retry_after) = create_answered(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(2)]}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(retry_after.is_some(), "a 503 says when to retry");
+    wait_readiness(&http, &coordinator.base, 503).await;
+
+    link.thaw();
+    wait_readiness(&http, &coordinator.base, 200).await;
+    let id = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(3)]}),
+    )
+    .await;
+    for id in [&kept, &id] {
+        assert_eq!(
+            decide(&http, &coordinator.base, id, "confirm")
+                .await
+                .status(),
+            202
+        );
+        wait_for(&http, &coordinator.base, id, |s, _| s == 303).await;
+    }
+    assert_eq!(p.count("DELETE"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn with_two_hosts_a_silent_first_host_is_passed_over_for_the_one_that_answers() {
+    let database = tcc_coordinator::required_scratch_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (silent, silent_url) = behind_a_link(&database).await;
+    let (_answering, answering_url) = behind_a_link(&database).await;
+    // postgres://user@127.0.0.1:SILENT,127.0.0.1:ANSWERING/db?…&target_session_attrs=read-write
+    let host = |url: &url::Url| format!("127.0.0.1:{}", url.port().unwrap());
+    let both = silent_url.as_str().replacen(
+        &host(&silent_url),
+        &format!("{},{}", host(&silent_url), host(&answering_url)),
+        1,
+    ) + "&target_session_attrs=read-write";
+    let coordinator = instance(&both, dir.path(), "coordinator");
+    let (http, p) = (client(), Participant::start().await);
+    let kept = create(
+        &http,
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+
+    // The first host goes silent: what was on its connections gets 503 in bounded time,
+    // then new connections go to the second host.
+    silent.freeze();
+    let served = eventually("a create answered 202 through the second host", || async {
+        let (status, retry_after) = create_answered(
+            &http,
+            &coordinator.base,
+            &json!({"participants": [p.link(2)]}),
+        )
+        .await;
+        assert!(
+            status == 202 || (status == 503 && retry_after.is_some()),
+            "a create answered {status}"
+        );
+        (status == 202).then_some(())
+    })
+    .await;
+    let () = served;
+    assert_eq!(
+        decide(&http, &coordinator.base, &kept, "confirm")
+            .await
+            .status(),
+        202
+    );
+    wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
+    wait_readiness(&http, &coordinator.base, 200).await;
 }

@@ -118,7 +118,12 @@ async fn rows_of(log: &PgLog, ids: &[Uuid]) -> Result<Vec<tokio_postgres::Row>, 
     .await
 }
 
-async fn read_all(log: &PgLog, batch: Vec<ReadJob>) {
+async fn read_all(log: &PgLog, mut batch: Vec<ReadJob>) {
+    // Readers that gave up waiting (`PgLog::bounded`, a dropped request) are not read for.
+    batch.retain(|job| !job.done.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let ids: Vec<Uuid> = batch.iter().map(|job| job.id).collect();
     match rows_of(log, &ids).await {
         Ok(rows) => {
@@ -223,6 +228,12 @@ impl Writer {
 
 /// Commits a batch and tells each write its outcome; returns the transactions committed.
 async fn commit(log: &PgLog, mut batch: Vec<Job>) -> u64 {
+    // Writers that gave up waiting (`PgLog::bounded`, a dropped request) are not written
+    // for: they were told the database is unavailable.
+    batch.retain(|job| !job.done.is_closed());
+    if batch.is_empty() {
+        return 0;
+    }
     batch.sort_by_key(|job| job.write.id());
     let writes: Vec<&Write> = batch.iter().map(|job| &job.write).collect();
     let mut committed = 1;
@@ -355,6 +366,7 @@ mod tests {
             },
             instance_name: "batch test".into(),
             ca: None,
+            statement_timeout: Duration::from_secs(2),
         })
         .await
         .unwrap()

@@ -4,10 +4,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
 use uuid::Uuid;
 
+use super::failover::{is_read_only_server, EachHost, Failures};
 use super::schema::migrate;
 use super::{PgLog, PostgresOptions, StoreError, CONNECT_TIMEOUT};
 
@@ -15,12 +19,12 @@ impl PgLog {
     pub(in crate::store) async fn connect(options: PostgresOptions) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
             StoreError::Setup(format!(
-                "--store is not a PostgreSQL URL (postgres://user:password@host:port/database): {e}"
+                "--store is not a PostgreSQL URL (postgres://user:password@host:port,host:port/database\
+                 ?target_session_attrs=read-write): {e}"
             ))
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let connect_timeout = *config.get_connect_timeout().unwrap_or(&CONNECT_TIMEOUT);
+        config.connect_timeout(connect_timeout);
         let target = describe(&config);
         let recycling = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -28,16 +32,37 @@ impl PgLog {
         let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             let tls = tls_config(options.ca.as_deref()).map_err(StoreError::Setup)?;
             let tls = rustls_tokio_postgres::MakeRustlsConnect::new(tls);
-            Manager::from_config(config, tls, recycling)
+            let each = EachHost {
+                tls,
+                timeout: connect_timeout,
+            };
+            Manager::from_connect(config, each, recycling)
         } else {
-            Manager::from_config(config, tokio_postgres::NoTls, recycling)
+            let each = EachHost {
+                tls: tokio_postgres::NoTls,
+                timeout: connect_timeout,
+            };
+            Manager::from_connect(config, each, recycling)
         };
+        let failures = Failures::default();
+        let stale = failures.clone();
         let pool = Pool::builder(manager)
             .max_size(options.connections.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .wait_timeout(Some(options.statement_timeout))
+            // Each host's attempt is bounded by the connect timeout; this ends the wait when
+            // every host stayed silent.
+            .create_timeout(Some(connect_timeout + Duration::from_millis(250)))
+            .recycle_timeout(Some(options.statement_timeout))
+            .pre_recycle(Hook::sync_fn(move |_, metrics| {
+                if stale.predates(metrics.created) {
+                    Err(HookError::Message(
+                        "made before the database was last found gone".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }))
             .build()
             .map_err(|e| {
                 StoreError::Setup(format!("cannot set up connections to {target}: {e}"))
@@ -50,6 +75,8 @@ impl PgLog {
             reachable: Arc::new(AtomicBool::new(true)),
             interrupted: Arc::new(AtomicBool::new(false)),
             set_up: Arc::new(AtomicBool::new(false)),
+            failures,
+            connect_timeout,
             writer: None,
             reader: None,
         };
@@ -61,12 +88,13 @@ impl PgLog {
         };
         match log.set_up().await {
             Ok(()) => {}
-            // Started before its database (a reboot, a rolling restart): wait for it,
-            // unready, rather than exit; the heartbeat tries again every tick.
+            // Started before its database (a reboot, a rolling restart), or while only
+            // standbys answer: wait for it, unready, rather than exit; the heartbeat tries
+            // again every tick.
             Err(StoreError::Unavailable(error)) => {
                 log.reachable.store(false, Ordering::Relaxed);
                 tracing::warn!(database = %target, %error,
-                    "PostgreSQL cannot be reached yet: waiting for it (not ready, and requests \
+                    "PostgreSQL cannot be used yet: waiting for it (not ready, and requests \
                      answer 503, until it answers)");
             }
             Err(e) => return Err(e),
@@ -74,27 +102,38 @@ impl PgLog {
         Ok(log)
     }
 
-    /// Connects, creates or migrates the schema, and registers this instance.
+    /// Connects, creates or migrates the schema, and registers this instance; bounded by
+    /// the connect timeout and three statement timeouts.
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`] when the server cannot be reached (try again later);
-    /// [`StoreError::Setup`], one sentence, when it answered with a refusal (a wrong
-    /// password, an untrusted certificate, a schema too new).
+    /// [`StoreError::Unavailable`] when the server cannot be reached or is no primary (try
+    /// again later); [`StoreError::Setup`], one sentence, when it answered with a refusal (a
+    /// wrong password, an untrusted certificate, a schema too new).
     pub(super) async fn set_up(&self) -> Result<(), StoreError> {
-        let target = &self.target;
-        let unreachable_or = |text: String, unreachable: bool| {
-            let text = format!("cannot connect to PostgreSQL at {target}: {text}");
-            if unreachable {
-                StoreError::Unavailable(text)
-            } else {
-                StoreError::Setup(text)
-            }
+        let limit = self.connect_timeout + self.options.statement_timeout * 3;
+        let Ok(outcome) = tokio::time::timeout(limit, self.set_up_unbounded()).await else {
+            self.failures.mark();
+            return Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {} did not finish setting up within {}",
+                self.target,
+                humantime::format_duration(limit)
+            )));
         };
+        outcome
+    }
+
+    async fn set_up_unbounded(&self) -> Result<(), StoreError> {
+        let target = &self.target;
         let mut client = self
             .pool
             .get()
             .await
-            .map_err(|e| unreachable_or(pool_text(&e), pool_unreachable(&e)))?;
+            .map_err(|e| match self.pool_error(e) {
+                StoreError::Unavailable(text) => StoreError::Unavailable(text),
+                other => {
+                    StoreError::Setup(format!("cannot connect to PostgreSQL at {target}: {other}"))
+                }
+            })?;
         migrate(&mut client).await.map_err(|(text, unreachable)| {
             if unreachable {
                 StoreError::Unavailable(format!("cannot reach PostgreSQL at {target}: {text}"))
@@ -122,6 +161,42 @@ impl PgLog {
         tracing::info!(database = %target, instance = %self.instance,
             lease = ?self.options.lease, "connected to PostgreSQL");
         Ok(())
+    }
+
+    /// The pool's failure to hand out a connection, saying why: no primary among the hosts,
+    /// no host answering in time, every connection busy, or the server's refusal.
+    pub(super) fn pool_error(&self, e: PoolError) -> StoreError {
+        let why = match e {
+            PoolError::Backend(e) if is_read_only_server(&e) => {
+                "no primary found: every server that answered takes no writes (a standby; the \
+                 URL asks for target_session_attrs=read-write); waiting for one to be promoted"
+                    .to_owned()
+            }
+            // A refusal (a wrong password, an untrusted certificate): a configuration to fix.
+            PoolError::Backend(e) if !is_unreachable(&e) => {
+                return StoreError::Database(format!(
+                    "cannot connect to PostgreSQL at {}: {}",
+                    self.target,
+                    db_error_text(&e)
+                ))
+            }
+            PoolError::Backend(e) => db_error_text(&e),
+            PoolError::Timeout(TimeoutType::Create) => format!(
+                "no server answered within {} (the URL's connect_timeout)",
+                humantime::format_duration(self.connect_timeout)
+            ),
+            PoolError::Timeout(TimeoutType::Wait) => format!(
+                "every connection stayed busy for {} (--store-timeout; there are at most {} of \
+                 them, --store-connections)",
+                humantime::format_duration(self.options.statement_timeout),
+                self.options.connections
+            ),
+            other => other.to_string(),
+        };
+        StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {}: {why}",
+            self.target
+        ))
     }
 }
 
@@ -157,28 +232,35 @@ pub(super) fn tls_config(ca: Option<&std::path::Path>) -> Result<rustls::ClientC
         .with_no_client_auth())
 }
 
-/// `user@host:port/database`: the URL without its password, for messages.
+/// `user@host:port,host:port/database`: the URL without its password, for messages.
 pub(super) fn describe(config: &tokio_postgres::Config) -> String {
-    let host = config
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
         .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            format!("{host}:{port}")
         })
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
     let user = config.get_user().unwrap_or("");
     let db = config.get_dbname().unwrap_or(user);
-    format!("{user}@{host}:{port}/{db}")
-}
-
-pub(super) fn pool_text(e: &PoolError) -> String {
-    match e {
-        PoolError::Backend(e) => db_error_text(e),
-        other => other.to_string(),
-    }
+    format!("{user}@{hosts}/{db}")
 }
 
 /// The database could not be reached (nothing listens, the connection broke or timed out,
@@ -192,7 +274,7 @@ pub(super) fn is_unreachable(e: &tokio_postgres::Error) -> bool {
         // connections for now.
         return matches!(code.code(), "57P01" | "57P02" | "57P03" | "53300");
     }
-    if e.is_closed() {
+    if e.is_closed() || is_read_only_server(e) {
         return true;
     }
     let mut source = std::error::Error::source(e);
@@ -217,21 +299,6 @@ pub(super) fn is_unreachable(e: &tokio_postgres::Error) -> bool {
     e.to_string().contains("timeout")
 }
 
-pub(super) fn pool_unreachable(e: &PoolError) -> bool {
-    match e {
-        PoolError::Backend(e) => is_unreachable(e),
-        PoolError::Timeout(_) => true,
-        _ => false,
-    }
-}
-
-pub(super) fn pool_error(e: PoolError) -> StoreError {
-    match e {
-        PoolError::Backend(e) => db_error(e),
-        other => StoreError::Unavailable(other.to_string()),
-    }
-}
-
 /// Connection trouble (no answer, a closed connection, the server shutting down or out of
 /// connections) is `Unavailable`; anything the database refused is `Database`.
 pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {
@@ -239,8 +306,9 @@ pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {
         None => true,
         Some(code) => {
             let class = &code.code()[..2];
-            // 08: connection exception; 53: insufficient resources; 57: operator intervention.
-            matches!(class, "08" | "53" | "57")
+            // 08: connection exception; 53: insufficient resources; 57: operator intervention;
+            // 25006: a read-only transaction, from a primary demoted to a standby under us.
+            matches!(class, "08" | "53" | "57") || code.code() == "25006"
         }
     };
     if unavailable {

@@ -46,13 +46,14 @@ use uuid::Uuid;
 
 mod batch;
 mod connection;
+mod failover;
 mod schema;
 
 use super::listing::{Next, Page};
 use super::{record, KeyEntry, ListQuery, Ownership, Retention, StoreError};
 use crate::domain::{Reservation, ReservationId, State};
 use batch::{Write, Written};
-use connection::{db_error, pool_error};
+use connection::db_error;
 pub(super) use schema::scratch_schema;
 
 /// How to reach the database and how this instance takes part.
@@ -71,10 +72,17 @@ pub struct PostgresOptions {
     /// More certificate authorities (PEM) trusted for the database's certificate, besides
     /// the system's; used with `sslmode=require`.
     pub ca: Option<std::path::PathBuf>,
+    /// How long one statement (or a batch's transaction) may go unanswered before its
+    /// connection is dropped and the caller told the database is unavailable; also how long
+    /// a statement waits for a free connection.
+    pub statement_timeout: Duration,
 }
 
-/// How long a statement waits for a connection, or for the database to accept one.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to one host may take as a whole (TCP, TLS, authentication, the
+/// read-write check), unless the URL's `connect_timeout` says otherwise. Short, because a
+/// primary that fails over is found by trying again: a standby promoted in its place is
+/// connected to on the next attempt.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const INSERT: &str = "INSERT INTO tcc_reservations \
     (id, version, state, owner, active, purge_at, record, idempotency_key, fingerprint) \
@@ -122,6 +130,11 @@ pub(super) struct PgLog {
     /// A call failed to reach the database since [`PgLog::take_interrupted`] last looked: a
     /// write may have committed without its answer, so its follow-up work may not have run.
     interrupted: Arc<AtomicBool>,
+    /// When a statement last found the database gone: older pooled connections are not used.
+    failures: failover::Failures,
+    /// How long connecting to one host may take (the URL's `connect_timeout`, or
+    /// [`CONNECT_TIMEOUT`]).
+    connect_timeout: Duration,
     /// The group commit every reservation write goes through (`None` in the log the
     /// batching tasks themselves run their statements with).
     writer: Option<batch::Writer>,
@@ -178,21 +191,38 @@ impl PgLog {
             .with_max_interval(Duration::from_millis(500))
             .with_max_elapsed_time(Some(Duration::from_secs(10)))
             .build();
-        let (pool, op) = (&self.pool, &op);
+        let (pool, op, limit) = (&self.pool, &op, self.options.statement_timeout);
         let result = backoff::future::retry(policy, || async move {
             let client = pool
                 .get()
                 .await
-                .map_err(|e| backoff::Error::permanent(pool_error(e)))?;
-            op(client).await.map_err(|e| {
+                .map_err(|e| backoff::Error::permanent(self.pool_error(e)))?;
+            // The connection goes with the future: on a timeout it is dropped unanswered and
+            // returns to the pool, which no longer hands it out (`Failures`).
+            let Ok(outcome) = tokio::time::timeout(limit, op(client)).await else {
+                self.failures.mark();
+                return Err(backoff::Error::permanent(StoreError::Unavailable(format!(
+                    "PostgreSQL at {} did not answer within {} (--store-timeout): a server gone \
+                     silent (a partition, a hung host, a primary that failed over); its \
+                     connections are dropped",
+                    self.target,
+                    humantime::format_duration(limit)
+                ))));
+            };
+            outcome.map_err(|e| {
                 let code = e.code();
                 if code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
                     || code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
                 {
-                    backoff::Error::transient(db_error(e))
-                } else {
-                    backoff::Error::permanent(db_error(e))
+                    return backoff::Error::transient(db_error(e));
                 }
+                let error = db_error(e);
+                if matches!(error, StoreError::Unavailable(_)) {
+                    // A closed connection, a server shutting down or turned read-only: the
+                    // others made before now may lead to the same server.
+                    self.failures.mark();
+                }
+                backoff::Error::permanent(error)
             })
         })
         .await;
@@ -276,9 +306,28 @@ impl PgLog {
     /// Writes a row: through the group commit, or alone in the writer's own log.
     async fn submit(&self, write: Write) -> Result<Written, StoreError> {
         match &self.writer {
-            Some(writer) => writer.write(write).await,
+            Some(writer) => self.bounded(writer.write(write)).await,
             None => batch::alone(self, &write).await,
         }
+    }
+
+    /// Waits for a gathered job at most as long as its batch may take (connecting, then a
+    /// statement, twice over for the batch before it): no request waits on a queue behind a
+    /// silent server. A job given up on before its batch starts is left out of it; one
+    /// already sent may commit without its answer, as any write whose connection is lost.
+    async fn bounded<T>(
+        &self,
+        job: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = (self.connect_timeout + self.options.statement_timeout) * 2;
+        tokio::time::timeout(limit, job).await.unwrap_or_else(|_| {
+            self.interrupted.store(true, Ordering::Relaxed);
+            Err(StoreError::Unavailable(format!(
+                "PostgreSQL at {} did not answer within {}",
+                self.target,
+                humantime::format_duration(limit)
+            )))
+        })
     }
 
     /// Transactions the group commit has committed since the start.
@@ -292,7 +341,7 @@ impl PgLog {
 
     pub(super) async fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
         match &self.reader {
-            Some(reader) => reader.load(*id.as_uuid()).await,
+            Some(reader) => self.bounded(reader.load(*id.as_uuid())).await,
             None => batch::load_alone(self, *id.as_uuid()).await,
         }
     }
