@@ -56,9 +56,10 @@ etcd --name tcc-ci --data-dir "$HA_DIR/etcd" \
     --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" \
     --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
-    --initial-cluster "tcc-ci=http://127.0.0.1:$ETCD_PEER" \
+    --initial-cluster "tcc-ci=http://127.0.0.1:$ETCD_PEER" --enable-v2=true \
     >"$HA_DIR/etcd.log" 2>&1 &
 echo $! >"$HA_DIR/etcd.pid"
+disown
 
 stop_patroni() {
     local pid
@@ -74,7 +75,9 @@ stop_patroni() {
     pkill -KILL -f "$HA_DIR/" 2>/dev/null || true
     kill "$(cat "$HA_DIR/etcd.pid")" 2>/dev/null || true
 }
-trap stop_patroni EXIT
+# After whatever the calling shell already stops at exit (`.ci/postgres.sh` sourced before).
+previous_exit_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
+trap "stop_patroni; ${previous_exit_trap}" EXIT
 
 NODES="pg0 pg1"
 URL_HOSTS=""
@@ -91,11 +94,11 @@ for node in $NODES; do
 scope: tcc-ci
 name: $node
 log:
-  level: WARNING
+  level: INFO
 restapi:
   listen: 127.0.0.1:$rest_port
   connect_address: 127.0.0.1:$rest_port
-etcd3:
+etcd:
   host: 127.0.0.1:$ETCD_CLIENT
 bootstrap:
   dcs:

@@ -79,7 +79,9 @@ psql -q "postgres://postgres@127.0.0.1:$PG_PORT/postgres" -c "CREATE ROLE tls_on
 stop_postgres() {
     as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR" -m fast stop >/dev/null 2>&1 || true
 }
-trap stop_postgres EXIT
+# After whatever the calling shell already stops at exit (`.ci/patroni.sh` sourced before).
+previous_exit_trap="$(trap -p EXIT | sed -E "s/^trap -- '(.*)' EXIT$/\1/")"
+trap "stop_postgres; ${previous_exit_trap}" EXIT
 
 export TCC_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 # The CA of the cluster's certificate, and a role that may only connect over TLS.

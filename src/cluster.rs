@@ -41,7 +41,8 @@ pub async fn run(coordinator: Coordinator, lease: Duration, shutdown: Cancellati
     let mut ticks = tokio::time::interval(tick(lease));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut counted = tokio::time::Instant::now() - COUNT_EVERY;
-    let mut failing = false;
+    // Unreachable from the start: the store said so once already, as it began to wait.
+    let mut failing = !store.is_reachable();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

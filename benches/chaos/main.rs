@@ -5,6 +5,8 @@
 //! cargo bench --bench chaos -- --seconds 60 --seed 42                   # sled
 //! source .ci/postgres.sh                                                # a throwaway database
 //! cargo bench --bench chaos -- --seconds 60 --seed 7 --store postgres   # three instances
+//! source .ci/patroni.sh                                                 # a Patroni cluster
+//! cargo bench --bench chaos -- --seconds 60 --seed 7 --store postgres --ha   # failovers too
 //! ```
 //!
 //! While it runs it prints a progress line every 5 s; at the end one `key=value` summary line,
@@ -23,6 +25,8 @@ mod checker;
 mod clients;
 mod nemesis;
 mod participants;
+#[path = "../../tests/crash/patroni.rs"]
+mod patroni;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -35,7 +39,7 @@ use serde_json::Value;
 
 use checker::{Evidence, Final};
 use clients::{Answer, Client, Op};
-use nemesis::{Action, Cluster};
+use nemesis::{Action, Cluster, DatabaseFaults};
 use participants::{HoldState, Service};
 
 /// How long the soak waits, once healed, for every reservation to be final.
@@ -48,6 +52,8 @@ struct Options {
     seconds: f64,
     seed: u64,
     postgres: bool,
+    /// On the Patroni cluster of `.ci/patroni.sh`, failing it over.
+    ha: bool,
 }
 
 fn options() -> Options {
@@ -55,9 +61,14 @@ fn options() -> Options {
         seconds: 60.0,
         seed: Utc::now().timestamp_subsec_nanos().into(),
         postgres: false,
+        ha: false,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
+        if arg == "--ha" {
+            o.ha = true;
+            continue;
+        }
         let value = args.next();
         match (arg.as_str(), value) {
             ("--seconds", Some(v)) => {
@@ -75,13 +86,16 @@ fn options() -> Options {
     if o.seconds < 10.0 {
         usage("--seconds must be at least 10");
     }
+    if o.ha && !o.postgres {
+        usage("--ha goes with --store postgres");
+    }
     o
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "chaos: {problem}\nusage: cargo bench --bench chaos -- [--seconds S] [--seed N] \
-         [--store sled|postgres]"
+         [--store sled|postgres [--ha]]"
     );
     std::process::exit(2)
 }
@@ -100,10 +114,18 @@ fn main() -> ExitCode {
 }
 
 fn store_name(o: &Options) -> &'static str {
-    if o.postgres {
-        "postgres"
-    } else {
-        "sled"
+    match (o.postgres, o.ha) {
+        (true, true) => "postgres-ha",
+        (true, false) => "postgres",
+        (false, _) => "sled",
+    }
+}
+
+fn faults(o: &Options) -> DatabaseFaults {
+    match (o.postgres, o.ha) {
+        (true, true) => DatabaseFaults::Ha,
+        (true, false) => DatabaseFaults::Single,
+        (false, _) => DatabaseFaults::None,
     }
 }
 
@@ -112,14 +134,21 @@ async fn run(o: &Options) -> bool {
         .prefix(&format!("tcc-chaos-{}-{}-", store_name(o), o.seed))
         .tempdir()
         .unwrap();
-    let store = if o.postgres {
-        Some(
+    let store = match faults(o) {
+        DatabaseFaults::Ha => Some(
+            tcc_coordinator::scratch_database(
+                &std::env::var("TCC_TEST_PATRONI").unwrap_or_else(|_| {
+                    usage("--ha needs TCC_TEST_PATRONI (source .ci/patroni.sh)")
+                }),
+            )
+            .await,
+        ),
+        DatabaseFaults::Single => Some(
             tcc_coordinator::scratch_database_from_env()
                 .await
                 .unwrap_or_else(|| usage("--store postgres needs TCC_TEST_POSTGRES")),
-        )
-    } else {
-        None
+        ),
+        DatabaseFaults::None => None,
     };
     let instances = if o.postgres { 3 } else { 1 };
     let faulty = Arc::new(AtomicBool::new(true));
@@ -134,6 +163,7 @@ async fn run(o: &Options) -> bool {
         dir.path(),
         instances,
         store,
+        faults(o),
     );
     let bases = cluster.bases();
     let http = reqwest::Client::builder()
@@ -146,7 +176,7 @@ async fn run(o: &Options) -> bool {
         wait_ready(&http, base, Duration::from_secs(60)).await;
     }
 
-    let plan = nemesis::schedule(o.seed, o.seconds, instances, o.postgres);
+    let plan = nemesis::schedule(o.seed, o.seconds, instances, faults(o));
     println!(
         "chaos seed={} seconds={} store={} instances={instances} clients={CLIENTS} schedule: {}",
         o.seed,
@@ -233,6 +263,7 @@ async fn run(o: &Options) -> bool {
     cluster.stop();
 
     let count = |state: &str| finals.values().filter(|f| f.state == state).count();
+    let failovers = *cluster.failovers.lock().unwrap();
     let acknowledged = answers
         .iter()
         .filter(|a| a.op == Op::Create && matches!(a.status, Some(200 | 202)))
@@ -241,6 +272,7 @@ async fn run(o: &Options) -> bool {
         .len();
     println!(
         "chaos seed={} seconds={} store={} instances={instances} kills={} database_stops={} \
+         switchovers={} leader_kills={} silent_leaders={} \
          faults={} participant_calls={} answers={} acknowledged={acknowledged} \
          abandoned_creates={} atomikos_calls={} confirmed={} cancelled={} conflict={} \
          holds={} holds_left_to_expire={} violations={}",
@@ -249,6 +281,9 @@ async fn run(o: &Options) -> bool {
         store_name(o),
         cluster.kills.lock().unwrap(),
         cluster.database_stops.lock().unwrap(),
+        failovers[0],
+        failovers[1],
+        failovers[2],
         services.iter().map(|s| s.faults()).sum::<u64>() + callbacks.faults(),
         services.iter().map(|s| s.calls()).sum::<u64>(),
         answers.len(),
@@ -284,7 +319,11 @@ async fn run(o: &Options) -> bool {
         o.seed,
         o.seconds,
         o.seed,
-        store_name(o),
+        match faults(o) {
+            DatabaseFaults::Ha => "postgres --ha",
+            DatabaseFaults::Single => "postgres",
+            DatabaseFaults::None => "sled",
+        },
         logs.join(", "),
         kept.display()
     );
@@ -302,6 +341,13 @@ fn describe(plan: &[(f64, Action)]) -> String {
                 down.as_millis(),
                 restart.map_or(String::new(), |i| format!(", restart {i} meanwhile"))
             ),
+            Action::Switchover => format!("{at:.1}s switchover"),
+            Action::KillLeader { down } => {
+                format!("{at:.1}s kill the leader's node ({}ms)", down.as_millis())
+            }
+            Action::SilenceLeader { down } => {
+                format!("{at:.1}s silence the leader ({}ms)", down.as_millis())
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -4,7 +4,10 @@
 //! restarted one is found where its clients and participants expect it) and, on sled, its own
 //! data directory kept across restarts. With PostgreSQL there are three instances on one
 //! database, which the nemesis also stops (`pg_ctl -m immediate`, a crash for the database) and
-//! starts again.
+//! starts again. With `--ha` the database is the Patroni cluster of `.ci/patroni.sh` (two
+//! nodes, synchronous replication), and the nemesis switches its leader over, kills the
+//! leader's node, or stops every process of the leader (silent, as behind a partition) for a
+//! while, each time waiting until the cluster has a leader and a synchronous standby again.
 //!
 //! The schedule of kills and database stops is drawn from the seed before the run starts, so
 //! the same seed gives the same schedule.
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
+use crate::patroni::Patroni;
+
 /// What the nemesis does at one moment of the run.
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
@@ -28,10 +33,36 @@ pub enum Action {
         down: Duration,
         restart: Option<usize>,
     },
+    /// A planned switchover of the Patroni cluster to its synchronous standby.
+    Switchover,
+    /// SIGKILL every process of the Patroni leader's node; start its Patroni again after
+    /// `down` (the standby takes over once the leader key's ttl has passed, unless the node
+    /// is back first).
+    KillLeader { down: Duration },
+    /// SIGSTOP every process of the Patroni leader for `down`, then SIGCONT: past the ttl
+    /// (10 s) the standby is promoted and the old leader rejoins as a replica; shorter, a
+    /// stall.
+    SilenceLeader { down: Duration },
+}
+
+/// What the nemesis does to the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseFaults {
+    /// No database (sled).
+    None,
+    /// One PostgreSQL server, stopped and started.
+    Single,
+    /// A Patroni cluster, failed over.
+    Ha,
 }
 
 /// The nemesis' plan: actions and when, from the start of the run.
-pub fn schedule(seed: u64, seconds: f64, instances: usize, database: bool) -> Vec<(f64, Action)> {
+pub fn schedule(
+    seed: u64,
+    seconds: f64,
+    instances: usize,
+    database: DatabaseFaults,
+) -> Vec<(f64, Action)> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     let mut plan = Vec::new();
     let mut at = 0.0;
@@ -41,10 +72,20 @@ pub fn schedule(seed: u64, seconds: f64, instances: usize, database: bool) -> Ve
             return plan;
         }
         let instance = rng.random_range(0..instances);
-        let action = if database && rng.random_bool(0.3) {
+        let action = if database == DatabaseFaults::Single && rng.random_bool(0.3) {
             Action::StopDatabase {
                 down: Duration::from_millis(rng.random_range(2_000..6_000)),
                 restart: rng.random_bool(0.5).then_some(instance),
+            }
+        } else if database == DatabaseFaults::Ha && rng.random_bool(0.35) {
+            match rng.random_range(0..3) {
+                0 => Action::Switchover,
+                1 => Action::KillLeader {
+                    down: Duration::from_millis(rng.random_range(1_000..6_000)),
+                },
+                _ => Action::SilenceLeader {
+                    down: Duration::from_millis(rng.random_range(3_000..16_000)),
+                },
             }
         } else {
             Action::Kill {
@@ -89,12 +130,24 @@ pub struct Cluster {
     instances: Vec<Mutex<Instance>>,
     pub kills: Mutex<u64>,
     pub database_stops: Mutex<u64>,
+    /// Switchovers, leader nodes killed, leaders silenced.
+    pub failovers: Mutex<[u64; 3]>,
 }
 
 impl Cluster {
     /// Starts `count` instances with their logs and data under `dir`.
-    pub fn start(binary: &Path, dir: &Path, count: usize, store: Option<String>) -> Arc<Self> {
-        let database = store.as_ref().map(|_| Database::from_env());
+    pub fn start(
+        binary: &Path,
+        dir: &Path,
+        count: usize,
+        store: Option<String>,
+        faults: DatabaseFaults,
+    ) -> Arc<Self> {
+        let database = match faults {
+            DatabaseFaults::None => None,
+            DatabaseFaults::Single => Some(Database::Single(Server::from_env())),
+            DatabaseFaults::Ha => Some(Database::Ha(Patroni::from_env())),
+        };
         let instances = (0..count)
             .map(|i| {
                 let data_dir = dir.join(format!("coordinator-{i}"));
@@ -114,6 +167,7 @@ impl Cluster {
             instances,
             kills: Mutex::new(0),
             database_stops: Mutex::new(0),
+            failovers: Mutex::new([0; 3]),
         });
         for i in 0..count {
             cluster.launch(i);
@@ -185,7 +239,7 @@ impl Cluster {
                 self.launch(instance);
             }
             Action::StopDatabase { down, restart } => {
-                let Some(database) = &self.database else {
+                let Some(Database::Single(database)) = &self.database else {
                     return;
                 };
                 database.stop();
@@ -200,6 +254,40 @@ impl Cluster {
                 std::thread::sleep(down.saturating_sub(started.elapsed()));
                 database.start();
             }
+            Action::Switchover | Action::KillLeader { .. } | Action::SilenceLeader { .. } => {
+                let Some(Database::Ha(cluster)) = &self.database else {
+                    return;
+                };
+                let Some((leader, standby)) = healthy(cluster) else {
+                    return;
+                };
+                let kind = match action {
+                    Action::Switchover => {
+                        if let Err(refused) = cluster.switchover(&leader, &standby) {
+                            println!("chaos: {refused}");
+                        }
+                        0
+                    }
+                    Action::KillLeader { down } => {
+                        cluster.signal(&leader, "KILL");
+                        std::thread::sleep(down);
+                        cluster.start(&leader);
+                        1
+                    }
+                    Action::SilenceLeader { down } => {
+                        cluster.signal(&leader, "STOP");
+                        std::thread::sleep(down);
+                        cluster.signal(&leader, "CONT");
+                        2
+                    }
+                    _ => unreachable!(),
+                };
+                self.failovers.lock().unwrap()[kind] += 1;
+                // The next fault only once the cluster is whole again.
+                if healthy(cluster).is_none() {
+                    println!("chaos: the Patroni cluster is not whole after {action:?}");
+                }
+            }
         }
     }
 
@@ -207,8 +295,14 @@ impl Cluster {
     /// exited by itself is a finding: it is reported, and started again).
     pub fn heal(&self) -> Vec<String> {
         let mut exited = Vec::new();
-        if let Some(database) = &self.database {
-            database.start();
+        match &self.database {
+            Some(Database::Single(server)) => server.start(),
+            Some(Database::Ha(cluster)) if healthy(cluster).is_none() => {
+                exited.push(
+                    "the Patroni cluster never had a leader and a synchronous standby again".into(),
+                );
+            }
+            Some(Database::Ha(_)) | None => {}
         }
         for (i, instance) in self.instances.iter().enumerate() {
             let mut instance = instance.lock().unwrap();
@@ -238,20 +332,39 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
-        if let Some(database) = &self.database {
-            database.start();
+        if let Some(Database::Single(server)) = &self.database {
+            server.start();
         }
     }
 }
 
+/// The database the nemesis hurts.
+enum Database {
+    Single(Server),
+    Ha(Patroni),
+}
+
+/// Waits (at most 120 s) until the Patroni cluster has a running leader and a streaming
+/// synchronous standby, and returns them; `None` if it never does.
+fn healthy(cluster: &Patroni) -> Option<(String, String)> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Some(found) = cluster.leader_and_standby() {
+            return Some(found);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
 /// The PostgreSQL cluster `.ci/postgres.sh` started (it exports its data directory and
 /// binaries as `TCC_TEST_POSTGRES_DIR` and `TCC_TEST_POSTGRES_BIN`).
-struct Database {
+struct Server {
     dir: String,
     pg_ctl: String,
 }
 
-impl Database {
+impl Server {
     fn from_env() -> Self {
         let var = |name: &str| {
             std::env::var(name).unwrap_or_else(|_| {

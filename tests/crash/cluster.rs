@@ -210,7 +210,7 @@ async fn confirm_and_cancel_racing_on_two_instances_resolve_to_exactly_one_decis
 
 /// Runs the binary until it exits (it is expected to refuse to start); returns the one line
 /// it wrote to stderr.
-fn refused_start(args: &[&str]) -> String {
+pub(super) fn refused_start(args: &[&str]) -> String {
     let output = command_without_log()
         .args(args)
         .stdout(std::process::Stdio::null())

@@ -13,6 +13,8 @@ use std::time::Duration;
 mod choreography;
 mod cluster;
 mod database;
+mod failover;
+mod patroni;
 mod systemd;
 
 use helpers::{client, create, decide, wait_for, Behaviour, Participant, Reply};

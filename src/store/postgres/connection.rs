@@ -17,12 +17,17 @@ use super::{PgLog, PostgresOptions, StoreError, CONNECT_TIMEOUT};
 
 impl PgLog {
     pub(in crate::store) async fn connect(options: PostgresOptions) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = options.url.parse().map_err(|e| {
-            StoreError::Setup(format!(
-                "--store is not a PostgreSQL URL (postgres://user:password@host:port,host:port/database\
-                 ?target_session_attrs=read-write): {e}"
-            ))
-        })?;
+        let mut config: tokio_postgres::Config =
+            options.url.parse().map_err(|e: tokio_postgres::Error| {
+                // The driver's own text is "invalid connection string"; its cause names the option.
+                let cause = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string);
+                StoreError::Setup(format!(
+                    "--store is not a PostgreSQL URL ({cause}): expected \
+                 postgres://user:password@host:port[,host:port…]/database[?options], for \
+                 example ?target_session_attrs=read-write (or any, read-only)"
+                ))
+            })?;
         let connect_timeout = *config.get_connect_timeout().unwrap_or(&CONNECT_TIMEOUT);
         config.connect_timeout(connect_timeout);
         let target = describe(&config);
