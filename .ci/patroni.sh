@@ -138,6 +138,8 @@ postgresql:
       username: postgres
   parameters:
     unix_socket_directories: '$dir'
+    # Statements per transaction, for benches/postgres-cost.sh.
+    shared_preload_libraries: pg_stat_statements
 YAML
     # Starts (or starts again) this node's Patroni in the background.
     cat >"$dir/start" <<SH

@@ -69,6 +69,8 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_DIR'
 max_connections = 300
+# Statements per transaction, for benches/postgres-cost.sh.
+shared_preload_libraries = 'pg_stat_statements'
 ssl = on
 ssl_cert_file = '$TLS_DIR/server.crt'
 ssl_key_file = '$TLS_DIR/server.key'

@@ -15,7 +15,7 @@
 //! | `participant` | the `Participants` seam; `http`: one call per verb, each answer classified; `policy`: which hosts may be called |
 //! | [`telemetry`] | the log subscriber, the metrics of one coordinator, and its spans for an OTLP collector |
 //! | `retry` | the backoff policy |
-//! | `store` | the log behind one interface with conditional writes: `embedded` (sled, group commit), `postgres` (statements, `connection`, `schema`), `record` (the versioned format) |
+//! | `store` | the log behind one interface with conditional writes: `embedded` (sled, group commit), `postgres` (statements, `connection`, `failover`, `schema`), `record` (the versioned format) |
 //! | `cluster` | with PostgreSQL: the lease heartbeat, takeover of lapsed instances' work, resuming own work after an outage, retention |
 //! | `timers` | the deadline heap and its thread: handed what to call (`Fire`), it knows no coordinator |
 //!
@@ -34,6 +34,9 @@
 //! - **Several instances, one truth** (`--store postgres://…`): every write is conditional on
 //!   the revision it read, so two instances never both decide a reservation; one live instance
 //!   owns each reservation's work, and others take it over once its lease lapses.
+//! - **The database may move**: with a multi-host URL every host is tried at once and the one
+//!   that takes writes kept; every statement is bounded (`--store-timeout`), so a primary gone
+//!   silent costs 503s for a bounded time, never a hung request.
 //!
 //! ## Running one inside your tests
 //!

@@ -213,10 +213,11 @@ async fn run(o: &Options) -> bool {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(5).min(until - Instant::now())).await;
         println!(
-            "chaos t={:.0}s kills={} database_stops={} participant_calls={} faults={} callbacks={}",
+            "chaos t={:.0}s kills={} database_stops={} failovers={} participant_calls={} faults={} callbacks={}",
             start.elapsed().as_secs_f64(),
             cluster.kills.lock().unwrap(),
             cluster.database_stops.lock().unwrap(),
+            cluster.failovers.lock().unwrap().iter().sum::<u64>(),
             services.iter().map(|s| s.calls()).sum::<u64>(),
             services.iter().map(|s| s.faults()).sum::<u64>() + callbacks.faults(),
             callbacks.calls(),
