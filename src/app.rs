@@ -125,10 +125,15 @@ impl App {
         let (data_dir, temp_dir) = match &config.storage {
             Storage::Dir(dir) => (Some(dir.clone()), None),
             Storage::Ephemeral => {
-                let temp = tempfile::Builder::new()
-                    .prefix("tcc-coordinator-")
-                    .tempdir()
-                    .map_err(AppError::TempDir)?;
+                // Private, as any data directory: the log holds participant links.
+                #[cfg(unix)]
+                let private =
+                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700);
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("tcc-coordinator-");
+                #[cfg(unix)]
+                builder.permissions(private);
+                let temp = builder.tempdir().map_err(AppError::TempDir)?;
                 (Some(temp.path().to_owned()), Some(temp))
             }
             Storage::Postgres(_) => (None, None),

@@ -55,7 +55,13 @@ impl Schedule {
     /// The delay before the next attempt: the participant's `Retry-After` when it gave one,
     /// the next exponential step otherwise.
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let computed = self.0.next_backoff().unwrap_or(self.0.max_interval);
+        // The crate caps the interval before it adds the jitter (up to half as much again):
+        // the cap is what operators plan on, so it holds for the delay itself.
+        let computed = self
+            .0
+            .next_backoff()
+            .unwrap_or(self.0.max_interval)
+            .min(self.0.max_interval);
         retry_after.map_or(computed, |d| d.min(MAX_RETRY_AFTER))
     }
 }
@@ -74,11 +80,22 @@ mod tests {
         let delays: Vec<_> = (0..12).map(|_| schedule.next_delay(None)).collect();
         assert!(delays[0] <= Duration::from_millis(150), "{delays:?}");
         assert!(delays[4] > delays[0], "{delays:?}");
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(3)),
-            "{delays:?}"
-        );
         assert!(delays[11] >= Duration::from_secs(1), "{delays:?}");
+    }
+
+    #[test]
+    fn the_cap_holds_with_the_jitter() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max_interval: Duration::from_secs(30),
+        };
+        let mut schedule = policy.schedule();
+        // Past the tenth retry every draw is at the cap, jittered by up to half of it either
+        // way: among 300 draws about half would exceed it without the bound.
+        let delays: Vec<_> = (0..300).map(|_| schedule.next_delay(None)).collect();
+        let longest = delays.iter().max().unwrap();
+        assert!(*longest <= Duration::from_secs(30), "{longest:?}");
+        assert_eq!(*longest, Duration::from_secs(30), "the cap is reached");
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
     let yaml = serde_yaml::to_string(&doc).expect("a JSON document converts to YAML");
     // Swagger UI embeds the document: give it the refined one.
     let docs = api.swagger_ui_html().replace(&raw, &json);
+    let docs_slash = docs.clone();
     let tokens = guard::Tokens::new(options.api_tokens, options.protect_metrics);
     let stuck_after = options.stuck_after;
     let slots = Arc::new(Semaphore::new(options.max_in_flight));
@@ -156,7 +157,9 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
             "/openapi.yaml",
             make_sync(move |_| yaml.clone().with_content_type("application/yaml")),
         )
+        // With or without the trailing slash, as people type it.
         .at("/docs", make_sync(move |_| Html(docs.clone())))
+        .at("/docs/", make_sync(move |_| Html(docs_slash.clone())))
         .at("/ui", make_sync(|_| Html(DASHBOARD)))
         .at(
             "/metrics",

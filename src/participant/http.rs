@@ -226,7 +226,7 @@ impl ParticipantClient {
                 retry_after: retry_after(&response),
             }),
             408 | 429 | 500..=599 => TryOutcome::Retry(hint(&response)),
-            400..=499 => TryOutcome::Refused(describe(status)),
+            400..=499 => TryOutcome::Refused(refusal(response).await),
             _ => TryOutcome::Retry(RetryHint {
                 error: format!("unexpected answer {} to the try", describe(status)),
                 retry_after: retry_after(&response),
@@ -268,7 +268,7 @@ impl ParticipantClient {
                 retry_after: retry_after(&response),
             }),
             408 | 429 => ConfirmOutcome::Retry(hint(&response)),
-            400..=499 => ConfirmOutcome::Refused(describe(status)),
+            400..=499 => ConfirmOutcome::Refused(refusal(response).await),
             _ => ConfirmOutcome::Retry(hint(&response)),
         }
     }
@@ -352,6 +352,50 @@ fn describe(status: StatusCode) -> String {
         Some(reason) => format!("{} {reason}", status.as_u16()),
         None => status.as_u16().to_string(),
     }
+}
+
+/// The most of a refusal's body read for its reason.
+const REASON_BYTES: usize = 4096;
+/// The most of a reason kept (the reservation shows it as `last_error`).
+const REASON_CHARS: usize = 200;
+
+/// A refusal as the reservation shows it: the status, and the participant's reason when its
+/// body gives one (a problem+json `detail`, or `title`, `message`, `error`, `reason`; or the
+/// first line of a text body), bounded.
+async fn refusal(mut response: Response) -> String {
+    let status = describe(response.status());
+    let mut body = Vec::new();
+    while body.len() < REASON_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(REASON_BYTES);
+    match reason_in(&body) {
+        Some(reason) => format!("{status}: {reason}"),
+        None => status,
+    }
+}
+
+fn reason_in(body: &[u8]) -> Option<String> {
+    let clip = |text: &str| {
+        let text = text.trim();
+        match text.char_indices().nth(REASON_CHARS) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text.to_owned(),
+        }
+    };
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) {
+        return ["detail", "title", "message", "error", "reason"]
+            .iter()
+            .find_map(|key| fields.get(*key)?.as_str().filter(|v| !v.trim().is_empty()))
+            .map(clip);
+    }
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().map(str::trim).find(|line| !line.is_empty())?;
+    // An HTML error page's first line says nothing.
+    (!line.starts_with('<')).then(|| clip(line))
 }
 
 fn hint(response: &Response) -> RetryHint {

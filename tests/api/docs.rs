@@ -31,6 +31,9 @@ async fn swagger_ui_and_the_live_spec_are_served() {
         .unwrap()
         .starts_with("text/html"));
     assert!(docs.text().await.unwrap().contains("swagger-ui"));
+    let slash = app.get("/docs/").await;
+    assert_eq!(slash.status(), 200, "/docs/ as people type it");
+    assert!(slash.text().await.unwrap().contains("swagger-ui"));
 
     let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
     assert_eq!(spec["openapi"], "3.0.0");

@@ -607,6 +607,76 @@ async fn a_try_answered_409_fails() {
 }
 
 #[tokio::test]
+async fn a_refused_try_shows_the_participants_reason_and_its_call() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    // What the participant kit answers to `Refusal::refused("seat 7C is taken")`.
+    p.script(
+        "try",
+        [Reply::Body(
+            409,
+            r#"{"type":"refused","title":"Refused: nothing is held","status":409,"detail":"seat 7C is taken"}"#.into(),
+        )],
+    );
+    let id = tried(&app, &p).await;
+    let (status, body) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 410);
+    let refused = &body["participants"][0];
+    assert_eq!(refused["state"], "try_failed");
+    assert_eq!(
+        refused["last_error"],
+        "try refused: 409 Conflict: seat 7C is taken"
+    );
+    assert_eq!(refused["attempts"], 1, "the try was one call: {body:#}");
+    let history: Value = app.get_json(&format!("/reservations/{id}/events")).await;
+    assert!(
+        history["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["verb"] == "try"
+                && e["result"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("seat 7C is taken")),
+        "{history:#}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_confirm_shows_the_first_line_of_a_text_reason_and_an_html_page_not_at_all() {
+    let app = spawn_app().await;
+    let (text, html) = (Participant::start().await, Participant::start().await);
+    text.script(
+        "confirm",
+        [Reply::Body(409, "card expired\nsee the ledger".into())],
+    );
+    html.script(
+        "confirm",
+        [Reply::Body(409, "<html><body>409</body></html>".into())],
+    );
+    let id = app
+        .create(&json!({"participants": [text.link(1), html.link(1)]}))
+        .await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    let (_, body) = app.wait_for(&id, is_settled).await;
+    assert_eq!(body["state"], "conflict");
+    let errors: Vec<&str> = body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["last_error"].as_str().unwrap())
+        .collect();
+    assert!(
+        errors[0].ends_with("409 Conflict: card expired"),
+        "{errors:?}"
+    );
+    assert!(errors[1].ends_with("409 Conflict"), "{errors:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_try_to_a_refused_connection_is_retried_until_the_deadline_then_cancelled() {
     let app = spawn_app().await;
     let p = Participant::start().await;

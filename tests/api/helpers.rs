@@ -176,7 +176,19 @@ pub async fn wait_for(
 
 /// Polls `check` until it answers `Some`, and returns what it found; fails the test after
 /// [`PATIENCE`], naming `what` it waited for.
-pub async fn eventually<T, Fut>(what: &str, mut check: impl FnMut() -> Fut) -> T
+pub async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(PATIENCE, what, check).await
+}
+
+/// [`eventually`] with a patience of its own (a database failing over, a cluster rejoining).
+pub async fn eventually_within<T, Fut>(
+    patience: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
@@ -185,7 +197,7 @@ where
         if let Some(found) = check().await {
             return found;
         }
-        assert!(start.elapsed() < PATIENCE, "this never happened: {what}");
+        assert!(start.elapsed() < patience, "this never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -475,45 +475,36 @@ const ANSWER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_database_gone_silent_gets_503_with_retry_after_never_a_hang_and_is_used_again_once_it_answers(
 ) {
-    let (
-        BehindALink {
-            link,
-            dir: _dir,
-            coordinator,
-            database: _,
-            http,
-            p,
-        },
-        kept,
-    ) = BehindALink::with_reservation(json!({})).await;
+    let (this, kept) = BehindALink::with_reservation(json!({})).await;
+    let (link, coordinator, http, p) = (&this.link, &this.coordinator, &this.http, &this.p);
 
     link.freeze();
     let (status, retry_after) = create_answered(
-        &http,
+        http,
         &coordinator.base,
         &json!({"participants": [p.link(2)]}),
     )
     .await;
     assert_eq!(status, 503);
     assert!(retry_after.is_some(), "a 503 says when to retry");
-    wait_readiness(&http, &coordinator.base, 503).await;
+    wait_readiness(http, &coordinator.base, 503).await;
 
     link.thaw();
-    wait_readiness(&http, &coordinator.base, 200).await;
+    wait_readiness(http, &coordinator.base, 200).await;
     let id = create(
-        &http,
+        http,
         &coordinator.base,
         &json!({"participants": [p.link(3)]}),
     )
     .await;
     for id in [&kept, &id] {
         assert_eq!(
-            decide(&http, &coordinator.base, id, "confirm")
+            decide(http, &coordinator.base, id, "confirm")
                 .await
                 .status(),
             202
         );
-        wait_for(&http, &coordinator.base, id, |s, _| s == 303).await;
+        wait_for(http, &coordinator.base, id, |s, _| s == 303).await;
     }
     assert_eq!(p.count("DELETE"), 0);
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::cluster::{no_link_got_both, refused_start};
-use super::helpers::{client, create, eventually, Participant};
+use super::helpers::{client, create, eventually, eventually_within, Participant};
 use super::patroni::Patroni;
 use super::{command_without_log, Binary};
 
@@ -38,23 +38,16 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(30);
 /// slack is for a loaded machine.
 const LONGEST_ANSWER: Duration = Duration::from_secs(12);
 
-/// Polls `check` every 50 ms until it finds something, for [`CLUSTER_PATIENCE`].
-async fn until<T, Fut>(cluster: &Patroni, what: &str, mut check: impl FnMut() -> Fut) -> T
+/// Polls `check` until it finds something, for [`CLUSTER_PATIENCE`].
+async fn until<T, Fut>(cluster: &Patroni, what: &str, check: impl FnMut() -> Fut) -> T
 where
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            start.elapsed() < CLUSTER_PATIENCE,
-            "never got there: {what}; the Patroni cluster's members: {:#?}",
-            cluster.members()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!(
+        "{what} (the Patroni cluster's logs: {}/*/patroni.log)",
+        cluster.dir.display()
+    );
+    eventually_within(CLUSTER_PATIENCE, &what, check).await
 }
 
 /// Waits for a running leader and a streaming synchronous standby, the leader taking writes;

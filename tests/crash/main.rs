@@ -630,6 +630,44 @@ async fn participant_credentials_stay_out_of_logs_and_answers_and_the_log_is_pri
 }
 
 #[tokio::test]
+async fn an_ephemeral_coordinator_keeps_its_temporary_log_private_and_writes_plain_log_lines() {
+    // Arrange: its temporary directory goes where TMPDIR says; its log lines go to a file.
+    let dir = tempfile::tempdir().unwrap();
+    let temp = dir.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut command = command_without_log();
+    command.arg("--ephemeral").env("TMPDIR", &temp);
+    let coordinator = Binary::spawn(command, &dir.path().join("coordinator.log"));
+    let p = Participant::start().await;
+    create(
+        &client(),
+        &coordinator.base,
+        &json!({"participants": [p.link(1)]}),
+    )
+    .await;
+
+    // Assert: one private directory, no warning about it, no colour codes in the file.
+    let made: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&made[0]).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", made[0].display());
+    }
+    let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap();
+    assert!(log.contains("ready"), "the log has lines: {log}");
+    assert!(!log.contains("open to other users"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escape codes in a file: {log:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_suite_in_any_language_finds_the_port_and_reads_json_logs() {
     // Arrange: the binary as a non-Rust suite would run it.
     let dir = tempfile::tempdir().unwrap();

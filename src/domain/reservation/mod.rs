@@ -256,7 +256,12 @@ impl Reservation {
         };
         if matches!(state, State::Confirming | State::Cancelling) {
             self.decided_at = Some(now);
-            for p in &mut self.participants {
+            // A participant settled already (a refused try) keeps the count of its calls.
+            for p in self
+                .participants
+                .iter_mut()
+                .filter(|p| !p.state().is_settled())
+            {
                 p.start_phase();
             }
         }

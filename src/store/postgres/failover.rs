@@ -153,6 +153,20 @@ pub(super) fn is_read_only_server(e: &Error) -> bool {
         })
 }
 
+/// Whether a statement's error says its server is gone for this connection (closed, broken,
+/// shutting down, or a primary turned read-only), so that connections made before may lead
+/// to a server that is no longer the primary. Not a server that is merely busy (too many
+/// connections, out of disk): dropping every connection would only add to its load.
+pub(super) fn server_is_gone(e: &Error) -> bool {
+    match e.code() {
+        None => super::connection::is_unreachable(e),
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "25006")
+        }
+    }
+}
+
 /// When the database was last found gone. Cheap to clone.
 #[derive(Clone, Default)]
 pub(super) struct Failures(Arc<Mutex<Option<Instant>>>);

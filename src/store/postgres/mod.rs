@@ -216,13 +216,12 @@ impl PgLog {
                 {
                     return backoff::Error::transient(db_error(e));
                 }
-                let error = db_error(e);
-                if matches!(error, StoreError::Unavailable(_)) {
+                if failover::server_is_gone(&e) {
                     // A closed connection, a server shutting down or turned read-only: the
                     // others made before now may lead to the same server.
                     self.failures.mark();
                 }
-                backoff::Error::permanent(error)
+                backoff::Error::permanent(db_error(e))
             })
         })
         .await;
