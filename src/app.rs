@@ -106,8 +106,9 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the log, binds the listener and starts recovery in the background (readiness
-    /// turns on when it finishes).
+    /// Opens the log, binds the listener and starts recovery in the background: readiness
+    /// turns on when it finishes, and writes that arrive before wait for it (up to 5 s), so
+    /// a request made as soon as [`App::base_url`] is known is answered as documented.
     ///
     /// # Errors
     /// [`AppError`] when the data directory or the address cannot be used.

@@ -32,7 +32,7 @@ impl Coordinator {
                 return self.replay(key, existing).await;
             }
         }
-        let _admitted = self.admit()?;
+        let _admitted = self.admit().await?;
         let limits = &self.inner.limits;
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
@@ -144,7 +144,7 @@ impl Coordinator {
         caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
         let started = SystemTime::now();
-        let _admitted = self.admit()?;
+        let _admitted = self.admit().await?;
         let (reservation, (outcome, decided)) = self
             .update_as(id, Ownership::Take, |r, now| {
                 let undecided = r.decided_at().is_none();
@@ -184,7 +184,7 @@ impl Coordinator {
     ) -> Result<Reservation, CoordinatorError> {
         let started = SystemTime::now();
         self.check_participant_count(links.len())?;
-        let _admitted = self.admit()?;
+        let _admitted = self.admit().await?;
         for (i, p) in links.iter().enumerate() {
             self.check_policy(p, Some(i)).await?;
         }
@@ -244,7 +244,7 @@ impl Coordinator {
         id: ReservationId,
         index: usize,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.admit()?;
+        let _admitted = self.admit().await?;
         let (reservation, outcome) = self
             .update_as(id, Ownership::Take, |r, _| {
                 let state = r.state();
@@ -294,7 +294,7 @@ impl Coordinator {
         id: ReservationId,
         participant: NewParticipant,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.admit()?;
+        let _admitted = self.admit().await?;
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
         check_link_expiry(&participant, now, None)?;

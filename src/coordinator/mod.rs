@@ -20,7 +20,6 @@
 //! | `topology` | every behaviour that differs between an embedded and a shared log |
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -223,7 +222,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     topology: Topology,
-    ready: AtomicBool,
+    /// Recovery has finished; writes that arrive before wait on it (see `admission`).
+    ready: watch::Sender<bool>,
 }
 
 /// Everything the coordinator is built from.
@@ -277,7 +277,7 @@ impl Coordinator {
                 runtime: tokio::runtime::Handle::current(),
                 shutdown: parts.shutdown,
                 topology: parts.topology,
-                ready: AtomicBool::new(false),
+                ready: watch::Sender::new(false),
             }),
         }
     }
@@ -339,10 +339,17 @@ impl Coordinator {
     /// Recovery has finished: the coordinator serves with every reservation resumed.
     #[must_use]
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        *self.inner.ready.borrow()
     }
 
     pub(crate) fn mark_ready(&self) {
-        self.inner.ready.store(true, Ordering::Release);
+        self.inner.ready.send_replace(true);
+    }
+
+    /// Waits at most `limit` for recovery to finish; whether it has.
+    pub(super) async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut ready = self.inner.ready.subscribe();
+        let waited = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 }

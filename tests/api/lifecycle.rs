@@ -3,6 +3,8 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
+use tcc_coordinator::{App, Config, Storage};
+
 use crate::helpers::{expires_at, in_secs, is_settled, spawn_app, Behaviour, Participant, Reply};
 
 /// The three ways a test gives participants.
@@ -507,6 +509,45 @@ async fn health_says_live_and_ready_once_recovery_is_done() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_answers_its_first_create_with_202_however_soon_after_it_reports_its_address()
+{
+    // Arrange: a log of 3,000 unfinished reservations, which takes a while to read back.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let on_data = |config: &mut Config| config.storage = Storage::Dir(data.clone());
+    let first = crate::helpers::spawn_app_with(on_data).await;
+    let p = Participant::start().await;
+    for chunk in (0..3000u32).collect::<Vec<_>>().chunks(50) {
+        let bodies: Vec<Value> = chunk
+            .iter()
+            .map(|n| json!({"participants": [p.link(*n)]}))
+            .collect();
+        futures_util::future::join_all(bodies.iter().map(|body| first.create(body))).await;
+    }
+    first.stop().await;
+
+    // Act: a coordinator on it, and a create the moment it reports its address.
+    let mut config = Config::ephemeral();
+    on_data(&mut config);
+    let app = App::build(config).await.unwrap();
+    let base = app.base_url().to_owned();
+    let stop = app.stop_handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    let answer = crate::helpers::client()
+        .post(format!("{base}/reservations"))
+        .json(&json!({"participants": [p.link(4000)]}))
+        .send()
+        .await
+        .unwrap();
+
+    // Assert: taken, once the log was read back.
+    let status = answer.status();
+    assert_eq!(status, 202, "{:?}", answer.text().await);
+    stop.stop();
+    server.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod helpers;
 mod kit;
 mod lifecycle;
 mod observe;
+mod readme;
 mod repeats;
 mod retention;
 mod security;
