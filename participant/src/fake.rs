@@ -34,9 +34,9 @@ pub enum Verb {
     Cancel,
 }
 
-/// One scripted answer.
+/// One scripted answer. Unknown fields are refused (a typo would otherwise script nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Object)]
-#[oai(rename = "ScriptedAnswer")]
+#[oai(rename = "ScriptedAnswer", deny_unknown_fields)]
 pub struct Answer {
     /// The status to answer.
     #[oai(validator(minimum(value = "200"), maximum(value = "599")))]
@@ -82,9 +82,9 @@ impl Answer {
     }
 }
 
-/// Answers queued for the next calls of one verb.
+/// Answers queued for the next calls of one verb. Unknown fields are refused.
 #[derive(Debug, Clone, Serialize, Deserialize, Object)]
-#[oai(rename = "Script")]
+#[oai(rename = "Script", deny_unknown_fields)]
 pub struct Script {
     pub verb: Verb,
     /// Used in order, one per call; once used up, calls are answered normally.
@@ -100,7 +100,8 @@ pub struct Call {
     pub hold: Option<String>,
     /// The status answered; empty while the call is in progress.
     pub status: Option<u16>,
-    /// Whether a scripted answer was used.
+    /// Whether the answer came from a script (`/_script`) rather than the contract's usual
+    /// answer.
     pub scripted: bool,
     /// When the call arrived.
     pub at: DateTime<Utc>,
@@ -143,8 +144,12 @@ impl Recorder {
         }
     }
 
-    fn reset(&self) {
+    fn clear_scripts(&self) {
         *self.scripts.lock().expect("poisoned") = Default::default();
+    }
+
+    fn reset(&self) {
+        self.clear_scripts();
         self.calls.lock().expect("poisoned").clear();
     }
 }
@@ -292,6 +297,16 @@ impl ControlApi {
         ControlResponse::Done
     }
 
+    /// Drop the answers still queued
+    ///
+    /// Every verb's queue is emptied: calls are answered normally from now on. The calls
+    /// received and the holds are kept (`/_reset` forgets those too).
+    #[oai(path = "/_script", method = "delete", operation_id = "clearScripts")]
+    async fn clear_scripts(&self) -> ControlResponse {
+        self.recorder.clear_scripts();
+        ControlResponse::Done
+    }
+
     /// Every call received, in order of arrival
     #[oai(path = "/_calls", method = "get", operation_id = "calls")]
     async fn calls(&self) -> Json<Vec<Call>> {
@@ -337,8 +352,9 @@ fn service(
     .description(
         "A scriptable fake participant for tests: the participant contract with holds in \
          memory (tries at `POST /holds`, links `/holds/{id}`), and a control API to script \
-         answers (`/_script`), read the calls received (`/_calls`) and the holds (`/_holds`), \
-         and start over (`/_reset`).",
+         answers (`POST /_script`) or drop those still queued (`DELETE /_script`), read the \
+         calls received (`/_calls`) and the holds (`/_holds`), and start over (`/_reset`). \
+         Swagger UI at `/docs`.",
     )
 }
 
@@ -390,11 +406,13 @@ impl FakeParticipant {
         let service = service(&participant, &recorder);
         let spec_json = service.spec_endpoint();
         let spec_yaml = service.spec_endpoint_yaml();
+        let docs = service.swagger_ui();
         let shared = recorder.clone();
         let app = Route::new()
             .nest("/", service)
             .at("/openapi.json", spec_json)
             .at("/openapi.yaml", spec_yaml)
+            .nest("/docs", docs)
             .around(move |next, req| record_and_answer(next, req, shared.clone()));
         let serving = Serving::start(app, settings.listen).await?;
         Ok(Self {
@@ -440,6 +458,11 @@ impl FakeParticipant {
     /// Every hold (as `GET /_holds`).
     pub async fn holds(&self) -> Vec<HoldView> {
         self.participant.holds().await
+    }
+
+    /// Drops the answers still queued, keeping calls and holds (as `DELETE /_script`).
+    pub fn clear_scripts(&self) {
+        self.recorder.clear_scripts();
     }
 
     /// Forgets scripts, calls and holds (as `POST /_reset`).

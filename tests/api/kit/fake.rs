@@ -226,3 +226,69 @@ async fn a_try_applied_but_answered_503_is_repeated_with_its_key_and_holds_once(
     stock.stop().await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn fake_participant_refuses_a_script_with_an_unknown_field_naming_it() {
+    let fake = FakeParticipant::start().await.unwrap();
+    let typo = script(
+        &fake,
+        json!({"verb": "confirm", "answers": [{"status": 503, "delay": 100}]}),
+    )
+    .await;
+    assert_eq!(typo.status(), 400);
+    let problem: Value = typo.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("delay"),
+        "{problem:#}"
+    );
+    // Nothing was queued: the next confirm is answered normally.
+    let link = try_hold(&fake, "r1/0").await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(client().put(&link).send().await.unwrap().status(), 204);
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_participant_drops_queued_answers_and_keeps_its_holds_and_calls() {
+    let fake = FakeParticipant::start().await.unwrap();
+    let link = try_hold(&fake, "r1/0").await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    script(
+        &fake,
+        json!({"verb": "confirm", "answers": [{"status": 503}, {"status": 503}]}),
+    )
+    .await;
+
+    let cleared = client()
+        .delete(format!("{}/_script", fake.url()))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(cleared.status(), 204);
+    assert_eq!(client().put(&link).send().await.unwrap().status(), 204);
+    assert_eq!(get(&fake, "/_holds").await[0]["state"], "confirmed");
+    assert_eq!(get(&fake, "/_calls").await.as_array().unwrap().len(), 2);
+    // The same from Rust.
+    fake.script(Verb::Cancel, [Answer::status(500)]);
+    fake.clear_scripts();
+    assert_eq!(client().delete(&link).send().await.unwrap().status(), 409);
+    fake.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_participant_serves_swagger_ui() {
+    let fake = FakeParticipant::start().await.unwrap();
+    let docs = client()
+        .get(format!("{}/docs", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger-ui"));
+    fake.stop().await.unwrap();
+}
