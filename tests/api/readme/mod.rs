@@ -1,5 +1,6 @@
-//! The code blocks of README.md that a user pastes, run as they are written: each lives in a
-//! file here, and a test fails when README's block and the file differ.
+//! The code blocks of README.md and participant/README.md that a user pastes, run or built as
+//! they are written: each lives in a file (here, or the kit's example), and a test fails when
+//! the README's block and the file differ.
 
 mod from_rust;
 
@@ -24,4 +25,33 @@ fn the_from_rust_recipe_in_readme_is_the_test_that_runs() {
         "README's From Rust block differs from tests/api/readme/from_rust.rs: copy the file \
          into README (or the other way round)"
     );
+}
+
+#[test]
+fn the_kits_whole_service_in_its_readme_is_the_example_ci_builds() {
+    let readme = include_str!("../../../participant/README.md");
+    let blocks = blocks_after(readme, "### A whole service");
+    let file = include_str!("../../../participant/examples/seats.rs");
+    assert!(
+        blocks.contains(&file),
+        "participant/README.md's whole service differs from participant/examples/seats.rs"
+    );
+}
+
+#[test]
+fn no_readme_snippet_binds_every_interface() {
+    for (name, text) in [
+        ("README.md", include_str!("../../../README.md")),
+        (
+            "participant/README.md",
+            include_str!("../../../participant/README.md"),
+        ),
+    ] {
+        for block in blocks_after(text, "# ") {
+            assert!(
+                !block.contains("0.0.0.0"),
+                "{name} has a snippet that binds 0.0.0.0; examples listen on loopback: {block}"
+            );
+        }
+    }
 }
