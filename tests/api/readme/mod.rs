@@ -15,26 +15,41 @@ fn blocks_after<'a>(text: &'a str, heading: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Fails unless a block after `heading` in `readme` (named `name`) is `file` (named
+/// `file_name`) to the letter.
+fn shows_as_it_is(readme: (&str, &str), heading: &str, file: (&str, &str)) {
+    let (name, text) = readme;
+    let (file_name, code) = file;
+    assert!(
+        blocks_after(text, heading).contains(&code),
+        "{name}'s block under {heading:?} differs from {file_name}: copy one into the other"
+    );
+}
+
 #[test]
 fn the_from_rust_recipe_in_readme_is_the_test_that_runs() {
-    let readme = include_str!("../../../README.md");
-    let blocks = blocks_after(readme, "### From Rust");
-    let file = include_str!("from_rust.rs");
-    assert!(
-        blocks.contains(&file),
-        "README's From Rust block differs from tests/api/readme/from_rust.rs: copy the file \
-         into README (or the other way round)"
+    shows_as_it_is(
+        ("README.md", include_str!("../../../README.md")),
+        "### From Rust",
+        (
+            "tests/api/readme/from_rust.rs",
+            include_str!("from_rust.rs"),
+        ),
     );
 }
 
 #[test]
 fn the_kits_whole_service_in_its_readme_is_the_example_ci_builds() {
-    let readme = include_str!("../../../participant/README.md");
-    let blocks = blocks_after(readme, "### A whole service");
-    let file = include_str!("../../../participant/examples/seats.rs");
-    assert!(
-        blocks.contains(&file),
-        "participant/README.md's whole service differs from participant/examples/seats.rs"
+    shows_as_it_is(
+        (
+            "participant/README.md",
+            include_str!("../../../participant/README.md"),
+        ),
+        "### A whole service",
+        (
+            "participant/examples/seats.rs",
+            include_str!("../../../participant/examples/seats.rs"),
+        ),
     );
 }
 
