@@ -38,13 +38,18 @@ async fn try_hold(fake: &FakeParticipant, key: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// A hold made by a try with `key`: its link.
+async fn held(fake: &FakeParticipant, key: &str) -> String {
+    try_hold(fake, key).await.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn fake_participant_uses_scripted_answers_in_order_then_answers_normally() {
     let fake = FakeParticipant::start().await.unwrap();
-    let link = try_hold(&fake, "r1/0").await.headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let link = held(&fake, "r1/0").await;
 
     let scripted = script(
         &fake,
@@ -242,10 +247,7 @@ async fn fake_participant_refuses_a_script_with_an_unknown_field_naming_it() {
         "{problem:#}"
     );
     // Nothing was queued: the next confirm is answered normally.
-    let link = try_hold(&fake, "r1/0").await.headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let link = held(&fake, "r1/0").await;
     assert_eq!(client().put(&link).send().await.unwrap().status(), 204);
     fake.stop().await.unwrap();
 }
@@ -253,10 +255,7 @@ async fn fake_participant_refuses_a_script_with_an_unknown_field_naming_it() {
 #[tokio::test]
 async fn fake_participant_drops_queued_answers_and_keeps_its_holds_and_calls() {
     let fake = FakeParticipant::start().await.unwrap();
-    let link = try_hold(&fake, "r1/0").await.headers()["location"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let link = held(&fake, "r1/0").await;
     script(
         &fake,
         json!({"verb": "confirm", "answers": [{"status": 503}, {"status": 503}]}),
