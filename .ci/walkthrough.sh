@@ -79,3 +79,37 @@ if "303" not in lines or seen != promised:
     sys.exit(f"From any language: README promises a 303 and calls {promised}; got:\n{out}")
 PY
 echo "from any language: answered as README shows"
+
+# The kit README's fake participant block, and its seats service reached through the
+# coordinator (still running on 8080), as that README tells.
+python3 - "$work/fake.sh" <<'PY'
+import re, sys
+readme = open("participant/README.md").read()
+start = readme.index("## The fake participant")
+open(sys.argv[1], "w").write(re.findall(r"```sh\n(.*?)```", readme[start:], re.S)[0])
+PY
+PATH="$(pwd)/target/release:$PATH" bash "$work/fake.sh" >"$work/fake.txt" 2>&1 || { cat "$work/fake.txt"; exit 1; }
+python3 - "$work/fake.txt" <<'PY'
+import sys
+lines = open(sys.argv[1]).read().splitlines()
+if lines.count("204") != 3 or lines.count("[]") != 2:
+    sys.exit("participant/README.md's fake participant block: README promises three 204 and "
+             "empty calls and holds; got:\n" + "\n".join(lines))
+PY
+echo "the fake participant: answered as participant/README.md shows"
+
+cargo build --release -p tcc-participant --example seats
+rm -f "$work/seats.port"
+(cd "$work" && exec "$OLDPWD/target/release/examples/seats" 127.0.0.1:0 "$work/seats.port" >"$work/seats.log" 2>&1) &
+seats=$!
+trap 'kill $coordinator $inventory $seats 2>/dev/null || true; rm -rf "$work"' EXIT
+while [ ! -s "$work/seats.port" ]; do sleep 0.1; done
+seats_url="http://127.0.0.1:$(cat "$work/seats.port")/holds"
+book() {
+    curl -s -X POST localhost:8080/reservations -H 'content-type: application/json' -H 'Prefer: wait=5' \
+        -d "{\"participants\": [{\"name\": \"seats\", \"try\": {\"url\": \"$seats_url\", \"body\": {\"seat\": \"$1\"}}}]}"
+}
+book 8A | grep -q '"state":"reserved"' || { echo "seat 8A was not reserved"; exit 1; }
+book 7C | grep -q 'try refused: 409 Conflict: seat 7C is taken' || {
+    echo "seat 7C's refusal does not show its reason"; book 7C; exit 1; }
+echo "the kit's seats service: reserved and refused as participant/README.md says"
