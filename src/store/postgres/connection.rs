@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{
-    Hook, HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+    Hook, HookError, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
 };
 use uuid::Uuid;
 
@@ -37,17 +37,9 @@ impl PgLog {
         let manager = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             let tls = tls_config(options.ca.as_deref()).map_err(StoreError::Setup)?;
             let tls = rustls_tokio_postgres::MakeRustlsConnect::new(tls);
-            let each = EachHost {
-                tls,
-                timeout: connect_timeout,
-            };
-            Manager::from_connect(config, each, recycling)
+            EachHost::manager(config, tls, connect_timeout, recycling)
         } else {
-            let each = EachHost {
-                tls: tokio_postgres::NoTls,
-                timeout: connect_timeout,
-            };
-            Manager::from_connect(config, each, recycling)
+            EachHost::manager(config, tokio_postgres::NoTls, connect_timeout, recycling)
         };
         let failures = Failures::default();
         let stale = failures.clone();

@@ -35,9 +35,28 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Connects to every host of a configuration at once and keeps the first that answers as
 /// the configuration asks (with `target_session_attrs=read-write`: the primary).
 pub(super) struct EachHost<T> {
-    pub(super) tls: T,
+    tls: T,
     /// Bounds each host's attempt as a whole.
-    pub(super) timeout: Duration,
+    timeout: Duration,
+}
+
+impl<T> EachHost<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    /// The pool's manager for `config`, connecting through `tls`, each host's attempt bounded
+    /// by `timeout`.
+    pub(super) fn manager(
+        config: Config,
+        tls: T,
+        timeout: Duration,
+        recycling: deadpool_postgres::ManagerConfig,
+    ) -> deadpool_postgres::Manager {
+        deadpool_postgres::Manager::from_connect(config, Self { tls, timeout }, recycling)
+    }
 }
 
 impl<T> Connect for EachHost<T>
@@ -217,6 +236,45 @@ mod tests {
                 tokio_postgres::config::TargetSessionAttrs::ReadWrite
             );
         }
+    }
+
+    #[tokio::test]
+    #[ignore = "needs TCC_TEST_POSTGRES"]
+    async fn a_server_turned_read_only_is_gone_and_a_refused_statement_is_not() {
+        let url = crate::store::required_scratch_database().await;
+        let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        db.batch_execute("CREATE TABLE probe (id int PRIMARY KEY); INSERT INTO probe VALUES (1)")
+            .await
+            .unwrap();
+
+        // What a primary demoted under a pooled connection answers (SQLSTATE 25006).
+        db.batch_execute("SET default_transaction_read_only = on")
+            .await
+            .unwrap();
+        let read_only = db
+            .execute("INSERT INTO probe VALUES (2)", &[])
+            .await
+            .unwrap_err();
+        db.batch_execute("SET default_transaction_read_only = off")
+            .await
+            .unwrap();
+        // A statement the server refuses for what it says (a unique violation, 23505).
+        let refused = db
+            .execute("INSERT INTO probe VALUES (1)", &[])
+            .await
+            .unwrap_err();
+
+        assert!(server_is_gone(&read_only), "{read_only}");
+        assert!(!server_is_gone(&refused), "{refused}");
+        // And the caller answers 503 for the first, as for any database out of reach.
+        let read_only = super::super::connection::db_error(read_only);
+        assert!(
+            matches!(read_only, crate::store::StoreError::Unavailable(_)),
+            "{read_only}"
+        );
     }
 
     #[test]
