@@ -4,7 +4,7 @@ participant, so the snippet and what it promises cannot drift apart."""
 
 import re
 
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 
 def readme_python_block():
@@ -21,5 +21,10 @@ def test_the_python_snippet_in_readme_creates_a_reservation(coordinator, shop):
     }
     exec(compile(code, "README.md (From any language)", "exec"), scope)
     assert scope["created"].status_code == 202
-    tries = shop["stock"].calls("try")
+    # 202 means the log holds the reservation; the coordinator calls the try after answering.
+    tries = wait_for(
+        "the coordinator's try is answered",
+        lambda: [c for c in shop["stock"].calls("try") if c["status"] is not None],
+    )
     assert [c["status"] for c in tries] == [201]
+    assert len(shop["stock"].calls("try")) == 1
