@@ -14,7 +14,9 @@ mod choreography;
 mod cluster;
 mod database;
 mod failover;
+mod faultfs;
 mod patroni;
+mod storage;
 mod systemd;
 
 use helpers::{client, create, decide, wait_for, Behaviour, Participant, Reply};
