@@ -16,7 +16,7 @@ use crate::coordinator::RecoveryError;
 use crate::coordinator::{Coordinator, Parts, Topology};
 use crate::listener::{self, SilenceCutting};
 use crate::participant::{CallPolicy, ClientError, ParticipantClient};
-use crate::store::{PostgresOptions, Retention, Store, StoreError};
+use crate::store::{EmbeddedOptions, PostgresOptions, Retention, Store, StoreError};
 use crate::telemetry::{Metrics, Traces, TracesError};
 use crate::{api, cluster, coordinator, timers};
 
@@ -54,6 +54,12 @@ pub enum AppError {
     Unauthenticated(SocketAddr),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    /// The embedded log could not make writes durable (a failed fsync, a full disk sled ran
+    /// into): the process stops so that its supervisor restarts it on what the disk kept.
+    #[error(
+        "the transaction log failed ({0}); stopped so that a restart reads back what the disk kept"
+    )]
+    LogFailed(String),
     #[error("cannot serve HTTPS: {0}")]
     Tls(String),
     #[error("cannot use --participant-ca: {0}")]
@@ -101,6 +107,8 @@ pub struct App {
     shutdown: CancellationToken,
     deadlines: std::thread::JoinHandle<()>,
     recovery_failed: Arc<Mutex<Option<RecoveryError>>>,
+    /// Why the embedded log failed for good, once it has (the process then stops).
+    log_failed: Arc<Mutex<Option<String>>>,
     traces: Traces,
     _temp_dir: Option<tempfile::TempDir>,
 }
@@ -190,9 +198,14 @@ impl App {
             }
             (_, dir) => {
                 let dir = dir.clone().unwrap_or_default();
-                let (cache, sync) = (config.cache_bytes, config.sync);
+                let options = EmbeddedOptions {
+                    cache_bytes: config.cache_bytes,
+                    sync: config.sync,
+                    disk_reserve: config.disk_reserve,
+                    write_timeout: config.store_timeout,
+                };
                 let metrics = metrics.clone();
-                tokio::task::spawn_blocking(move || Store::open(&dir, cache, sync, queue, &metrics))
+                tokio::task::spawn_blocking(move || Store::open(&dir, &options, queue, &metrics))
                     .await
                     .map_err(|e| StoreError::Blocking(e.to_string()))??
             }
@@ -241,6 +254,7 @@ impl App {
             }
             None => Traces::off(),
         };
+        let log_failure = store.failure();
         let deadlines = timers::TimerQueue::default();
         let armed = deadlines.clone();
         let coordinator = Coordinator::new(Parts {
@@ -287,6 +301,22 @@ impl App {
             stopping.cancelled().await;
             crate::systemd::stopping();
         });
+        let log_failed = Arc::new(Mutex::new(None));
+        if let Some(mut failure) = log_failure {
+            let (record, stop) = (log_failed.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    failed = failure.wait_for(Option::is_some) => {
+                        if let Ok(failed) = failed {
+                            let failed = failed.as_deref().map(str::to_owned);
+                            *record.lock().expect("log failure lock") = failed;
+                            stop.cancel();
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         let recovering = coordinator.clone();
         let failed = Arc::new(Mutex::new(None));
         let (failure, stop) = (failed.clone(), shutdown.clone());
@@ -337,6 +367,7 @@ impl App {
             shutdown,
             deadlines,
             recovery_failed: failed,
+            log_failed,
             traces,
             _temp_dir: temp_dir,
         })
@@ -382,6 +413,7 @@ impl App {
             shutdown,
             deadlines,
             recovery_failed,
+            log_failed,
             traces,
             _temp_dir,
             ..
@@ -395,6 +427,7 @@ impl App {
             Ok(Ok(()))
         );
         let flushes = coordinator.store().flushes();
+        let store = coordinator.store().clone();
         drop(coordinator);
         tasks.close();
         if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
@@ -402,6 +435,7 @@ impl App {
                 "background tasks did not stop in time; the log may not be closed cleanly"
             );
         } else {
+            store.close(GRACE).await;
             tracing::info!(flushes, "stopped; the transaction log is closed");
         }
         // The spans still queued go to the collector before the process ends.
@@ -415,6 +449,9 @@ impl App {
             .take()
         {
             return Err(AppError::Recovery(error));
+        }
+        if let Some(failure) = log_failed.lock().expect("log failure lock").take() {
+            return Err(AppError::LogFailed(failure));
         }
         served.map_err(AppError::Serve)
     }

@@ -64,5 +64,6 @@ pub use domain::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver, MAX_CALLS_IN_FLIGHT};
 pub use retry::RetryPolicy;
 pub use store::{
-    required_scratch_database, scratch_database, scratch_database_from_env, StoreError, SyncMode,
+    required_scratch_database, scratch_database, scratch_database_from_env, EmbeddedOptions,
+    StoreError, SyncMode,
 };

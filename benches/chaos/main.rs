@@ -3,6 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench chaos -- --seconds 60 --seed 42                   # sled
+//! cargo bench --bench chaos -- --seconds 60 --seed 5 --power-loss       # sled, power cuts (root)
 //! source .ci/postgres.sh                                                # a throwaway database
 //! cargo bench --bench chaos -- --seconds 60 --seed 7 --store postgres   # three instances
 //! source .ci/patroni.sh                                                 # a Patroni cluster
@@ -23,6 +24,8 @@
 
 mod checker;
 mod clients;
+#[path = "../../tests/crash/faultfs.rs"]
+mod faultfs;
 mod nemesis;
 mod participants;
 #[path = "../../tests/crash/patroni.rs"]
@@ -54,6 +57,8 @@ struct Options {
     postgres: bool,
     /// On the Patroni cluster of `.ci/patroni.sh`, failing it over.
     ha: bool,
+    /// sled on a filesystem whose power the nemesis cuts.
+    power_loss: bool,
 }
 
 fn options() -> Options {
@@ -62,11 +67,16 @@ fn options() -> Options {
         seed: Utc::now().timestamp_subsec_nanos().into(),
         postgres: false,
         ha: false,
+        power_loss: false,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
         if arg == "--ha" {
             o.ha = true;
+            continue;
+        }
+        if arg == "--power-loss" {
+            o.power_loss = true;
             continue;
         }
         let value = args.next();
@@ -89,13 +99,16 @@ fn options() -> Options {
     if o.ha && !o.postgres {
         usage("--ha goes with --store postgres");
     }
+    if o.power_loss && o.postgres {
+        usage("--power-loss goes with the embedded log (--store sled)");
+    }
     o
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "chaos: {problem}\nusage: cargo bench --bench chaos -- [--seconds S] [--seed N] \
-         [--store sled|postgres [--ha]]"
+         [--store sled [--power-loss] | --store postgres [--ha]]"
     );
     std::process::exit(2)
 }
@@ -117,6 +130,7 @@ fn store_name(o: &Options) -> &'static str {
     match (o.postgres, o.ha) {
         (true, true) => "postgres-ha",
         (true, false) => "postgres",
+        (false, _) if o.power_loss => "sled-power-loss",
         (false, _) => "sled",
     }
 }
@@ -164,6 +178,7 @@ async fn run(o: &Options) -> bool {
         instances,
         store,
         faults(o),
+        o.power_loss,
     );
     let bases = cluster.bases();
     let http = reqwest::Client::builder()
@@ -176,7 +191,7 @@ async fn run(o: &Options) -> bool {
         wait_ready(&http, base, Duration::from_secs(60)).await;
     }
 
-    let plan = nemesis::schedule(o.seed, o.seconds, instances, faults(o));
+    let plan = nemesis::schedule(o.seed, o.seconds, instances, faults(o), o.power_loss);
     println!(
         "chaos seed={} seconds={} store={} instances={instances} clients={CLIENTS} schedule: {}",
         o.seed,
@@ -213,9 +228,10 @@ async fn run(o: &Options) -> bool {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(5).min(until - Instant::now())).await;
         println!(
-            "chaos t={:.0}s kills={} database_stops={} failovers={} participant_calls={} faults={} callbacks={}",
+            "chaos t={:.0}s kills={} power_cuts={} database_stops={} failovers={} participant_calls={} faults={} callbacks={}",
             start.elapsed().as_secs_f64(),
             cluster.kills.lock().unwrap(),
+            cluster.power_cuts.lock().unwrap(),
             cluster.database_stops.lock().unwrap(),
             cluster.failovers.lock().unwrap().iter().sum::<u64>(),
             services.iter().map(|s| s.calls()).sum::<u64>(),
@@ -272,7 +288,7 @@ async fn run(o: &Options) -> bool {
         .collect::<std::collections::HashSet<_>>()
         .len();
     println!(
-        "chaos seed={} seconds={} store={} instances={instances} kills={} database_stops={} \
+        "chaos seed={} seconds={} store={} instances={instances} kills={} power_cuts={} database_stops={} \
          switchovers={} leader_kills={} silent_leaders={} \
          faults={} participant_calls={} answers={} acknowledged={acknowledged} \
          abandoned_creates={} atomikos_calls={} confirmed={} cancelled={} conflict={} \
@@ -281,6 +297,7 @@ async fn run(o: &Options) -> bool {
         o.seconds,
         store_name(o),
         cluster.kills.lock().unwrap(),
+        cluster.power_cuts.lock().unwrap(),
         cluster.database_stops.lock().unwrap(),
         failovers[0],
         failovers[1],
@@ -323,6 +340,7 @@ async fn run(o: &Options) -> bool {
         match faults(o) {
             DatabaseFaults::Ha => "postgres --ha",
             DatabaseFaults::Single => "postgres",
+            DatabaseFaults::None if o.power_loss => "sled --power-loss",
             DatabaseFaults::None => "sled",
         },
         logs.join(", "),
@@ -336,6 +354,9 @@ fn describe(plan: &[(f64, Action)]) -> String {
         .map(|(at, action)| match action {
             Action::Kill { instance, down } => {
                 format!("{at:.1}s kill {instance} ({}ms)", down.as_millis())
+            }
+            Action::PowerCut { instance, down } => {
+                format!("{at:.1}s power cut {instance} ({}ms)", down.as_millis())
             }
             Action::StopDatabase { down, restart } => format!(
                 "{at:.1}s stop database ({}ms{})",

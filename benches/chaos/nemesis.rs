@@ -9,6 +9,11 @@
 //! leader's node, or stops every process of the leader (silent, as behind a partition) for a
 //! while, each time waiting until the cluster has a leader and a synchronous standby again.
 //!
+//! With `--power-loss` (sled), each instance's data directory is on a filesystem that fails on
+//! command (`tests/crash/faultfs.rs`), and half the kills are power cuts: the instance is
+//! killed, every write no fsync made durable is undone, the filesystem is mounted again, and
+//! the instance restarts on what a real disk would have kept.
+//!
 //! The schedule of kills and database stops is drawn from the seed before the run starts, so
 //! the same seed gives the same schedule.
 
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
+use crate::faultfs::FaultFs;
 use crate::patroni::Patroni;
 
 /// What the nemesis does at one moment of the run.
@@ -27,6 +33,9 @@ use crate::patroni::Patroni;
 pub enum Action {
     /// SIGKILL instance `instance`, start it again after `down`.
     Kill { instance: usize, down: Duration },
+    /// SIGKILL instance `instance` and cut the power of its disk (every write not fsynced is
+    /// lost), start it again after `down` on what the disk kept.
+    PowerCut { instance: usize, down: Duration },
     /// Stop the database, start it again after `down`; with `restart`, also kill that
     /// instance while the database is down and start it again before the database is back.
     StopDatabase {
@@ -62,6 +71,7 @@ pub fn schedule(
     seconds: f64,
     instances: usize,
     database: DatabaseFaults,
+    power_loss: bool,
 ) -> Vec<(f64, Action)> {
     let mut rng = Pcg64Mcg::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321);
     let mut plan = Vec::new();
@@ -86,6 +96,11 @@ pub fn schedule(
                 _ => Action::SilenceLeader {
                     down: Duration::from_millis(rng.random_range(3_000..16_000)),
                 },
+            }
+        } else if power_loss && rng.random_bool(0.5) {
+            Action::PowerCut {
+                instance,
+                down: Duration::from_millis(rng.random_range(0..1_500)),
             }
         } else {
             Action::Kill {
@@ -118,6 +133,9 @@ pub const RETENTION: Duration = Duration::from_secs(45);
 struct Instance {
     port: u16,
     data_dir: PathBuf,
+    /// With `--power-loss`: the filesystem the data directory is on, and where it keeps its
+    /// data.
+    disk: Option<(FaultFs, PathBuf)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -129,6 +147,7 @@ pub struct Cluster {
     database: Option<Database>,
     instances: Vec<Mutex<Instance>>,
     pub kills: Mutex<u64>,
+    pub power_cuts: Mutex<u64>,
     pub database_stops: Mutex<u64>,
     /// Switchovers, leader nodes killed, leaders silenced.
     pub failovers: Mutex<[u64; 3]>,
@@ -142,6 +161,7 @@ impl Cluster {
         count: usize,
         store: Option<String>,
         faults: DatabaseFaults,
+        power_loss: bool,
     ) -> Arc<Self> {
         let database = match faults {
             DatabaseFaults::None => None,
@@ -152,10 +172,22 @@ impl Cluster {
             .map(|i| {
                 let data_dir = dir.join(format!("coordinator-{i}"));
                 std::fs::create_dir_all(&data_dir).unwrap();
+                let disk = power_loss.then(|| {
+                    let (base, mountpoint) = (data_dir.join("disk"), data_dir.join("mnt"));
+                    let fs = FaultFs::mount(&base, &mountpoint).expect(
+                        "--power-loss mounts a FUSE filesystem: it needs root and /dev/fuse",
+                    );
+                    (fs, base)
+                });
+                let data = match &disk {
+                    Some((fs, _)) => fs.path().join("data"),
+                    None => data_dir.join("data"),
+                };
                 Mutex::new(Instance {
                     port: free_port(),
                     log: dir.join(format!("coordinator-{i}.log")),
-                    data_dir: data_dir.join("data"),
+                    data_dir: data,
+                    disk,
                     child: None,
                 })
             })
@@ -166,6 +198,7 @@ impl Cluster {
             database,
             instances,
             kills: Mutex::new(0),
+            power_cuts: Mutex::new(0),
             database_stops: Mutex::new(0),
             failovers: Mutex::new([0; 3]),
         });
@@ -229,12 +262,31 @@ impl Cluster {
         }
     }
 
+    /// Cuts the power of instance `i`'s disk (killed before) and mounts what it kept.
+    fn cut_power(&self, i: usize) {
+        let mut instance = self.instances[i].lock().unwrap();
+        if let Some((fs, base)) = instance.disk.take() {
+            fs.faults().cut_power();
+            let mountpoint = fs.path().to_owned();
+            drop(fs);
+            let fs = FaultFs::mount(&base, &mountpoint).expect("the disk mounts again");
+            instance.disk = Some((fs, base));
+        }
+    }
+
     /// Carries out one action of the schedule (blocking: run it on a thread of its own).
     pub fn act(&self, action: Action) {
         match action {
             Action::Kill { instance, down } => {
                 self.kill(instance);
                 *self.kills.lock().unwrap() += 1;
+                std::thread::sleep(down);
+                self.launch(instance);
+            }
+            Action::PowerCut { instance, down } => {
+                self.kill(instance);
+                self.cut_power(instance);
+                *self.power_cuts.lock().unwrap() += 1;
                 std::thread::sleep(down);
                 self.launch(instance);
             }

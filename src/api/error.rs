@@ -130,6 +130,26 @@ impl From<CoordinatorError> for ApiError {
                      stored: retry after the delay in Retry-After (retrying is safe)",
                 ))
             }
+            CoordinatorError::Disk(error) => {
+                tracing::warn!(%error, "the log's disk cannot take writes: answering 503");
+                Self::Problem(Problem::unavailable(format!(
+                    "{error}; nothing was stored: retry after the delay in Retry-After (reads are \
+                     still served)"
+                )))
+            }
+            CoordinatorError::SlowLog(waited) => {
+                tracing::warn!(
+                    ?waited,
+                    "the log's disk is slow: answering 503 while the write goes on"
+                );
+                Self::Problem(Problem::unavailable(format!(
+                    "the disk holding the log did not make this write durable within {} ms \
+                     (--store-timeout); it goes on and may be kept: retry after the delay in \
+                     Retry-After (a decision or a create with the same Idempotency-Key is safe to \
+                     repeat)",
+                    waited.as_millis()
+                )))
+            }
             CoordinatorError::Log(error) => {
                 tracing::error!(%error, "the transaction log failed");
                 Self::Problem(Problem::unavailable(

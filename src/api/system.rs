@@ -66,7 +66,7 @@ pub enum ReadyResponse {
     /// The log is open and every reservation found at start has been resumed.
     #[oai(status = 200)]
     Ready(PlainText<&'static str>),
-    /// Still recovering after a start.
+    /// Still recovering after a start, or writes cannot succeed now (the detail says why).
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
 }
@@ -79,13 +79,17 @@ impl HealthApi {
         PlainText("live")
     }
 
-    /// Readiness: the log is open, recovery has finished, and the database (with --store) answers
+    /// Readiness: the log is open, recovery has finished, and writes can succeed (the database answers; the log's disk has room, answers in time, and has not failed)
     #[oai(path = "/health/ready", method = "get")]
     async fn ready(&self, coordinator: Data<&Coordinator>) -> ReadyResponse {
-        if coordinator.is_ready() && !coordinator.store_reachable() {
-            ReadyResponse::Unavailable(Json(Problem::unavailable(
-                "the database cannot be reached: client writes are refused until it answers again",
-            )))
+        let refusal = coordinator
+            .is_ready()
+            .then(|| coordinator.write_refusal())
+            .flatten();
+        if let Some(refusal) = refusal {
+            ReadyResponse::Unavailable(Json(Problem::unavailable(format!(
+                "client writes are refused until this changes: {refusal}"
+            ))))
         } else if coordinator.is_ready() {
             ReadyResponse::Ready(PlainText("ready"))
         } else {

@@ -118,6 +118,8 @@ pub struct Config {
     pub public_url: Option<Url>,
     pub retry: RetryPolicy,
     pub sync: SyncMode,
+    /// Free bytes kept on the embedded log's disk (client writes refused below).
+    pub disk_reserve: u64,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
     /// Most client writes waiting for the disk at once; more get 503 with `Retry-After`.
@@ -309,6 +311,12 @@ pub struct Cli {
     #[arg(long, env = "TCC_SYNC", value_enum, default_value = "fdatasync")]
     sync: SyncMode,
 
+    /// Free space, in bytes, kept on the disk holding the embedded log: below it client
+    /// writes are refused (503 with Retry-After, readiness fails) and reads are still served,
+    /// until space returns; the log itself never runs into a full disk.
+    #[arg(long, env = "TCC_DISK_RESERVE", default_value_t = 64 * 1024 * 1024)]
+    disk_reserve: u64,
+
     /// Keep the log in PostgreSQL instead of --data-dir: postgres://user:password@host:port/database.
     /// Every coordinator started with the same database shares its reservations: any of
     /// them answers for any reservation, and the others finish the work of one that dies.
@@ -325,8 +333,11 @@ pub struct Cli {
     #[arg(long, env = "TCC_STORE_CONNECTIONS", default_value_t = 16)]
     store_connections: usize,
 
+    /// How long the log may keep a request waiting. With the embedded log: how long a
+    /// client's write waits for the disk; past it the request answers 503 with Retry-After
+    /// while the write goes on (a slow disk), and readiness fails while a flush is that late.
     /// With --store: how long one database statement may go unanswered (and a request wait
-    /// for a free connection). Past it the connection is dropped, as the server may have gone
+    /// for a free connection); past it the connection is dropped, as the server may have gone
     /// silent (a partition, a hung host, a primary that failed over), and the request
     /// answers 503 with Retry-After. Connecting is bounded by the URL's `connect_timeout`
     /// (2 s when it names none), for each of its hosts at once.
@@ -538,6 +549,7 @@ impl Cli {
                 ..RetryPolicy::default()
             },
             sync: self.sync,
+            disk_reserve: self.disk_reserve,
             cache_bytes: self.cache_bytes,
             max_log_queue: self.max_log_queue,
             read_timeout: self.read_timeout,

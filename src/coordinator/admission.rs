@@ -25,6 +25,33 @@ impl Coordinator {
         Ok(self.inner.store.admit()?)
     }
 
+    /// Runs a client's write once admitted ([`Coordinator::admit`]). With the embedded log it
+    /// runs as a task of its own and the caller waits for it at most `--store-timeout`: a
+    /// slow disk gets the caller a 503 ([`CoordinatorError::SlowLog`]) while the write goes on
+    /// to its end (durable, then its driver, deadline and waiters), as it does when the
+    /// caller goes away: a write half done is never left behind.
+    pub(super) async fn client_write<T, F>(
+        &self,
+        work: impl FnOnce(Coordinator, crate::store::Admission) -> F,
+    ) -> Result<T, CoordinatorError>
+    where
+        F: std::future::Future<Output = Result<T, CoordinatorError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let admitted = self.admit().await?;
+        let work = work(self.clone(), admitted);
+        let Some(limit) = self.inner.store.client_wait() else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, self.inner.tasks.spawn(work)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(stopped)) => Err(CoordinatorError::Log(format!(
+                "the write stopped: {stopped}"
+            ))),
+            Err(_) => Err(CoordinatorError::SlowLog(limit)),
+        }
+    }
+
     /// Refuses a participant the coordinator must not call (the outgoing call policy);
     /// `index` is its place in the request (`None`: the one participant of a join).
     pub(super) async fn check_policy(

@@ -13,7 +13,7 @@ use crate::domain::{
     Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId,
     SpanParent, State,
 };
-use crate::store::{KeyEntry, Ownership};
+use crate::store::{Admission, KeyEntry, Ownership};
 
 impl Coordinator {
     /// Creates a reservation; returns once it is durable in the log. Tries, if any, start
@@ -26,13 +26,24 @@ impl Coordinator {
         request: CreateReservation,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reservation, CoordinatorError> {
-        let started = SystemTime::now();
         if let Some(key) = &idempotency {
             if let Some(existing) = self.inner.store.idempotency_key(&key.key).await? {
                 return self.replay(key, existing).await;
             }
         }
-        let _admitted = self.admit().await?;
+        self.client_write(move |this, admitted| async move {
+            this.create_admitted(request, idempotency, admitted).await
+        })
+        .await
+    }
+
+    async fn create_admitted(
+        &self,
+        request: CreateReservation,
+        idempotency: Option<IdempotencyKey>,
+        _admitted: Admission,
+    ) -> Result<Reservation, CoordinatorError> {
+        let started = SystemTime::now();
         let limits = &self.inner.limits;
         let timeout = request.timeout.unwrap_or(limits.default_timeout);
         if timeout.is_zero() || timeout > limits.max_timeout {
@@ -143,8 +154,20 @@ impl Coordinator {
         event: Event,
         caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
+        self.client_write(move |this, admitted| async move {
+            this.decide_admitted(id, event, caller, admitted).await
+        })
+        .await
+    }
+
+    async fn decide_admitted(
+        &self,
+        id: ReservationId,
+        event: Event,
+        caller: Option<SpanParent>,
+        _admitted: Admission,
+    ) -> Result<Reservation, CoordinatorError> {
         let started = SystemTime::now();
-        let _admitted = self.admit().await?;
         let (reservation, (outcome, decided)) = self
             .update_as(id, Ownership::Take, |r, now| {
                 let undecided = r.decided_at().is_none();
@@ -182,9 +205,22 @@ impl Coordinator {
         event: Event,
         caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
-        let started = SystemTime::now();
         self.check_participant_count(links.len())?;
-        let _admitted = self.admit().await?;
+        self.client_write(move |this, admitted| async move {
+            this.create_decided_admitted(links, event, caller, admitted)
+                .await
+        })
+        .await
+    }
+
+    async fn create_decided_admitted(
+        &self,
+        links: Vec<NewParticipant>,
+        event: Event,
+        caller: Option<SpanParent>,
+        _admitted: Admission,
+    ) -> Result<Reservation, CoordinatorError> {
+        let started = SystemTime::now();
         for (i, p) in links.iter().enumerate() {
             self.check_policy(p, Some(i)).await?;
         }
@@ -244,7 +280,18 @@ impl Coordinator {
         id: ReservationId,
         index: usize,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.admit().await?;
+        self.client_write(move |this, admitted| async move {
+            this.retry_now_admitted(id, index, admitted).await
+        })
+        .await
+    }
+
+    async fn retry_now_admitted(
+        &self,
+        id: ReservationId,
+        index: usize,
+        _admitted: Admission,
+    ) -> Result<Reservation, CoordinatorError> {
         let (reservation, outcome) = self
             .update_as(id, Ownership::Take, |r, _| {
                 let state = r.state();
@@ -294,7 +341,18 @@ impl Coordinator {
         id: ReservationId,
         participant: NewParticipant,
     ) -> Result<Reservation, CoordinatorError> {
-        let _admitted = self.admit().await?;
+        self.client_write(move |this, admitted| async move {
+            this.join_admitted(id, participant, admitted).await
+        })
+        .await
+    }
+
+    async fn join_admitted(
+        &self,
+        id: ReservationId,
+        participant: NewParticipant,
+        _admitted: Admission,
+    ) -> Result<Reservation, CoordinatorError> {
         let margin = self.inner.limits.participant_timeout;
         let now = self.now();
         check_link_expiry(&participant, now, None)?;

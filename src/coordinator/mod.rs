@@ -157,6 +157,14 @@ pub enum CoordinatorError {
     /// happened, and repeating it is safe.
     #[error("the database cannot be reached: {0}")]
     Unavailable(String),
+    /// The embedded log's disk cannot take writes now (below `--disk-reserve`, or a flush
+    /// overdue); reads are served.
+    #[error("{0}")]
+    Disk(String),
+    /// The write was not durable within `--store-timeout` (a slow disk): it goes on, and may
+    /// or may not be kept; repeating it is safe where the request is idempotent.
+    #[error("the log did not make the write durable within {0:?}")]
+    SlowLog(Duration),
     /// The log failed to read or write.
     #[error("{0}")]
     Log(String),
@@ -169,6 +177,9 @@ impl From<StoreError> for CoordinatorError {
         match error {
             StoreError::Overloaded(waiting) => CoordinatorError::Busy(waiting),
             StoreError::Unavailable(detail) => CoordinatorError::Unavailable(detail),
+            e @ (StoreError::DiskFull { .. } | StoreError::SlowDisk(_)) => {
+                CoordinatorError::Disk(e.to_string())
+            }
             other => CoordinatorError::Log(other.to_string()),
         }
     }
@@ -330,10 +341,11 @@ impl Coordinator {
             .then(|| self.inner.runtime.clone())
     }
 
-    /// Whether the store answered its last call (a shared database may be out of reach).
+    /// Why a client's write would be refused now by the log (the database away, the disk
+    /// full, slow or failed), if it would.
     #[must_use]
-    pub fn store_reachable(&self) -> bool {
-        self.inner.store.is_reachable()
+    pub fn write_refusal(&self) -> Option<String> {
+        self.inner.store.write_refusal().map(|e| e.to_string())
     }
 
     /// Recovery has finished: the coordinator serves with every reservation resumed.

@@ -21,7 +21,7 @@ use crate::participant::{
     CancelOutcome, ConfirmOutcome, Participants, PolicyError, RetryHint, TryOutcome,
 };
 use crate::retry::RetryPolicy;
-use crate::store::{Store, SyncMode};
+use crate::store::{EmbeddedOptions, Store, SyncMode};
 use crate::telemetry::Metrics;
 use crate::timers::TimerQueue;
 
@@ -129,7 +129,7 @@ impl Harness {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::default();
-        let store = Store::open(dir.path(), 8 << 20, SyncMode::Flush, 64, &metrics).unwrap();
+        let store = Store::open(dir.path(), &test_log_options(), 64, &metrics).unwrap();
         let participants = Arc::new(Scripted::default());
         let clock = Arc::new(AtomicI64::new(Utc::now().timestamp_millis()));
         let now = clock.clone();
@@ -363,4 +363,14 @@ async fn the_unit_of_work_writes_only_what_changed_and_counts_each_write() {
         (read.revision(), &read.metadata()["note"]),
         (2, &serde_json::json!("kept"))
     );
+}
+
+/// The embedded log as these tests open it: 8 MiB of cache, `flush` only, no reserve.
+fn test_log_options() -> EmbeddedOptions {
+    EmbeddedOptions {
+        cache_bytes: 8 << 20,
+        sync: SyncMode::Flush,
+        disk_reserve: 0,
+        write_timeout: Duration::from_secs(30),
+    }
 }

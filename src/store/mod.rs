@@ -26,7 +26,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Reservation, ReservationId, State};
-pub use embedded::SyncMode;
+pub use embedded::{EmbeddedOptions, SyncMode};
 pub use listing::{ListQuery, MAX_SCAN};
 pub use postgres::PostgresOptions;
 
@@ -45,6 +45,12 @@ pub enum StoreError {
     Corrupt { key: String, detail: String },
     #[error("the transaction log has {0} writes waiting for the disk; refusing more for now")]
     Overloaded(usize),
+    /// The disk holding the log has less free space than `--disk-reserve`.
+    #[error("the disk holding the log has {available} bytes free, below the reserve of {reserve} (--disk-reserve)")]
+    DiskFull { available: u64, reserve: u64 },
+    /// A flush of the log has been running this long (longer than `--store-timeout`).
+    #[error("the disk holding the log has not finished a flush for {0:?}")]
+    SlowDisk(std::time::Duration),
     /// The record changed since it was read (another writer, maybe another process): read it
     /// again and re-apply the change.
     #[error("reservation {0} changed while it was being updated")]
@@ -95,6 +101,8 @@ pub struct Retention {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// With the embedded log: how long a client's write waits for the disk.
+    write_timeout: Option<std::time::Duration>,
     /// Client writes admitted and not yet durable, at most `max_waiting`.
     admitted: Arc<tokio::sync::Semaphore>,
     max_waiting: usize,
@@ -117,13 +125,14 @@ impl Store {
     /// holds it, an unreadable log).
     pub fn open(
         dir: &Path,
-        cache_bytes: u64,
-        sync: SyncMode,
+        options: &EmbeddedOptions,
         max_waiting: usize,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, StoreError> {
-        let log = embedded::SledLog::open(dir, cache_bytes, sync, metrics)?;
-        Ok(Self::with(Backend::Embedded(log), max_waiting))
+        let log = embedded::SledLog::open(dir, options, metrics)?;
+        let mut store = Self::with(Backend::Embedded(log), max_waiting);
+        store.write_timeout = Some(options.write_timeout);
+        Ok(store)
     }
 
     /// Connects to PostgreSQL, creates or migrates the schema, and registers this process as
@@ -139,6 +148,7 @@ impl Store {
     fn with(backend: Backend, max_waiting: usize) -> Self {
         Self {
             backend,
+            write_timeout: None,
             admitted: Arc::new(tokio::sync::Semaphore::new(max_waiting)),
             max_waiting,
         }
@@ -160,11 +170,40 @@ impl Store {
     /// # Errors
     /// [`StoreError::Overloaded`], or [`StoreError::Unavailable`] while the database is out
     /// of reach; nothing has been written then.
+    /// Why a write cannot succeed now, if it cannot: the database cannot be reached; the
+    /// embedded log failed, its disk is below its reserve, or a flush is overdue.
+    #[must_use]
+    pub fn write_refusal(&self) -> Option<StoreError> {
+        match &self.backend {
+            Backend::Embedded(log) => log
+                .health()
+                .refusal(self.write_timeout.unwrap_or(std::time::Duration::MAX)),
+            Backend::Postgres(log) => (!log.is_reachable())
+                .then(|| StoreError::Unavailable("the last calls to the database failed".into())),
+        }
+    }
+
+    /// How long a client's write may wait for the log before it is answered (the write goes
+    /// on): `--store-timeout` with the embedded log; `None` with PostgreSQL, whose every
+    /// statement is bounded already.
+    #[must_use]
+    pub fn client_wait(&self) -> Option<std::time::Duration> {
+        self.write_timeout
+    }
+
+    /// With the embedded log: resolves once the log has failed for good (a flush failed);
+    /// the process must then stop and be restarted.
+    #[must_use]
+    pub fn failure(&self) -> Option<tokio::sync::watch::Receiver<Option<Arc<str>>>> {
+        match &self.backend {
+            Backend::Embedded(log) => Some(log.health().failed()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     pub fn admit(&self) -> Result<Admission, StoreError> {
-        if !self.is_reachable() {
-            return Err(StoreError::Unavailable(
-                "the last calls to the database failed".into(),
-            ));
+        if let Some(refusal) = self.write_refusal() {
+            return Err(refusal);
         }
         self.admitted
             .clone()
@@ -396,6 +435,17 @@ impl Store {
 
     /// Ends this process's lease at once (at shutdown), so that others take over its
     /// unfinished reservations without waiting for it to lapse.
+    /// Closes the log once nothing else uses it: the embedded log's files are released when
+    /// this returns (bounded by `limit`; a disk that no longer answers is left behind).
+    pub async fn close(self, limit: std::time::Duration) {
+        if let Backend::Embedded(log) = self.backend {
+            let closing = tokio::task::spawn_blocking(move || log.close());
+            if tokio::time::timeout(limit, closing).await.is_err() {
+                tracing::warn!("the transaction log did not close in time");
+            }
+        }
+    }
+
     pub async fn release(&self) {
         if let Backend::Postgres(log) = &self.backend {
             log.release().await;

@@ -27,6 +27,42 @@ const VERSION_1: u8 = 1;
 const VERSION_2: u8 = 2;
 /// `[3]`, the revision (8 bytes, big-endian), then the postcard of a [`ReservationV1`].
 const VERSION_3: u8 = 3;
+/// `[4]`, the revision (8 bytes, big-endian), the length (8 bytes, big-endian) and CRC-32
+/// (4 bytes, little-endian) of a version 3 record kept in a file of its own (the embedded
+/// log's large records, see `embedded::spill`), and the file's name's nonce (8 bytes).
+const VERSION_SPILLED: u8 = 4;
+
+/// The value that points to a record kept in a file of its own.
+pub(super) fn spilled(revision: u64, record: &[u8], nonce: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(29);
+    bytes.push(VERSION_SPILLED);
+    bytes.extend_from_slice(&revision.to_be_bytes());
+    bytes.extend_from_slice(&(record.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(record).to_le_bytes());
+    bytes.extend_from_slice(&nonce.to_be_bytes());
+    bytes
+}
+
+/// What a pointer to a record file says; `None` for a record kept inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Spilled {
+    pub revision: u64,
+    pub len: u64,
+    pub crc: u32,
+    pub nonce: u64,
+}
+
+pub(super) fn spilled_header(value: &[u8]) -> Option<Spilled> {
+    match value {
+        [VERSION_SPILLED, rest @ ..] if rest.len() == 28 => Some(Spilled {
+            revision: u64::from_be_bytes(rest[..8].try_into().ok()?),
+            len: u64::from_be_bytes(rest[8..16].try_into().ok()?),
+            crc: u32::from_le_bytes(rest[16..20].try_into().ok()?),
+            nonce: u64::from_be_bytes(rest[20..].try_into().ok()?),
+        }),
+        _ => None,
+    }
+}
 
 /// How a record's body is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +316,7 @@ pub(super) fn encode(r: &Reservation, format: Format) -> Vec<u8> {
 pub(super) fn revision_of(bytes: &[u8]) -> Option<u64> {
     match bytes {
         [VERSION_1, ..] => Some(0),
-        [VERSION_2 | VERSION_3, rest @ ..] => {
+        [VERSION_2 | VERSION_3 | VERSION_SPILLED, rest @ ..] => {
             Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
         }
         _ => None,

@@ -49,15 +49,22 @@ fn reservation_with(host: &str) -> Reservation {
 
 fn sled_store(max_waiting: usize) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        8 << 20,
-        SyncMode::Fdatasync,
-        max_waiting,
-        &Default::default(),
-    )
-    .unwrap();
+    let options = EmbeddedOptions {
+        sync: SyncMode::Fdatasync,
+        ..flush_only()
+    };
+    let store = Store::open(dir.path(), &options, max_waiting, &Default::default()).unwrap();
     (store, dir)
+}
+
+/// The embedded log as the unit tests open it: 8 MiB of cache, `flush` only, no reserve.
+fn flush_only() -> EmbeddedOptions {
+    EmbeddedOptions {
+        cache_bytes: 8 << 20,
+        sync: SyncMode::Flush,
+        disk_reserve: 0,
+        write_timeout: Duration::from_secs(30),
+    }
 }
 
 async fn postgres_store(url: &str, lease: Duration, max_waiting: usize) -> Store {
@@ -443,7 +450,7 @@ fn the_data_directory_is_created_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("nested").join("data");
-    Store::open(&data, 8 << 20, SyncMode::Flush, 1, &Default::default()).unwrap();
+    Store::open(&data, &flush_only(), 1, &Default::default()).unwrap();
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub deadline_lateness_seconds: Histogram,
     pub log_batch_writes: Histogram,
     pub log_flush_seconds: Histogram,
+    pub log_fsync_seconds: Histogram,
+    pub log_disk_available_bytes: Gauge,
     pub stuck: Gauge,
 }
 
@@ -169,6 +171,18 @@ impl Default for Metrics {
             "Time one flush of the transaction log takes",
             log_flush_seconds.clone(),
         );
+        let log_fsync_seconds = seconds();
+        registry.register(
+            "log_fsync_duration_seconds",
+            "Time the fsyncs of one flush take (new blob files, then fdatasync of the log's data file)",
+            log_fsync_seconds.clone(),
+        );
+        let log_disk_available_bytes = Gauge::default();
+        registry.register(
+            "log_disk_available_bytes",
+            "Free space on the disk holding the log (writes are refused below --disk-reserve)",
+            log_disk_available_bytes.clone(),
+        );
         let stuck = Gauge::default();
         registry.register(
             "reservations_stuck",
@@ -186,6 +200,8 @@ impl Default for Metrics {
             deadline_lateness_seconds,
             log_batch_writes,
             log_flush_seconds,
+            log_fsync_seconds,
+            log_disk_available_bytes,
             stuck,
         }
     }

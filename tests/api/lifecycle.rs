@@ -512,6 +512,24 @@ async fn health_says_live_and_ready_once_recovery_is_done() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_coordinator_has_released_its_log_when_its_run_returns() {
+    // Arrange: a log with writes in it.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let on_data = |config: &mut Config| config.storage = Storage::Dir(data.clone());
+    let p = Participant::start().await;
+
+    // Act + Assert: each run stops, and the next opens the same directory at once (sled
+    // holds a lock on its files until its last handle is dropped: a CI run once found it
+    // still held).
+    for n in 0..20u32 {
+        let app = crate::helpers::spawn_app_with(on_data).await;
+        app.create(&json!({"participants": [p.link(n)]})).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_answers_its_first_create_with_202_however_soon_after_it_reports_its_address()
 {
     // Arrange: a log of 3,000 unfinished reservations, which takes a while to read back.

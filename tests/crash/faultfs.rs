@@ -65,6 +65,7 @@ impl FaultFs {
             next_trash: AtomicU64::new(1),
             undo: Mutex::new(Vec::new()),
             full: AtomicBool::new(false),
+            available: AtomicU64::new(u64::MAX),
             fail_fsync: AtomicBool::new(false),
             fsync_delay_ms: AtomicU64::new(0),
             dead: AtomicBool::new(false),
@@ -118,9 +119,25 @@ impl Drop for FaultFs {
 }
 
 impl Faults {
-    /// Writes fail with ENOSPC and `statfs` reports no free space (`false`: room again).
+    /// A full disk: writes fail with ENOSPC and `statfs` reports no free space (`false`:
+    /// room again).
     pub fn set_full(&self, full: bool) {
-        self.0.full.store(full, Ordering::SeqCst);
+        self.set_enospc(full);
+        self.set_available(full.then_some(0));
+    }
+
+    /// Writes fail with ENOSPC, whatever `statfs` reports (a quota, a thin volume, another
+    /// program taking the last blocks between two checks).
+    pub fn set_enospc(&self, enospc: bool) {
+        self.0.full.store(enospc, Ordering::SeqCst);
+    }
+
+    /// The free space `statfs` reports, in bytes (`None`: 1 GiB, all free); writes still
+    /// succeed unless [`Faults::set_enospc`].
+    pub fn set_available(&self, available: Option<u64>) {
+        self.0
+            .available
+            .store(available.unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// `fsync` and `fdatasync` fail with EIO, dropping the file's unsynced writes.
@@ -224,6 +241,8 @@ struct State {
     next_trash: AtomicU64,
     undo: Mutex<Vec<Change>>,
     full: AtomicBool,
+    /// What `statfs` reports free, in bytes; `u64::MAX`: all of it.
+    available: AtomicU64,
     fail_fsync: AtomicBool,
     fsync_delay_ms: AtomicU64,
     dead: AtomicBool,
@@ -896,12 +915,11 @@ impl Filesystem for Fs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // 1 GiB in 4 KiB blocks, all free unless told the disk is full.
-        let blocks = 1 << 18;
-        let free = if self.0.full.load(Ordering::SeqCst) {
-            0
-        } else {
-            blocks
+        // 1 GiB in 4 KiB blocks, all free unless told otherwise.
+        let blocks: u64 = 1 << 18;
+        let free = match self.0.available.load(Ordering::SeqCst) {
+            u64::MAX => blocks,
+            bytes => (bytes / 4096).min(blocks),
         };
         reply.statfs(blocks, free, free, 1 << 20, 1 << 20, 4096, 255, 4096);
     }

@@ -43,7 +43,7 @@ impl Binary {
     }
 
     /// Runs `command`, appending its stderr to `log`; returns once it serves.
-    fn spawn(command: Command, log: &Path) -> Self {
+    pub(crate) fn spawn(command: Command, log: &Path) -> Self {
         let binary = Self::launch(command, log);
         wait_ready_blocking(&binary.base);
         binary

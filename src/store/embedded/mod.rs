@@ -27,12 +27,26 @@
 use std::path::Path;
 
 mod group_commit;
+mod spill;
 
 use super::listing::{Next, Page};
 use super::{record, KeyEntry, ListQuery, StoreError};
 use crate::domain::{Reservation, ReservationId};
-use group_commit::GroupCommit;
-pub use group_commit::SyncMode;
+use group_commit::{sync_dir, GroupCommit, LogFiles};
+pub use group_commit::{DiskHealth, SyncMode};
+use spill::Spill;
+
+/// How the embedded log is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    pub sync: SyncMode,
+    /// Free bytes on the log's disk below which client writes are refused.
+    pub disk_reserve: u64,
+    /// How long a client's write waits for the disk before it is answered 503.
+    pub write_timeout: std::time::Duration,
+}
 
 /// The sled log.
 #[derive(Clone)]
@@ -40,34 +54,63 @@ pub(super) struct SledLog {
     reservations: sled::Tree,
     idempotency: sled::Tree,
     commit: GroupCommit,
+    spill: Spill,
 }
 
 impl SledLog {
     /// Opens (or creates) the log in `dir` and starts its flusher thread. Blocking.
     pub(super) fn open(
         dir: &Path,
-        cache_bytes: u64,
-        sync: SyncMode,
+        options: &EmbeddedOptions,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, StoreError> {
         let open_error = |source: sled::Error| StoreError::Open {
             path: dir.to_owned(),
             detail: source.to_string(),
         };
-        create_private_dir(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
+        let created = create_private_dir(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
+        set_aside_torn_blobs(dir).map_err(|e| open_error(sled::Error::Io(e)))?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(cache_bytes)
+            .cache_capacity(options.cache_bytes)
             .open()
             .map_err(open_error)?;
         let reservations = db.open_tree("reservations").map_err(open_error)?;
         let idempotency = db.open_tree("idempotency").map_err(open_error)?;
-        let commit = GroupCommit::start(db.clone(), dir.join("db"), sync, metrics)
+        let spill = Spill::open(dir, options.sync).map_err(|e| open_error(sled::Error::Io(e)))?;
+        if options.sync == SyncMode::Fdatasync {
+            make_names_durable(dir, created.as_deref())
+                .map_err(|e| open_error(sled::Error::Io(e)))?;
+        }
+        if !spill.is_empty() {
+            let referenced = reservations
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(key, value)| spill.file_of(id_of(&key).ok()?, &value))
+                .collect();
+            let swept = spill
+                .sweep(&referenced)
+                .map_err(|e| open_error(sled::Error::Io(e)))?;
+            if swept > 0 {
+                tracing::info!(
+                    swept,
+                    "deleted record files no record points to (left by a crash)"
+                );
+            }
+        }
+        let files = LogFiles {
+            dir: dir.to_owned(),
+            sync: options.sync,
+            reserve: options.disk_reserve,
+            superseded: spill.superseded(),
+        };
+        let commit = GroupCommit::start(db.clone(), files, metrics)
             .map_err(|e| open_error(sled::Error::Io(e)))?;
         Ok(Self {
             reservations,
             idempotency,
             commit,
+            spill,
         })
     }
 
@@ -81,12 +124,14 @@ impl SledLog {
 
         let id = reservation.id().to_bytes();
         reservation.set_revision(1);
-        let value = record::encode(reservation, record::Format::Binary);
+        let encoded = record::encode(reservation, record::Format::Binary);
+        let value = self.spill.store(reservation.id(), 1, encoded)?;
         let Some(key) = key else {
             if let Err(error) =
                 self.reservations
-                    .compare_and_swap(id, None::<&[u8]>, Some(value))?
+                    .compare_and_swap(id, None::<&[u8]>, Some(value.as_slice()))?
             {
+                self.spill.discard(reservation.id(), &value);
                 reservation.set_revision(0);
                 drop(error);
                 return Err(StoreError::Conflict(reservation.id()));
@@ -111,6 +156,7 @@ impl SledLog {
                 TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
             })?;
         if let Some(existing) = taken {
+            self.spill.discard(reservation.id(), &value);
             reservation.set_revision(0);
             return decode_key_entry(key.key, &existing).map(Some);
         }
@@ -134,13 +180,20 @@ impl SledLog {
             return Err(StoreError::Conflict(id));
         }
         reservation.set_revision(reservation.revision() + 1);
-        let value = record::encode(reservation, record::Format::Binary);
+        let encoded = record::encode(reservation, record::Format::Binary);
+        let value = self.spill.store(id, reservation.revision(), encoded)?;
         match self
             .reservations
-            .compare_and_swap(key, current, Some(value))?
+            .compare_and_swap(key, current.clone(), Some(value.as_slice()))?
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(old) = current {
+                    self.spill.supersede(id, &old);
+                }
+                Ok(())
+            }
             Err(_) => {
+                self.spill.discard(id, &value);
                 reservation.set_revision(reservation.revision() - 1);
                 Err(StoreError::Conflict(id))
             }
@@ -169,35 +222,57 @@ impl SledLog {
         use sled::Transactional;
 
         let key = reservation.idempotency_key();
-        (&self.reservations, &self.idempotency)
+        let removed = (&self.reservations, &self.idempotency)
             .transaction(|(reservations, keys)| {
-                reservations.remove(&reservation.id().to_bytes())?;
+                let removed = reservations.remove(&reservation.id().to_bytes())?;
                 if let Some(key) = key {
                     keys.remove(key.as_bytes())?;
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(removed)
             })
             .map_err(|e| match e {
                 TransactionError::Storage(e) => StoreError::from(e),
                 TransactionError::Abort(()) => StoreError::Blocking("transaction aborted".into()),
-            })
+            })?;
+        if let Some(old) = removed {
+            self.spill.supersede(reservation.id(), &old);
+        }
+        Ok(())
     }
 
     pub(super) fn flushes(&self) -> u64 {
         self.commit.flushes()
     }
 
+    /// Closes the log: a last flush, then sled's files are released (another process or a
+    /// new `open` may take them once this returns). Blocking.
+    pub(super) fn close(self) {
+        let Self {
+            reservations,
+            idempotency,
+            commit,
+            ..
+        } = self;
+        drop((reservations, idempotency));
+        commit.close();
+    }
+
+    pub(super) fn health(&self) -> &DiskHealth {
+        self.commit.health()
+    }
+
     pub(super) fn load(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
         self.reservations
             .get(id.to_bytes())?
-            .map(|bytes| record::decode(id, &bytes))
+            .map(|bytes| record::decode(id, &self.spill.load(id, &bytes)?))
             .transpose()
     }
 
     pub(super) fn all(&self) -> impl Iterator<Item = Result<Reservation, StoreError>> + '_ {
         self.reservations.iter().map(|entry| {
             let (key, value) = entry?;
-            record::decode(id_of(&key)?, &value)
+            let id = id_of(&key)?;
+            record::decode(id, &self.spill.load(id, &value)?)
         })
     }
 
@@ -213,7 +288,9 @@ impl SledLog {
         let mut page = Page::new(query);
         for entry in entries.rev() {
             let (key, value) = entry?;
-            if let Next::Done(next) = page.offer(record::decode(id_of(&key)?, &value)?) {
+            let id = id_of(&key)?;
+            let record = record::decode(id, &self.spill.load(id, &value)?)?;
+            if let Next::Done(next) = page.offer(record) {
                 return Ok(page.finish(Some(next)));
             }
         }
@@ -248,29 +325,94 @@ fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {
 
 /// Creates the data directory readable by its owner only (0700): the log holds the headers
 /// clients give for participants, credentials among them. An existing directory open to
-/// others is left as it is, with a warning.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// others is left as it is, with a warning. Returns the first directory it had to create
+/// (`dir` or an ancestor), `None` when `dir` existed.
+fn create_private_dir(dir: &Path) -> std::io::Result<Option<std::path::PathBuf>> {
+    let created = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last()
+        .map(Path::to_path_buf);
     #[cfg(unix)]
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if dir.exists() {
+        if created.is_none() {
             let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 tracing::warn!(path = %dir.display(), mode = format!("{mode:o}"),
                     "the data directory is open to other users, and the log holds participant \
                      credentials: chmod 700 it");
             }
-            return Ok(());
+            return Ok(None);
         }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
+            .create(dir)?;
     }
     #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
+    std::fs::create_dir_all(dir)?;
+    Ok(created)
+}
+
+/// Moves aside the blob files a power loss left incomplete (shorter than their header, or
+/// failing their checksum), before sled reads the log. sled writes a blob (a value too large
+/// for a page) to a file of its own; after a power loss its name may have survived without
+/// its data (a directory fsynced, or a filesystem's own journal commit, before the file's
+/// data was), and sled's recovery, reading such a file, stops there and drops every record
+/// logged after it. Without the file, sled skips only the record that points to it, which
+/// was never acknowledged: the group flush fsyncs a blob before the record that points to it.
+fn set_aside_torn_blobs(dir: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    let blobs = dir.join("blobs");
+    let Ok(entries) = std::fs::read_dir(&blobs) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)?.read_to_end(&mut bytes)?;
+        let intact = bytes.len() >= 5 && {
+            let expected = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            crc32fast::hash(&bytes[4..]) == expected
+        };
+        if !intact {
+            let torn = dir.join("torn-blobs");
+            std::fs::create_dir_all(&torn)?;
+            let name = path.file_name().unwrap_or_default();
+            std::fs::rename(&path, torn.join(name))?;
+            tracing::warn!(blob = %path.display(), kept_in = %torn.display(),
+                "a blob file of the log is incomplete (a power loss while it was written): set \
+                 aside; the write it held was never acknowledged");
+        }
     }
+    Ok(())
+}
+
+/// Makes the log's files findable after a power loss: sled creates its files (and its
+/// configuration, which it never fsyncs) without fsyncing the directory that names them, and
+/// a new data directory is only a name in its parent until that parent is fsynced.
+fn make_names_durable(dir: &Path, created: Option<&Path>) -> std::io::Result<()> {
+    std::fs::File::open(dir.join("conf"))?.sync_all()?;
+    let blobs = dir.join("blobs");
+    if blobs.exists() {
+        sync_dir(&blobs)?;
+    }
+    sync_dir(dir)?;
+    if let Some(top) = created {
+        // Every directory created for the log, and the one holding the topmost of them.
+        for d in dir.ancestors().skip(1) {
+            if d.as_os_str().is_empty() {
+                sync_dir(Path::new("."))?;
+                break;
+            }
+            sync_dir(d)?;
+            if Some(d) == top.parent() {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// sled's errors stop here: the rest of the coordinator sees a sentence.
