@@ -64,6 +64,7 @@ impl Drop for Disk {
 }
 
 #[test]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 fn the_fault_filesystem_keeps_after_a_power_cut_only_what_was_fsynced() {
     // Arrange
     let disk = Disk::new();
@@ -105,6 +106,7 @@ fn the_fault_filesystem_keeps_after_a_power_cut_only_what_was_fsynced() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 fn the_fault_filesystem_fails_on_command() {
     // Arrange
     let disk = Disk::new();
@@ -245,6 +247,7 @@ async fn check_book(http: &reqwest::Client, base: &str, book: &Book) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 async fn a_power_cut_under_load_loses_nothing_acknowledged() {
     // Arrange
     let disk = Disk::new();
@@ -356,6 +359,7 @@ async fn assert_503(response: reqwest::Response, why: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 async fn a_disk_below_its_reserve_refuses_writes_serves_reads_and_takes_writes_again_once_it_has_room(
 ) {
     // Arrange
@@ -415,6 +419,7 @@ async fn exited(coordinator: &mut Binary, disk: &Disk) -> (std::process::ExitSta
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 async fn a_failed_fsync_is_never_taken_as_durable_and_the_instance_restarts_from_what_the_disk_kept(
 ) {
     // Arrange
@@ -468,6 +473,7 @@ async fn a_failed_fsync_is_never_taken_as_durable_and_the_instance_restarts_from
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 async fn a_disk_that_fills_at_once_never_hangs_a_request_and_writes_resume_once_it_has_room() {
     // Arrange: no reserve, so that the log itself runs into the full disk.
     let disk = Disk::new();
@@ -515,6 +521,7 @@ async fn a_disk_that_fills_at_once_never_hangs_a_request_and_writes_resume_once_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and /dev/fuse: mounts a FUSE filesystem"]
 async fn a_slow_disk_gets_writes_a_503_within_the_store_timeout_and_shows_its_fsync_latency() {
     // Arrange
     let disk = Disk::new();
