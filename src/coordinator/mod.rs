@@ -177,7 +177,8 @@ impl From<StoreError> for CoordinatorError {
         match error {
             StoreError::Overloaded(waiting) => CoordinatorError::Busy(waiting),
             StoreError::Unavailable(detail) => CoordinatorError::Unavailable(detail),
-            e @ (StoreError::DiskFull { .. } | StoreError::SlowDisk(_)) => {
+            e
+            @ (StoreError::DiskFull { .. } | StoreError::SlowDisk(_) | StoreError::NoSpace(_)) => {
                 CoordinatorError::Disk(e.to_string())
             }
             other => CoordinatorError::Log(other.to_string()),

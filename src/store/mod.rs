@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The disk holding the log has less free space than `--disk-reserve`.
     #[error("the disk holding the log has {available} bytes free, below the reserve of {reserve} (--disk-reserve)")]
     DiskFull { available: u64, reserve: u64 },
+    /// The disk holding the log had no room for a write that was not made (nothing stored;
+    /// the log goes on).
+    #[error("the disk holding the log is full: {0}")]
+    NoSpace(String),
     /// A flush of the log has been running this long (longer than `--store-timeout`).
     #[error("the disk holding the log has not finished a flush for {0:?}")]
     SlowDisk(std::time::Duration),

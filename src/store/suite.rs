@@ -455,6 +455,70 @@ fn the_data_directory_is_created_private() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// A reservation whose record is larger than the embedded log keeps inline (6 KiB).
+fn large_reservation() -> Reservation {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("note".into(), "x".repeat(20 * 1024).into());
+    Reservation::new(
+        ReservationId::new(),
+        DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap(),
+        Duration::from_secs(30),
+        vec![],
+        metadata,
+        Duration::from_secs(5),
+    )
+}
+
+fn record_files(data: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data.join("records"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_lives_in_a_file_of_its_own_replaced_after_a_flush_and_swept_at_start() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let options = EmbeddedOptions {
+        sync: SyncMode::Fdatasync,
+        ..flush_only()
+    };
+    let store = Store::open(&data, &options, 8, &Default::default()).unwrap();
+    let mut large = large_reservation();
+
+    // Act: created, then changed (a second revision, a second file).
+    store.create(&mut large, None).await.unwrap();
+    let first = record_files(&data);
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    large.apply(Event::Cancel, now).unwrap();
+    store.replace(&mut large, Ownership::Keep).await.unwrap();
+    let mut small = reservation();
+    store.create(&mut small, None).await.unwrap();
+
+    // Assert: one file per large record at a time, the record reads back equal; a small one
+    // has none.
+    assert_eq!(first.len(), 1);
+    let now = record_files(&data);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, first);
+    let read = store.load(large.id()).await.unwrap().unwrap();
+    assert!(read == large, "the large record reads back different");
+
+    // A file no record points to (a crash between a write and its flush) is swept at start.
+    std::fs::write(data.join("records").join("left-by-a-crash"), b"x").unwrap();
+    store.close(Duration::from_secs(5)).await;
+    let store = Store::open(&data, &options, 8, &Default::default()).unwrap();
+    assert_eq!(record_files(&data), now);
+    let read = store.load(large.id()).await.unwrap().unwrap();
+    assert!(
+        read == large,
+        "the large record reads back different after a restart"
+    );
+    assert_eq!(store.load(small.id()).await.unwrap().unwrap(), small);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
 async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() {

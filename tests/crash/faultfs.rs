@@ -296,7 +296,13 @@ impl Inodes {
             .map(|(p, n)| (p.clone(), *n))
             .collect();
         for (old, n) in moved {
-            let new = to.join(old.strip_prefix(from).expect("under from"));
+            // Not `to.join("")`: that appends a `/`, which a file's path must not end with.
+            let rest = old.strip_prefix(from).expect("under from");
+            let new = if rest.as_os_str().is_empty() {
+                to.to_path_buf()
+            } else {
+                to.join(rest)
+            };
             self.numbers.remove(&old);
             self.numbers.insert(new.clone(), n);
             self.paths.insert(n, new);

@@ -93,6 +93,9 @@ fn the_fault_filesystem_keeps_after_a_power_cut_only_what_was_fsynced() {
         .sync_all()
         .unwrap();
     assert_eq!(std::fs::read(&synced).unwrap(), b"kept and lost");
+    std::fs::write(dir.join("renamed.partial"), b"renamed").unwrap();
+    std::fs::rename(dir.join("renamed.partial"), dir.join("renamed")).unwrap();
+    assert_eq!(std::fs::read(dir.join("renamed")).unwrap(), b"renamed");
     let undone = fs.faults().cut_power();
     drop(fs);
     let fs = disk.mount();
@@ -103,6 +106,8 @@ fn the_fault_filesystem_keeps_after_a_power_cut_only_what_was_fsynced() {
     assert_eq!(std::fs::read(dir.join("synced")).unwrap(), b"kept");
     assert!(!dir.join("unsynced").exists());
     assert!(!dir.join("entry-unsynced").exists());
+    assert!(!dir.join("renamed").exists());
+    assert!(!dir.join("renamed.partial").exists());
 }
 
 #[test]

@@ -92,7 +92,15 @@ impl Spill {
             }
             Ok::<_, std::io::Error>(())
         })();
-        written.map_err(|e| StoreError::Flush(format!("{}: {e}", path.display())))?;
+        if let Err(error) = written {
+            // Nothing points to it: it goes, and the log goes on (sled was not written).
+            let _ = std::fs::remove_file(&path);
+            return Err(if error.kind() == std::io::ErrorKind::StorageFull {
+                StoreError::NoSpace(format!("writing {}: {error}", path.display()))
+            } else {
+                StoreError::Log(format!("writing {}: {error}", path.display()))
+            });
+        }
         Ok(pointer)
     }
 
