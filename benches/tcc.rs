@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
+#[path = "tcc/relay.rs"]
+mod relay;
+
 // ---- options -----------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -133,6 +136,13 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("participant-server") {
         let k = args.get(2).and_then(|k| k.parse().ok()).unwrap_or(2);
         return participant_server(k);
+    }
+    if let (Some("relay-server"), Some(kind), Some(dir)) = (
+        args.get(1).map(String::as_str),
+        args.get(2).map(String::as_str),
+        args.get(3),
+    ) {
+        return relay::serve(kind == "durable", std::path::Path::new(dir));
     }
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +239,19 @@ fn start_participants(k: usize) -> (Process, Vec<String>) {
         .map(|p| format!("http://127.0.0.1:{p}"))
         .collect();
     (Process(child), bases)
+}
+
+/// The floor (see `relay`): the relay, its log in `dir` when `durable`.
+fn start_relay(durable: bool, dir: &std::path::Path) -> (Process, String) {
+    let kind = if durable { "durable" } else { "memory" };
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["relay-server", kind])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = read_until(&mut child, "relay listening on ");
+    (Process(child), base)
 }
 
 /// Where a coordinator keeps its log.
@@ -452,6 +475,9 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     for base in &coordinators {
         wait_ready(&http, base).await;
     }
+    // The floor: the relay on the same crates, without and with a durable log.
+    let (_relay, relay) = start_relay(false, dir.path());
+    let (_durable_relay, durable_relay) = start_relay(true, dir.path());
     let bases = Arc::new(bases);
     let coordinators = Arc::new(coordinators);
     let sequence = Arc::new(AtomicU64::new(0));
@@ -481,8 +507,24 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         })
     };
 
-    // Warm up both paths (connections, caches) before measuring.
+    let relay_round = |seconds: f64, relay: &str| {
+        let (http, bases, relays) = (
+            http.clone(),
+            bases.clone(),
+            Arc::new(vec![relay.to_owned()]),
+        );
+        let sequence = Arc::new(AtomicU64::new(0));
+        round(c, seconds, move || {
+            let (http, bases, relays) = (http.clone(), bases.clone(), relays.clone());
+            let n = sequence.fetch_add(1, Ordering::Relaxed) as usize;
+            async move { coordinated(&http, &relays, n, &bases, style).await }
+        })
+    };
+
+    // Warm up every path (connections, caches) before measuring.
     direct_round(0.5).await;
+    relay_round(0.5, &relay).await;
+    relay_round(0.5, &durable_relay).await;
     coordinated_round(0.5).await;
 
     let exchanges = 2.0 * k as f64;
@@ -491,6 +533,8 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     let (mut direct_latency, mut coordinated_latency) = (Vec::new(), Vec::new());
     let (mut direct_tps_all, mut coordinator_tps_all) = (Vec::new(), Vec::new());
     let mut cpu_per_tx_all = Vec::new();
+    let (mut relay_ratios, mut durable_relay_ratios) = (Vec::new(), Vec::new());
+    let (mut vs_relay, mut vs_durable_relay) = (Vec::new(), Vec::new());
     let coordinator_cpu = || -> f64 {
         coordinator_processes
             .iter()
@@ -499,17 +543,27 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     };
     for i in 1..=o.rounds {
         let (direct_tps, mut dl) = direct_round(o.seconds).await;
+        let (relay_tps, _) = relay_round(o.seconds, &relay).await;
+        let (durable_relay_tps, _) = relay_round(o.seconds, &durable_relay).await;
         let cpu_before = coordinator_cpu();
         let (coordinator_tps, mut cl) = coordinated_round(o.seconds).await;
         // CPU time the coordinators spent per transaction: steadier than throughput on a
         // machine whose speed drifts, and what an optimisation changes.
         let cpu_per_tx_us =
             (coordinator_cpu() - cpu_before) * 1e6 / (coordinator_tps * o.seconds).max(1.0);
-        let ratio = coordinator_tps / (direct_tps * exchanges / (exchanges + 2.0));
+        let of_direct = |tps: f64| tps / (direct_tps * exchanges / (exchanges + 2.0));
+        let ratio = of_direct(coordinator_tps);
         eprintln!(
-            "{name} round {i}: direct {direct_tps:.0} tx/s, coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2}, coordinator CPU {cpu_per_tx_us:.0} µs/tx"
+            "{name} round {i}: direct {direct_tps:.0} tx/s, relay {relay_tps:.0} ({:.2}), durable relay {durable_relay_tps:.0} ({:.2}), coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2} (of the durable relay {:.2}), coordinator CPU {cpu_per_tx_us:.0} µs/tx",
+            of_direct(relay_tps),
+            of_direct(durable_relay_tps),
+            coordinator_tps / durable_relay_tps,
         );
-        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us)}));
+        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "relay_tps": round2(relay_tps), "durable_relay_tps": round2(durable_relay_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us)}));
+        relay_ratios.push(of_direct(relay_tps));
+        durable_relay_ratios.push(of_direct(durable_relay_tps));
+        vs_relay.push(coordinator_tps / relay_tps);
+        vs_durable_relay.push(coordinator_tps / durable_relay_tps);
         cpu_per_tx_all.push(cpu_per_tx_us);
         ratios.push(ratio);
         direct_tps_all.push(direct_tps);
@@ -537,6 +591,10 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         "ratio_median": round2(median(&mut ratios)),
         "ratio_min": round2(min),
         "ratio_max": round2(max),
+        "relay_ratio_median": round2(median(&mut relay_ratios)),
+        "durable_relay_ratio_median": round2(median(&mut durable_relay_ratios)),
+        "coordinator_of_relay_median": round2(median(&mut vs_relay)),
+        "coordinator_of_durable_relay_median": round2(median(&mut vs_durable_relay)),
         "coordinator_tps_median": round2(median(&mut coordinator_tps_all)),
         "coordinator_cpu_us_per_tx_median": round2(median(&mut cpu_per_tx_all)),
         "direct_tps_median": round2(median(&mut direct_tps_all)),
