@@ -244,7 +244,17 @@ fn start_participants(k: usize) -> (Process, Vec<String>) {
 /// The floor (see `relay`): the relay, its log in `dir` when `durable`.
 fn start_relay(durable: bool, dir: &std::path::Path) -> (Process, String) {
     let kind = if durable { "durable" } else { "memory" };
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let binary = std::env::current_exe().unwrap();
+    // Under `TCC_BENCH_WRAPPER` too, so that the ledger counts both the same way.
+    let mut command = match wrapper() {
+        Some(wrapper) => {
+            let mut command = Command::new(&wrapper[0]);
+            command.args(&wrapper[1..]).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args(["relay-server", kind])
         .arg(dir)
         .stdout(Stdio::piped())
@@ -507,18 +517,28 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         })
     };
 
+    // Transactions each relay was sent (warm-up included), for instructions per transaction.
+    let relay_counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let relay_round = |seconds: f64, relay: &str| {
         let (http, bases, relays) = (
             http.clone(),
             bases.clone(),
             Arc::new(vec![relay.to_owned()]),
         );
+        let counts = relay_counts.clone();
         let sequence = Arc::new(AtomicU64::new(0));
-        round(c, seconds, move || {
+        let counted = sequence.clone();
+        let name = relay.to_owned();
+        let round = round(c, seconds, move || {
             let (http, bases, relays) = (http.clone(), bases.clone(), relays.clone());
             let n = sequence.fetch_add(1, Ordering::Relaxed) as usize;
             async move { coordinated(&http, &relays, n, &bases, style).await }
-        })
+        });
+        async move {
+            let result = round.await;
+            *counts.lock().unwrap().entry(name).or_default() += counted.load(Ordering::Relaxed);
+            result
+        }
     };
 
     // Warm up every path (connections, caches) before measuring.
@@ -571,9 +591,18 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         direct_latency.append(&mut dl);
         coordinated_latency.append(&mut cl);
     }
+    let sent = |relay: &str| {
+        relay_counts
+            .lock()
+            .unwrap()
+            .get(relay)
+            .copied()
+            .unwrap_or(0)
+    };
+    let (to_relay, to_durable_relay) = (sent(&relay), sent(&durable_relay));
     eprintln!(
-        "{name}: {} coordinated transactions started in all (warm-up included)",
-        sequence.load(Ordering::Relaxed)
+        "{name}: {} coordinated transactions started in all (warm-up included); relay {to_relay}, durable relay {to_durable_relay}",
+        sequence.load(Ordering::Relaxed),
     );
     direct_latency.sort();
     coordinated_latency.sort();
