@@ -396,6 +396,13 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// with), or as one.
 fn io_error(error: sled::Error) -> std::io::Error {
     match error {
+        // sled hands a failure on to later calls as a copy whose message is the original's
+        // debug form (`Os { code: 28, … }`): its kind says it better ("no storage space").
+        sled::Error::Io(e)
+            if e.raw_os_error().is_none() && e.kind() != std::io::ErrorKind::Other =>
+        {
+            std::io::Error::from(e.kind())
+        }
         sled::Error::Io(e) => e,
         other => std::io::Error::other(other.to_string()),
     }
