@@ -312,8 +312,10 @@ pub struct Cli {
     sync: SyncMode,
 
     /// Free space, in bytes, kept on the disk holding the embedded log: below it client
-    /// writes are refused (503 with Retry-After, readiness fails) and reads are still served,
-    /// until space returns; the log itself never runs into a full disk.
+    /// writes (creates, decisions, joins) are refused (503 with Retry-After, readiness fails)
+    /// and reads are still served, until space returns. Free space is read every 250 ms: keep
+    /// more than clients can write in that time, so that the log itself never meets a full
+    /// disk (if it does, the process stops for its supervisor to restart it).
     #[arg(long, env = "TCC_DISK_RESERVE", default_value_t = 64 * 1024 * 1024)]
     disk_reserve: u64,
 

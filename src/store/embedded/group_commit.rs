@@ -155,6 +155,13 @@ impl GroupCommit {
             checked: None,
         };
         let flushes = flusher.flushes.clone();
+        if let Ok(total) = fs2::total_space(&flusher.dir) {
+            if total < files.reserve {
+                tracing::error!(total, reserve = files.reserve, dir = %flusher.dir.display(),
+                    "the disk holding the log is smaller than --disk-reserve: every client write \
+                     will be refused; lower --disk-reserve");
+            }
+        }
         flusher.check_space();
         let thread = std::thread::Builder::new()
             .name("tcc-log-flusher".into())
