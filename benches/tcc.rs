@@ -244,16 +244,8 @@ fn start_participants(k: usize) -> (Process, Vec<String>) {
 /// The floor (see `relay`): the relay, its log in `dir` when `durable`.
 fn start_relay(durable: bool, dir: &std::path::Path) -> (Process, String) {
     let kind = if durable { "durable" } else { "memory" };
-    let binary = std::env::current_exe().unwrap();
     // Under `TCC_BENCH_WRAPPER` too, so that the ledger counts both the same way.
-    let mut command = match wrapper() {
-        Some(wrapper) => {
-            let mut command = Command::new(&wrapper[0]);
-            command.args(&wrapper[1..]).arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    };
+    let mut command = wrapped(std::env::current_exe().unwrap());
     let mut child = command
         .args(["relay-server", kind])
         .arg(dir)
@@ -280,16 +272,20 @@ fn wrapper() -> Option<Vec<String>> {
         .filter(|w: &Vec<String>| !w.is_empty())
 }
 
-fn start_coordinator(log: &Log<'_>) -> (Process, String) {
-    let binary = env!("CARGO_BIN_EXE_tcc-coordinator");
-    let mut command = match wrapper() {
+/// A command running `binary`, under `TCC_BENCH_WRAPPER` when it is set.
+fn wrapped(binary: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper() {
         Some(wrapper) => {
             let mut command = Command::new(&wrapper[0]);
             command.args(&wrapper[1..]).arg(binary);
             command
         }
         None => Command::new(binary),
-    };
+    }
+}
+
+fn start_coordinator(log: &Log<'_>) -> (Process, String) {
+    let mut command = wrapped(env!("CARGO_BIN_EXE_tcc-coordinator"));
     command.args([
         "--listen",
         "127.0.0.1:0",
