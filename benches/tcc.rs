@@ -483,7 +483,7 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     }
     // The floor: the relay on the same crates, without and with a durable log.
     let (_relay, relay) = start_relay(false, dir.path());
-    let (_durable_relay, durable_relay) = start_relay(true, dir.path());
+    let (durable_relay_process, durable_relay) = start_relay(true, dir.path());
     let bases = Arc::new(bases);
     let coordinators = Arc::new(coordinators);
     let sequence = Arc::new(AtomicU64::new(0));
@@ -548,9 +548,15 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     let mut rounds = Vec::new();
     let (mut direct_latency, mut coordinated_latency) = (Vec::new(), Vec::new());
     let (mut direct_tps_all, mut coordinator_tps_all) = (Vec::new(), Vec::new());
-    let mut cpu_per_tx_all = Vec::new();
+    let (mut cpu_per_tx_all, mut relay_cpu_per_tx_all) = (Vec::new(), Vec::new());
     let (mut relay_ratios, mut durable_relay_ratios) = (Vec::new(), Vec::new());
     let (mut vs_relay, mut vs_durable_relay) = (Vec::new(), Vec::new());
+    let coordinator_written = || -> f64 {
+        coordinator_processes
+            .iter()
+            .map(|p| written_bytes(p.pid()))
+            .sum()
+    };
     let coordinator_cpu = || -> f64 {
         coordinator_processes
             .iter()
@@ -560,27 +566,37 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     for i in 1..=o.rounds {
         let (direct_tps, mut dl) = direct_round(o.seconds).await;
         let (relay_tps, _) = relay_round(o.seconds, &relay).await;
+        let relay_pid = durable_relay_process.pid();
+        let (relay_cpu_before, relay_written_before) =
+            (cpu_seconds(relay_pid), written_bytes(relay_pid));
         let (durable_relay_tps, _) = relay_round(o.seconds, &durable_relay).await;
+        let relay_txs = (durable_relay_tps * o.seconds).max(1.0);
+        let relay_cpu_per_tx_us = (cpu_seconds(relay_pid) - relay_cpu_before) * 1e6 / relay_txs;
+        let relay_disk_per_tx = (written_bytes(relay_pid) - relay_written_before) / relay_txs;
         let cpu_before = coordinator_cpu();
+        let written_before = coordinator_written();
         let (coordinator_tps, mut cl) = coordinated_round(o.seconds).await;
         // CPU time the coordinators spent per transaction: steadier than throughput on a
         // machine whose speed drifts, and what an optimisation changes.
         let cpu_per_tx_us =
             (coordinator_cpu() - cpu_before) * 1e6 / (coordinator_tps * o.seconds).max(1.0);
+        let disk_per_tx =
+            (coordinator_written() - written_before) / (coordinator_tps * o.seconds).max(1.0);
         let of_direct = |tps: f64| tps / (direct_tps * exchanges / (exchanges + 2.0));
         let ratio = of_direct(coordinator_tps);
         eprintln!(
-            "{name} round {i}: direct {direct_tps:.0} tx/s, relay {relay_tps:.0} ({:.2}), durable relay {durable_relay_tps:.0} ({:.2}), coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2} (of the durable relay {:.2}), coordinator CPU {cpu_per_tx_us:.0} µs/tx",
+            "{name} round {i}: direct {direct_tps:.0} tx/s, relay {relay_tps:.0} ({:.2}), durable relay {durable_relay_tps:.0} ({:.2}), coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2} (of the durable relay {:.2}), coordinator CPU {cpu_per_tx_us:.0} µs/tx (durable relay {relay_cpu_per_tx_us:.0}), written to disk {disk_per_tx:.0} bytes/tx (durable relay {relay_disk_per_tx:.0})",
             of_direct(relay_tps),
             of_direct(durable_relay_tps),
             coordinator_tps / durable_relay_tps,
         );
-        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "relay_tps": round2(relay_tps), "durable_relay_tps": round2(durable_relay_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us)}));
+        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "relay_tps": round2(relay_tps), "durable_relay_tps": round2(durable_relay_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us), "durable_relay_cpu_us_per_tx": round2(relay_cpu_per_tx_us), "disk_bytes_per_tx": round2(disk_per_tx), "durable_relay_disk_bytes_per_tx": round2(relay_disk_per_tx)}));
         relay_ratios.push(of_direct(relay_tps));
         durable_relay_ratios.push(of_direct(durable_relay_tps));
         vs_relay.push(coordinator_tps / relay_tps);
         vs_durable_relay.push(coordinator_tps / durable_relay_tps);
         cpu_per_tx_all.push(cpu_per_tx_us);
+        relay_cpu_per_tx_all.push(relay_cpu_per_tx_us);
         ratios.push(ratio);
         direct_tps_all.push(direct_tps);
         coordinator_tps_all.push(coordinator_tps);
@@ -622,6 +638,7 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         "coordinator_of_durable_relay_median": round2(median(&mut vs_durable_relay)),
         "coordinator_tps_median": round2(median(&mut coordinator_tps_all)),
         "coordinator_cpu_us_per_tx_median": round2(median(&mut cpu_per_tx_all)),
+        "durable_relay_cpu_us_per_tx_median": round2(median(&mut relay_cpu_per_tx_all)),
         "direct_tps_median": round2(median(&mut direct_tps_all)),
         "p50_ms": round2(percentile(&coordinated_latency, 0.50)),
         "p99_ms": round2(percentile(&coordinated_latency, 0.99)),
@@ -827,6 +844,15 @@ async fn direct_deletes(participant: &str, from: usize, count: usize) -> f64 {
 }
 
 // ---- pending -----------------------------------------------------------------------------
+
+/// Bytes a process has handed to `write` so far (its log, its sockets), from `/proc`.
+fn written_bytes(pid: u32) -> f64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
 
 /// CPU time (user + system) a process has used so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {

@@ -17,7 +17,6 @@ mod views;
 
 use poem::endpoint::{make_sync, BoxEndpoint};
 use poem::http::StatusCode;
-use poem::middleware::Tracing;
 use poem::web::Html;
 use poem::{EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
@@ -145,10 +144,8 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
     // Swagger UI embeds the document: give it the refined one.
     let docs = api.swagger_ui_html().replace(&raw, &json);
     let docs_slash = docs.clone();
-    let tokens = guard::Tokens::new(options.api_tokens, options.protect_metrics);
     let stuck_after = options.stuck_after;
-    let slots = Arc::new(Semaphore::new(options.max_in_flight));
-    Route::new()
+    let routes = Route::new()
         .at(
             "/openapi.json",
             make_sync(move |_| json.clone().with_content_type("application/json")),
@@ -167,16 +164,17 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
                 system::metrics(&req, stuck_after)
             })),
         )
-        .nest("/", api)
-        .data(coordinator)
-        .data(BodyLimit(options.max_body_bytes))
-        .data(ReadTimeout(options.read_timeout))
-        .catch_all_error(|error: poem::Error| async move { problem_for(&error) })
-        .around(move |next, req| guard::allow_on_405(next, req, allowed.clone()))
-        .around(move |next, req| guard::authenticate(next, req, tokens.clone()))
-        .around(move |next, req| guard::limit_in_flight(next, req, slots.clone()))
-        .with(Tracing)
-        .boxed()
+        .nest("/", api);
+    guard::Gate {
+        inner: routes,
+        slots: Arc::new(Semaphore::new(options.max_in_flight)),
+        tokens: guard::Tokens::new(options.api_tokens, options.protect_metrics),
+        allowed,
+        coordinator,
+        body_limit: options.max_body_bytes,
+        read_timeout: options.read_timeout,
+    }
+    .boxed()
 }
 
 /// A problem as a poem response, for the answers given outside the operations.

@@ -2,6 +2,9 @@
 //! log not saturated) and whether what it asks for is allowed (participant count, link
 //! expiry, the outgoing call policy). Nothing here writes.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,31 +28,32 @@ impl Coordinator {
         Ok(self.inner.store.admit()?)
     }
 
-    /// Runs a client's write once admitted ([`Coordinator::admit`]). With the embedded log it
-    /// runs as a task of its own and the caller waits for it at most `--store-timeout`: a
-    /// slow disk gets the caller a 503 ([`CoordinatorError::SlowLog`]) while the write goes on
-    /// to its end (durable, then its driver, deadline and waiters), as it does when the
-    /// caller goes away: a write half done is never left behind.
+    /// Runs a client's write once admitted ([`Coordinator::admit`]). With the embedded log the
+    /// caller waits for it at most `--store-timeout`: a slow disk gets the caller a 503
+    /// ([`CoordinatorError::SlowLog`]) while the write goes on to its end (durable, then its
+    /// driver, deadline and waiters) as a task of its own, as it does when the caller goes
+    /// away: a write half done is never left behind. It runs in the caller's task until then
+    /// (no hand-off to another thread on the way of every request).
     pub(super) async fn client_write<T, F>(
         &self,
         work: impl FnOnce(Coordinator, crate::store::Admission) -> F,
     ) -> Result<T, CoordinatorError>
     where
-        F: std::future::Future<Output = Result<T, CoordinatorError>> + Send + 'static,
+        F: Future<Output = Result<T, CoordinatorError>> + Send + 'static,
         T: Send + 'static,
     {
         let admitted = self.admit().await?;
-        let work = work(self.clone(), admitted);
+        let work = Box::pin(work(self.clone(), admitted));
         let Some(limit) = self.inner.store.client_wait() else {
             return work.await;
         };
-        match tokio::time::timeout(limit, self.inner.tasks.spawn(work)).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(stopped)) => Err(CoordinatorError::Log(format!(
-                "the write stopped: {stopped}"
-            ))),
-            Err(_) => Err(CoordinatorError::SlowLog(limit)),
-        }
+        let write = Finishing {
+            work: Some(work),
+            tasks: self.inner.tasks.clone(),
+        };
+        tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or(Err(CoordinatorError::SlowLog(limit)))
     }
 
     /// Refuses a participant the coordinator must not call (the outgoing call policy);
@@ -119,5 +123,47 @@ pub(super) fn check_link_expiry(
             "is in the past: the participant has already cancelled this link",
         )),
         _ => Ok(()),
+    }
+}
+
+/// A client's write, polled where it was started; dropped before its end (the caller gave
+/// up waiting, or went away), it is finished as a task of its own.
+struct Finishing<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    work: Option<Pin<Box<F>>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl<F> Future for Finishing<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let work = self
+            .work
+            .as_mut()
+            .expect("a finished write is not polled again");
+        let done = std::task::ready!(work.as_mut().poll(cx));
+        self.work = None;
+        Poll::Ready(done)
+    }
+}
+
+impl<F> Drop for Finishing<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(work), Ok(runtime)) = (self.work.take(), tokio::runtime::Handle::try_current())
+        {
+            self.tasks.spawn_on(work, &runtime);
+        }
     }
 }

@@ -11,6 +11,8 @@
 //! Add a `ReservationV2` (and keep decoding these) rather than changing these structs, and
 //! only ever add fields at the end.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -73,67 +75,69 @@ pub(super) enum Format {
     Binary,
 }
 
+// The fields borrow from the reservation when a record is written (no copy of its strings);
+// a decoded record owns them.
 #[derive(Serialize, Deserialize)]
-pub(super) struct ReservationV1 {
-    state: String,
-    reason: Option<String>,
+pub(super) struct ReservationV1<'a> {
+    state: Cow<'a, str>,
+    reason: Option<Cow<'a, str>>,
     created_at: i64,
     timeout_at: i64,
     expires_at: i64,
     decided_at: Option<i64>,
     finished_at: Option<i64>,
-    participants: Vec<ParticipantV1>,
+    participants: Vec<ParticipantV1<'a>>,
     #[serde(with = "json_text")]
-    metadata: serde_json::Map<String, serde_json::Value>,
+    metadata: Cow<'a, serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    idempotency_key: Option<Cow<'a, str>>,
     /// `{trace-id}-{flags}` (W3C Trace Context); absent in records written before it existed.
     #[serde(default)]
     trace: Option<String>,
     /// The reservation's history, oldest first; absent in records written before it existed.
     #[serde(default)]
-    history: Vec<HistoryV1>,
+    history: Vec<HistoryV1<'a>>,
     #[serde(default)]
     history_dropped: u64,
     #[serde(default)]
-    callback: Option<CallbackV1>,
+    callback: Option<CallbackV1<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct CallbackV1 {
-    url: String,
+struct CallbackV1<'a> {
+    url: Cow<'a, str>,
     attempts: u32,
-    last_error: Option<String>,
+    last_error: Option<Cow<'a, str>>,
     delivered_at: Option<i64>,
 }
 
 /// One history entry: `kind` is `created`, `changed` or `called`, with the fields of its kind.
 #[derive(Serialize, Deserialize)]
-struct HistoryV1 {
+struct HistoryV1<'a> {
     at: i64,
-    kind: String,
+    kind: Cow<'a, str>,
     #[serde(default)]
-    state: Option<String>,
+    state: Option<Cow<'a, str>>,
     #[serde(default)]
-    from: Option<String>,
+    from: Option<Cow<'a, str>>,
     #[serde(default)]
-    reason: Option<String>,
+    reason: Option<Cow<'a, str>>,
     #[serde(default)]
     participant: Option<usize>,
     #[serde(default)]
-    verb: Option<String>,
+    verb: Option<Cow<'a, str>>,
     #[serde(default)]
-    result: Option<String>,
+    result: Option<Cow<'a, str>>,
     #[serde(default)]
     took_ms: Option<u64>,
     #[serde(default)]
     retry_at: Option<i64>,
 }
 
-fn encode_history(h: &HistoryEntry) -> HistoryV1 {
+fn encode_history(h: &HistoryEntry) -> HistoryV1<'_> {
     let mut v = HistoryV1 {
         at: h.at.timestamp_millis(),
-        kind: String::new(),
+        kind: Cow::Borrowed(""),
         state: None,
         from: None,
         reason: None,
@@ -164,7 +168,7 @@ fn encode_history(h: &HistoryEntry) -> HistoryV1 {
             v.kind = "called".into();
             v.participant = Some(*participant);
             v.verb = Some(verb.as_str().into());
-            v.result = Some(result.clone());
+            v.result = Some(result.as_str().into());
             v.took_ms = Some(*took_ms);
             v.retry_at = retry_at.map(|t| t.timestamp_millis());
         }
@@ -173,19 +177,19 @@ fn encode_history(h: &HistoryEntry) -> HistoryV1 {
 }
 
 fn decode_history(
-    h: HistoryV1,
+    h: HistoryV1<'_>,
     corrupt: &impl Fn(String) -> StoreError,
 ) -> Result<HistoryEntry, StoreError> {
     let time = |ms: i64| {
         DateTime::<Utc>::from_timestamp_millis(ms)
             .ok_or_else(|| corrupt(format!("bad instant {ms}")))
     };
-    let state = |s: Option<String>| {
+    let state = |s: Option<Cow<'_, str>>| {
         let s = s.unwrap_or_default();
         parse_named(&s, &State::ALL, |x| x.as_str())
             .ok_or_else(|| corrupt(format!("unknown state {s} in the history")))
     };
-    let what = match h.kind.as_str() {
+    let what = match h.kind.as_ref() {
         "created" => Happening::Created {
             state: state(h.state)?,
         },
@@ -207,7 +211,7 @@ fn decode_history(
                 parse_named(&verb, &CallVerb::ALL, CallVerb::as_str)
                     .ok_or_else(|| corrupt(format!("unknown call {verb:?} in the history")))?
             },
-            result: h.result.unwrap_or_default(),
+            result: h.result.unwrap_or_default().into_owned(),
             took_ms: h.took_ms.unwrap_or_default(),
             retry_at: h.retry_at.map(time).transpose()?,
         },
@@ -220,29 +224,29 @@ fn decode_history(
 }
 
 #[derive(Serialize, Deserialize)]
-struct ParticipantV1 {
-    name: String,
+struct ParticipantV1<'a> {
+    name: Cow<'a, str>,
     #[serde(rename = "try")]
-    try_request: Option<TryV1>,
-    link: Option<LinkV1>,
-    state: String,
+    try_request: Option<TryV1<'a>>,
+    link: Option<LinkV1<'a>>,
+    state: Cow<'a, str>,
     attempts: u32,
-    last_error: Option<String>,
+    last_error: Option<Cow<'a, str>>,
     next_attempt_at: Option<i64>,
     settled_at: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct TryV1 {
-    url: String,
+struct TryV1<'a> {
+    url: Cow<'a, str>,
     #[serde(with = "json_text")]
-    body: serde_json::Value,
-    headers: Vec<(String, String)>,
+    body: Cow<'a, serde_json::Value>,
+    headers: Cow<'a, [(String, String)]>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct LinkV1 {
-    uri: String,
+struct LinkV1<'a> {
+    uri: Cow<'a, str>,
     expires: i64,
 }
 
@@ -275,23 +279,23 @@ mod json_text {
 
 pub(super) fn encode(r: &Reservation, format: Format) -> Vec<u8> {
     let record = ReservationV1 {
-        state: r.state().as_str().to_owned(),
-        reason: r.reason().map(|x| x.as_str().to_owned()),
+        state: r.state().as_str().into(),
+        reason: r.reason().map(|x| x.as_str().into()),
         created_at: r.created_at().timestamp_millis(),
         timeout_at: r.timeout_at().timestamp_millis(),
         expires_at: r.expires_at().timestamp_millis(),
         decided_at: r.decided_at().map(|t| t.timestamp_millis()),
         finished_at: r.finished_at().map(|t| t.timestamp_millis()),
         participants: r.participants().iter().map(encode_participant).collect(),
-        metadata: r.metadata().clone(),
-        idempotency_key: r.idempotency_key().map(str::to_owned),
+        metadata: Cow::Borrowed(r.metadata()),
+        idempotency_key: r.idempotency_key().map(Cow::Borrowed),
         trace: r.trace().map(|t| t.to_stored()),
         history: r.history().iter().map(encode_history).collect(),
         history_dropped: r.history_dropped(),
         callback: r.callback().as_ref().map(|c| CallbackV1 {
-            url: c.url.to_string(),
+            url: c.url.as_str().into(),
             attempts: c.attempts,
-            last_error: c.last_error.clone(),
+            last_error: c.last_error.as_deref().map(Cow::Borrowed),
             delivered_at: c.delivered_at.map(|t| t.timestamp_millis()),
         }),
     };
@@ -323,21 +327,21 @@ pub(super) fn revision_of(bytes: &[u8]) -> Option<u64> {
     }
 }
 
-fn encode_participant(p: &Participant) -> ParticipantV1 {
+fn encode_participant(p: &Participant) -> ParticipantV1<'_> {
     ParticipantV1 {
-        name: p.name().to_owned(),
+        name: p.name().into(),
         try_request: p.try_request().map(|t| TryV1 {
-            url: t.url.to_string(),
-            body: t.body.clone(),
-            headers: t.headers.clone(),
+            url: t.url.as_str().into(),
+            body: Cow::Borrowed(&t.body),
+            headers: Cow::Borrowed(&t.headers),
         }),
         link: p.link().map(|l| LinkV1 {
-            uri: l.uri.to_string(),
+            uri: l.uri.as_str().into(),
             expires: l.expires.timestamp_millis(),
         }),
-        state: p.state().as_str().to_owned(),
+        state: p.state().as_str().into(),
         attempts: p.attempts(),
-        last_error: p.last_error().map(str::to_owned),
+        last_error: p.last_error().map(Cow::Borrowed),
         next_attempt_at: p.next_attempt_at().map(|t| t.timestamp_millis()),
         settled_at: p.settled_at().map(|t| t.timestamp_millis()),
     }
@@ -360,7 +364,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         }
         _ => return Err(corrupt(format!("unknown record version {version}"))),
     };
-    let r: ReservationV1 = if *version == VERSION_3 {
+    let r: ReservationV1<'_> = if *version == VERSION_3 {
         postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?
     } else {
         serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?
@@ -375,15 +379,15 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         .into_iter()
         .map(|p| {
             Participant::restore(StoredParticipant {
-                name: p.name,
+                name: p.name.into_owned(),
                 try_request: p
                     .try_request
                     .map(|t| {
                         Ok::<_, StoreError>(TryRequest {
                             url: ParticipantUrl::parse(&t.url)
                                 .map_err(|e| corrupt(e.to_string()))?,
-                            body: t.body,
-                            headers: t.headers,
+                            body: t.body.into_owned(),
+                            headers: t.headers.into_owned(),
                         })
                     })
                     .transpose()?,
@@ -400,7 +404,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                 state: parse_named(&p.state, &ParticipantState::ALL, |s| s.as_str())
                     .ok_or_else(|| corrupt(format!("unknown participant state {}", p.state)))?,
                 attempts: p.attempts,
-                last_error: p.last_error,
+                last_error: p.last_error.map(Cow::into_owned),
                 next_attempt_at: opt_time(p.next_attempt_at)?,
                 settled_at: opt_time(p.settled_at)?,
             })
@@ -424,8 +428,8 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
         decided_at: opt_time(r.decided_at)?,
         finished_at: opt_time(r.finished_at)?,
         participants,
-        metadata: r.metadata,
-        idempotency_key: r.idempotency_key,
+        metadata: r.metadata.into_owned(),
+        idempotency_key: r.idempotency_key.map(Cow::into_owned),
         trace: r.trace.as_deref().and_then(TraceContext::from_stored),
         history: r
             .history
@@ -439,7 +443,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                 Ok::<_, StoreError>(Callback {
                     url: ParticipantUrl::parse(&c.url).map_err(|e| corrupt(e.to_string()))?,
                     attempts: c.attempts,
-                    last_error: c.last_error,
+                    last_error: c.last_error.map(Cow::into_owned),
                     delivered_at: opt_time(c.delivered_at)?,
                 })
             })
