@@ -19,7 +19,6 @@
 //! | `resumption` | recovery at start, and taking over another instance's work |
 //! | `topology` | every behaviour that differs between an embedded and a shared log |
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -195,6 +194,10 @@ pub struct Coordinator {
     inner: Arc<Inner>,
 }
 
+/// A map keyed by reservation id, with a fast hash: the ids are made here (UUIDv7), never
+/// chosen by a client, so no one can flood a map with colliding keys.
+type IdMap<V> = std::collections::HashMap<ReservationId, V, rustc_hash::FxBuildHasher>;
+
 struct Inner {
     store: Store,
     client: Arc<dyn Participants>,
@@ -206,26 +209,26 @@ struct Inner {
     public_url: String,
     locks: Vec<tokio::sync::Mutex<()>>,
     /// The live driver of each reservation and the token that wakes it.
-    drivers: Mutex<HashMap<ReservationId, CancellationToken>>,
+    drivers: Mutex<IdMap<CancellationToken>>,
     /// The reservations being worked on (trying, confirming, cancelling), as last saved:
     /// their drivers and waiters read them many times, and decoding a record each time
     /// was a tenth of the CPU under load. Written under the reservation's lock, after the
     /// log; never holds a reservation that is only waiting (those can be millions).
-    working: Mutex<HashMap<ReservationId, Arc<Reservation>>>,
+    working: Mutex<IdMap<Arc<Reservation>>>,
     /// With a shared store, reserved reservations this instance saved, as it saved them: the
     /// first guess of an update (a decision, a deadline), so that deciding reads nothing. A
     /// hint may be stale (another instance decided meanwhile); only a write, conditional on
     /// the revision, is ever made from one, and a hint that changes nothing is read again.
-    hints: Mutex<HashMap<ReservationId, Arc<Reservation>>>,
+    hints: Mutex<IdMap<Arc<Reservation>>>,
     /// The reservations whose deadline timer is armed here, and whether they were decided
     /// since. Every timer fires, decided or not; one that finds its reservation decided
     /// skips it instead of reading the log (a read per transaction, a deadline later).
-    armed: Mutex<HashMap<ReservationId, bool>>,
+    armed: Mutex<IdMap<bool>>,
     /// For each reservation whose confirm or cancel phase waits to retry participants, what
     /// an operator's "retry now" fires to end the wait.
-    retry_now: Mutex<HashMap<ReservationId, CancellationToken>>,
+    retry_now: Mutex<IdMap<CancellationToken>>,
     /// Clients holding an answer (`Prefer: wait`) until a reservation's state changes.
-    watchers: Mutex<HashMap<ReservationId, watch::Sender<Option<Arc<Reservation>>>>>,
+    watchers: Mutex<IdMap<watch::Sender<Option<Arc<Reservation>>>>>,
     deadlines: DeadlineSender,
     metrics: Metrics,
     render: Render,
@@ -276,12 +279,12 @@ impl Coordinator {
                 locks: (0..LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
-                drivers: Mutex::new(HashMap::new()),
-                watchers: Mutex::new(HashMap::new()),
-                retry_now: Mutex::new(HashMap::new()),
-                working: Mutex::new(HashMap::new()),
-                hints: Mutex::new(HashMap::new()),
-                armed: Mutex::new(HashMap::new()),
+                drivers: Mutex::new(IdMap::default()),
+                watchers: Mutex::new(IdMap::default()),
+                retry_now: Mutex::new(IdMap::default()),
+                working: Mutex::new(IdMap::default()),
+                hints: Mutex::new(IdMap::default()),
+                armed: Mutex::new(IdMap::default()),
                 deadlines: parts.deadlines,
                 metrics: parts.metrics,
                 render: parts.render,

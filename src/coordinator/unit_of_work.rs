@@ -198,7 +198,7 @@ impl Coordinator {
     }
 
     pub(super) fn lock_for(&self, id: ReservationId) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = rustc_hash::FxHasher::default();
         id.hash(&mut hasher);
         let stripe = usize::try_from(hasher.finish() % LOCK_STRIPES as u64).unwrap_or(0);
         &self.inner.locks[stripe]
@@ -209,7 +209,7 @@ impl Coordinator {
 /// over a newer copy), else drops its copy. Returns whether a newer copy is kept, which
 /// makes this save old news everywhere.
 fn keep(
-    copies: &std::sync::Mutex<std::collections::HashMap<ReservationId, Arc<Reservation>>>,
+    copies: &std::sync::Mutex<super::IdMap<Arc<Reservation>>>,
     r: &Reservation,
     wanted: bool,
 ) -> bool {
