@@ -32,8 +32,10 @@ impl<T: Type + Send> Payload for ViewJson<T> {
 
 impl<T: Serialize + Send> IntoResponse for ViewJson<T> {
     fn into_response(self) -> Response {
-        match serde_json::to_vec(&self.0) {
-            Ok(body) => Response::builder()
+        // A reservation's view takes 1 to 2 KB: one allocation instead of growing from 128 bytes.
+        let mut body = Vec::with_capacity(2048);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => Response::builder()
                 .content_type(<Json<serde_json::Value> as Payload>::CONTENT_TYPE)
                 .body(body),
             Err(error) => {

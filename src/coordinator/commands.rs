@@ -2,6 +2,7 @@
 //! forget, join, and the Atomikos-style create-and-decide. Each goes through the unit of work
 //! and returns the reservation as saved.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::spans::decided_by_client;
@@ -91,6 +92,7 @@ impl Coordinator {
                 .expect("only a keyed create can find its key taken");
             return self.replay(key, existing).await;
         }
+        let reservation = Arc::new(reservation);
         self.remember(&reservation);
         self.inner.metrics.entered(reservation.state());
         tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
@@ -100,7 +102,7 @@ impl Coordinator {
         if reservation.state().is_in_progress() {
             self.ensure_driven(reservation.id());
         }
-        Ok(reservation)
+        Ok(Arc::unwrap_or_clone(reservation))
     }
 
     /// The answer to a repeated create: the original reservation when the body is the same.
@@ -184,10 +186,10 @@ impl Coordinator {
             self.decision_span(&reservation, caller, started);
         }
         match outcome {
-            Ok(_) => Ok(reservation),
+            Ok(_) => Ok(Arc::unwrap_or_clone(reservation)),
             Err(refusal) => Err(CoordinatorError::Refused {
                 refusal,
-                reservation: Box::new(reservation),
+                reservation: Box::new(Arc::unwrap_or_clone(reservation)),
             }),
         }
     }
@@ -248,6 +250,7 @@ impl Coordinator {
             });
         }
         self.inner.store.create(&mut reservation, None).await?;
+        let reservation = Arc::new(reservation);
         self.remember(&reservation);
         self.inner.metrics.entered(reservation.state());
         tracing::info!(reservation_id = %reservation.id(), state = %reservation.state(),
@@ -255,7 +258,7 @@ impl Coordinator {
         self.create_span(&reservation, caller, started);
         self.decision_span(&reservation, None, started);
         self.ensure_driven(reservation.id());
-        Ok(reservation)
+        Ok(Arc::unwrap_or_clone(reservation))
     }
 
     /// An operator has reconciled a conflict by hand: the reservation is forgotten and answers
@@ -328,7 +331,7 @@ impl Coordinator {
         // Starts a driver where none runs (the work was another instance's), and wakes the
         // tries' retries.
         self.ensure_driven(id);
-        Ok(reservation)
+        Ok(Arc::unwrap_or_clone(reservation))
     }
 
     /// Adds a participant while the reservation is `trying` or `reserved`. A link already
@@ -381,6 +384,6 @@ impl Coordinator {
         if is_try && reservation.state() == State::Trying {
             self.ensure_driven(id);
         }
-        Ok(reservation)
+        Ok(Arc::unwrap_or_clone(reservation))
     }
 }

@@ -59,7 +59,7 @@ impl Coordinator {
     pub(super) async fn expire_locked(
         &self,
         id: ReservationId,
-    ) -> Result<Option<(Arc<Reservation>, Reservation)>, CoordinatorError> {
+    ) -> Result<Option<(Arc<Reservation>, Arc<Reservation>)>, CoordinatorError> {
         let mut conflicts = 0;
         let mut hint = self.hint(id);
         loop {
@@ -87,7 +87,7 @@ impl Coordinator {
                 return Ok(None);
             }
             match self.inner.store.write(&mut after, Ownership::Take).await {
-                Ok(()) => return Ok(Some((before, after))),
+                Ok(()) => return Ok(Some((before, Arc::new(after)))),
                 // Another instance changed it meanwhile (decided it, joined a participant,
                 // recorded an outcome): read it again and see whether it is still due.
                 Err(StoreError::Conflict(_)) if conflicts < MAX_CONFLICTS => {

@@ -39,7 +39,7 @@ impl Coordinator {
         &self,
         id: ReservationId,
         change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
-    ) -> Result<(Reservation, T), CoordinatorError> {
+    ) -> Result<(Arc<Reservation>, T), CoordinatorError> {
         self.update_as(id, Ownership::Keep, change).await
     }
 
@@ -50,7 +50,7 @@ impl Coordinator {
         id: ReservationId,
         ownership: Ownership,
         mut change: impl FnMut(&mut Reservation, DateTime<Utc>) -> T,
-    ) -> Result<(Reservation, T), CoordinatorError> {
+    ) -> Result<(Arc<Reservation>, T), CoordinatorError> {
         let _guard = self.lock_for(id).lock().await;
         let mut conflicts = 0;
         let mut hint = self.hint(id);
@@ -72,10 +72,12 @@ impl Coordinator {
                 {
                     self.ensure_driven(id);
                 }
-                return Ok((after, out));
+                return Ok((before, out));
             }
             match self.inner.store.replace(&mut after, ownership).await {
                 Ok(()) => {
+                    // One copy, shared by the caller, the kept copy and the waiters.
+                    let after = Arc::new(after);
                     self.saved(&before, &after);
                     return Ok((after, out));
                 }
@@ -102,7 +104,7 @@ impl Coordinator {
     }
 
     /// What follows a durable save: the in-memory copy, waiters, the driver, the timers.
-    pub(super) fn saved(&self, before: &Reservation, after: &Reservation) {
+    pub(super) fn saved(&self, before: &Reservation, after: &Arc<Reservation>) {
         let id = after.id();
         self.remember(after);
         if let (None, Some(decided)) = (before.decided_at(), after.decided_at()) {
@@ -118,7 +120,7 @@ impl Coordinator {
             tracing::debug!(reservation_id = %id, from = %before.state(), to = %after.state(),
                 reason = ?after.reason(), "state changed");
             if let Some(watcher) = self.inner.watchers.lock().expect("watchers lock").get(&id) {
-                watcher.send_replace(Some(Arc::new(after.clone())));
+                watcher.send_replace(Some(Arc::clone(after)));
             }
             if after.state().is_in_progress() || after.callback_due() {
                 self.ensure_driven(id);
@@ -147,7 +149,7 @@ impl Coordinator {
     /// a shared store, a reserved one is kept as a hint instead (see `Inner::hints`). A copy
     /// never replaces a newer one: a batch of deadlines is remembered after its flush, when a
     /// driver may already have saved a later revision.
-    pub(super) fn remember(&self, r: &Reservation) {
+    pub(super) fn remember(&self, r: &Arc<Reservation>) {
         let driven = self.drives(r.id());
         // Only a process that is the log's sole writer may trust a copy of a reservation it is
         // not working on: with a shared store another instance may decide it meanwhile, and a
@@ -210,7 +212,7 @@ impl Coordinator {
 /// makes this save old news everywhere.
 fn keep(
     copies: &std::sync::Mutex<super::IdMap<Arc<Reservation>>>,
-    r: &Reservation,
+    r: &Arc<Reservation>,
     wanted: bool,
 ) -> bool {
     let mut copies = copies.lock().expect("copies lock");
@@ -222,7 +224,7 @@ fn keep(
     }
     let room = copies.contains_key(&r.id()) || copies.len() < KEEP_IN_MEMORY;
     if wanted && (room || r.state() != State::Reserved) {
-        copies.insert(r.id(), Arc::new(r.clone()));
+        copies.insert(r.id(), Arc::clone(r));
     } else {
         copies.remove(&r.id());
     }

@@ -188,8 +188,7 @@ impl ParticipantClient {
         let sent = self
             .send(
                 &request.url,
-                self.http
-                    .post(request.url.as_url().clone())
+                with_traceparent(self.http.post(request.url.as_url().clone()), traceparent)
                     .headers(headers)
                     .header("TCC-Reservation", reservation_url)
                     .header("Idempotency-Key", idempotency_key)
@@ -197,7 +196,6 @@ impl ParticipantClient {
                         "TCC-Deadline",
                         deadline.to_rfc3339_opts(SecondsFormat::Millis, true),
                     )
-                    .headers(traceparent_header(traceparent))
                     .json(&request.body),
             )
             .await;
@@ -248,11 +246,9 @@ impl ParticipantClient {
         let sent = self
             .send(
                 uri,
-                self.http
-                    .put(uri.as_url().clone())
-                    .header(CONTENT_TYPE, TCC_JSON)
-                    .header(ACCEPT, TCC_JSON)
-                    .headers(traceparent_header(traceparent)),
+                with_traceparent(self.http.put(uri.as_url().clone()), traceparent)
+                    .header(CONTENT_TYPE, tcc_json())
+                    .header(ACCEPT, tcc_json()),
             )
             .await;
         let response = match sent {
@@ -283,10 +279,8 @@ impl ParticipantClient {
         let sent = self
             .send(
                 uri,
-                self.http
-                    .delete(uri.as_url().clone())
-                    .header(ACCEPT, TCC_JSON)
-                    .headers(traceparent_header(traceparent)),
+                with_traceparent(self.http.delete(uri.as_url().clone()), traceparent)
+                    .header(ACCEPT, tcc_json()),
             )
             .await;
         let response = match sent {
@@ -320,10 +314,8 @@ impl ParticipantClient {
             let sent = self
                 .send(
                     url,
-                    self.http
-                        .post(url.as_url().clone())
+                    with_traceparent(self.http.post(url.as_url().clone()), traceparent)
                         .header(CONTENT_TYPE, "application/json")
-                        .headers(traceparent_header(traceparent))
                         .body(body),
                 )
                 .await;
@@ -337,14 +329,21 @@ impl ParticipantClient {
     }
 }
 
-/// The `traceparent` header of one outgoing call (the call's own span in the reservation's
-/// trace).
-fn traceparent_header(traceparent: Option<&str>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(value) = traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
-        headers.insert("traceparent", value);
+/// Adds the `traceparent` header of one outgoing call (the call's own span in the
+/// reservation's trace), when there is one: set in place, no map built per call.
+fn with_traceparent(
+    request: reqwest::RequestBuilder,
+    traceparent: Option<&str>,
+) -> reqwest::RequestBuilder {
+    match traceparent.and_then(|t| HeaderValue::from_str(t).ok()) {
+        Some(value) => request.header(HeaderName::from_static("traceparent"), value),
+        None => request,
     }
-    headers
+}
+
+/// `application/tcc+json`, checked once.
+fn tcc_json() -> HeaderValue {
+    HeaderValue::from_static(TCC_JSON)
 }
 
 fn describe(status: StatusCode) -> String {
