@@ -171,7 +171,9 @@ where
         let timeout = request
             .data::<ReadTimeout>()
             .map_or(std::time::Duration::MAX, |t| t.0);
-        let reading = body.take()?.into_bytes_limit(limit);
+        // Boxed: poem's read is a 4 KB future, which every operation taking a body would
+        // otherwise carry (and move) inline.
+        let reading = Box::pin(body.take()?.into_bytes_limit(limit));
         let bytes = tokio::time::timeout(timeout, reading)
             .await
             .map_err(|_| BodyError::TooSlow(timeout))?

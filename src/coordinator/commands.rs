@@ -28,8 +28,9 @@ impl Coordinator {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Reservation, CoordinatorError> {
         if let Some(key) = &idempotency {
-            if let Some(existing) = self.inner.store.idempotency_key(&key.key).await? {
-                return self.replay(key, existing).await;
+            // Boxed: only keyed creates carry these futures.
+            if let Some(existing) = Box::pin(self.inner.store.idempotency_key(&key.key)).await? {
+                return Box::pin(self.replay(key, existing)).await;
             }
         }
         self.client_write(move |this, admitted| async move {

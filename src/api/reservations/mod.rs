@@ -141,9 +141,9 @@ async fn hold_answer(
         return Ok((reservation, Some(format!("wait={secs}"))));
     }
     let limit = std::time::Duration::from_secs(secs);
-    let (reservation, done) = coordinator
-        .wait_until(reservation.id(), settled, limit)
-        .await?;
+    // Boxed: only answers that wait carry its future.
+    let (reservation, done) =
+        Box::pin(coordinator.wait_until(reservation.id(), settled, limit)).await?;
     Ok((reservation, done.then(|| format!("wait={secs}"))))
 }
 
