@@ -43,7 +43,7 @@ impl Coordinator {
         let unanswered: Vec<_> = r
             .unsettled()
             .filter(|(_, p)| p.state() == ParticipantState::Trying)
-            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)))
+            .filter_map(|(i, p)| p.shared_try_request().map(|t| (i, t)))
             .collect();
         let reloaded;
         let r: &Reservation = if unanswered.is_empty() {

@@ -2,6 +2,7 @@
 //! `{id}/{index}`), record each answer, and learn the link of a try whose answer was lost
 //! before it is cancelled.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -29,10 +30,10 @@ impl Coordinator {
         wake: &CancellationToken,
         phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
-        let tries: Vec<(usize, TryRequest)> = r
+        let tries: Vec<(usize, Arc<TryRequest>)> = r
             .unsettled()
             .filter(|(_, p)| p.state() == ParticipantState::Trying)
-            .filter_map(|(i, p)| p.try_request().cloned().map(|t| (i, t)))
+            .filter_map(|(i, p)| p.shared_try_request().map(|t| (i, t)))
             .collect();
         if !tries.is_empty() && !self.stop_trying(r, wake) {
             let mut schedules: Vec<Schedule> =
@@ -95,7 +96,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         index: usize,
-        request: TryRequest,
+        request: Arc<TryRequest>,
         mut schedule: Schedule,
         mut delay: Duration,
         wake: &CancellationToken,
@@ -187,7 +188,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         index: usize,
-        request: TryRequest,
+        request: Arc<TryRequest>,
         phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
         let mut schedule = self.inner.retry.schedule();

@@ -107,7 +107,8 @@ impl ParticipantState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Participant {
     pub(super) name: String,
-    pub(super) try_request: Option<TryRequest>,
+    /// Shared, not copied, by every copy of the reservation (a try's body may be large).
+    pub(super) try_request: Option<std::sync::Arc<TryRequest>>,
     /// Where it stands, with the link it holds.
     stage: Stage,
     /// Calls made in the current phase (try, confirm or cancel).
@@ -154,7 +155,13 @@ impl Participant {
     /// The try the coordinator makes, for a participant that joined as one.
     #[must_use]
     pub fn try_request(&self) -> Option<&TryRequest> {
-        self.try_request.as_ref()
+        self.try_request.as_deref()
+    }
+
+    /// The try, shared (for a call that outlives a borrow of the reservation).
+    #[must_use]
+    pub fn shared_try_request(&self) -> Option<std::sync::Arc<TryRequest>> {
+        self.try_request.clone()
     }
 
     /// The link: always there once reserved.
@@ -217,7 +224,7 @@ impl Participant {
         };
         Ok(Self {
             name: stored.name,
-            try_request: stored.try_request,
+            try_request: stored.try_request.map(std::sync::Arc::new),
             stage,
             attempts: stored.attempts,
             last_error: stored.last_error,
@@ -229,7 +236,7 @@ impl Participant {
     pub(super) fn from_new(new: NewParticipant) -> Self {
         let (try_request, stage) = match new.source {
             ParticipantSource::Link(link) => (None, Stage::Reserved(link)),
-            ParticipantSource::Try(t) => (Some(t), Stage::Trying),
+            ParticipantSource::Try(t) => (Some(std::sync::Arc::new(t)), Stage::Trying),
         };
         Self {
             name: new.name,
