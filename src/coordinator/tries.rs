@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
-    CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, SpanParent, State, TryRequest,
+    CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, SharedTry, SpanParent, State,
+    TryRequest,
 };
 use crate::participant::TryOutcome;
 use crate::retry::Schedule;
@@ -30,7 +31,7 @@ impl Coordinator {
         wake: &CancellationToken,
         phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
-        let tries: Vec<(usize, Arc<TryRequest>)> = r
+        let tries: Vec<(usize, Arc<SharedTry>)> = r
             .unsettled()
             .filter(|(_, p)| p.state() == ParticipantState::Trying)
             .filter_map(|(i, p)| p.shared_try_request().map(|t| (i, t)))
@@ -96,7 +97,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         index: usize,
-        request: Arc<TryRequest>,
+        request: Arc<SharedTry>,
         mut schedule: Schedule,
         mut delay: Duration,
         wake: &CancellationToken,
@@ -188,7 +189,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         index: usize,
-        request: Arc<TryRequest>,
+        request: Arc<SharedTry>,
         phase: Option<SpanParent>,
     ) -> Result<(), CoordinatorError> {
         let mut schedule = self.inner.retry.schedule();

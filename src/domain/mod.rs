@@ -18,7 +18,7 @@ pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};
 pub use participant::{
     participant_transition, NewParticipant, Participant, ParticipantEvent, ParticipantSource,
-    ParticipantState, StoredParticipant, TryRequest,
+    ParticipantState, SharedTry, StoredParticipant, TryRequest,
 };
 pub use reservation::{deadline_for, Callback, Reservation, StoredReservation};
 pub use state::{transition, Event, Reason, Refusal, State, Status};

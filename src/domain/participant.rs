@@ -103,12 +103,47 @@ impl ParticipantState {
     }
 }
 
+/// A try, shared by every copy of its reservation, with its body's JSON text once a record
+/// needed it.
+#[derive(Debug)]
+pub struct SharedTry {
+    request: TryRequest,
+    body_json: std::sync::OnceLock<String>,
+}
+
+impl SharedTry {
+    fn new(request: TryRequest) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            request,
+            body_json: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn body_json(&self) -> &str {
+        self.body_json.get_or_init(|| self.request.body.to_string())
+    }
+}
+
+impl std::ops::Deref for SharedTry {
+    type Target = TryRequest;
+
+    fn deref(&self) -> &TryRequest {
+        &self.request
+    }
+}
+
+impl PartialEq for SharedTry {
+    fn eq(&self, other: &Self) -> bool {
+        self.request == other.request
+    }
+}
+
 /// One participant of a reservation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Participant {
     pub(super) name: String,
     /// Shared, not copied, by every copy of the reservation (a try's body may be large).
-    pub(super) try_request: Option<std::sync::Arc<TryRequest>>,
+    pub(super) try_request: Option<std::sync::Arc<SharedTry>>,
     /// Where it stands, with the link it holds.
     stage: Stage,
     /// Calls made in the current phase (try, confirm or cancel).
@@ -155,13 +190,19 @@ impl Participant {
     /// The try the coordinator makes, for a participant that joined as one.
     #[must_use]
     pub fn try_request(&self) -> Option<&TryRequest> {
-        self.try_request.as_deref()
+        self.try_request.as_deref().map(|t| &t.request)
     }
 
     /// The try, shared (for a call that outlives a borrow of the reservation).
     #[must_use]
-    pub fn shared_try_request(&self) -> Option<std::sync::Arc<TryRequest>> {
+    pub fn shared_try_request(&self) -> Option<std::sync::Arc<SharedTry>> {
         self.try_request.clone()
+    }
+
+    /// The JSON text of the try's body, written once for every record of the reservation.
+    #[must_use]
+    pub fn try_body_json(&self) -> Option<&str> {
+        self.try_request.as_deref().map(SharedTry::body_json)
     }
 
     /// The link: always there once reserved.
@@ -224,7 +265,7 @@ impl Participant {
         };
         Ok(Self {
             name: stored.name,
-            try_request: stored.try_request.map(std::sync::Arc::new),
+            try_request: stored.try_request.map(SharedTry::new),
             stage,
             attempts: stored.attempts,
             last_error: stored.last_error,
@@ -236,7 +277,7 @@ impl Participant {
     pub(super) fn from_new(new: NewParticipant) -> Self {
         let (try_request, stage) = match new.source {
             ParticipantSource::Link(link) => (None, Stage::Reserved(link)),
-            ParticipantSource::Try(t) => (Some(std::sync::Arc::new(t)), Stage::Trying),
+            ParticipantSource::Try(t) => (Some(SharedTry::new(t)), Stage::Trying),
         };
         Self {
             name: new.name,

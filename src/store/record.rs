@@ -239,9 +239,33 @@ struct ParticipantV1<'a> {
 #[derive(Serialize, Deserialize)]
 struct TryV1<'a> {
     url: Cow<'a, str>,
-    #[serde(with = "json_text")]
-    body: Cow<'a, serde_json::Value>,
+    body: TryBodyV1<'a>,
     headers: Cow<'a, [(String, String)]>,
+}
+
+/// A try's body as `json_text` writes it, from the JSON text the participant keeps once
+/// written (the same text at every save of the reservation) when there is one.
+struct TryBodyV1<'a> {
+    value: Cow<'a, serde_json::Value>,
+    text: Option<&'a str>,
+}
+
+impl Serialize for TryBodyV1<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.text {
+            Some(text) if !s.is_human_readable() => s.serialize_str(text),
+            _ => json_text::serialize(&self.value, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TryBodyV1<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            value: Cow::Owned(json_text::deserialize(d)?),
+            text: None,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -332,7 +356,10 @@ fn encode_participant(p: &Participant) -> ParticipantV1<'_> {
         name: p.name().into(),
         try_request: p.try_request().map(|t| TryV1 {
             url: t.url.as_str().into(),
-            body: Cow::Borrowed(&t.body),
+            body: TryBodyV1 {
+                value: Cow::Borrowed(&t.body),
+                text: p.try_body_json(),
+            },
             headers: Cow::Borrowed(&t.headers),
         }),
         link: p.link().map(|l| LinkV1 {
@@ -386,7 +413,7 @@ pub(super) fn decode(id: ReservationId, bytes: &[u8]) -> Result<Reservation, Sto
                         Ok::<_, StoreError>(TryRequest {
                             url: ParticipantUrl::parse(&t.url)
                                 .map_err(|e| corrupt(e.to_string()))?,
-                            body: t.body.into_owned(),
+                            body: t.body.value.into_owned(),
                             headers: t.headers.into_owned(),
                         })
                     })
