@@ -167,3 +167,47 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::Finishing;
+
+    /// A write that waits for `gate`, then says it finished on `done`.
+    fn write(
+        gate: oneshot::Receiver<()>,
+        done: oneshot::Sender<u32>,
+    ) -> Finishing<impl std::future::Future<Output = u32> + Send> {
+        Finishing {
+            work: Some(Box::pin(async move {
+                gate.await.expect("the gate opens");
+                done.send(7).expect("the test listens");
+                7
+            })),
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_its_caller_waits_for_answers_in_place() {
+        let (open, gate) = oneshot::channel();
+        let (done, _finished) = oneshot::channel();
+        open.send(()).unwrap();
+        assert_eq!(write(gate, done).await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_write_its_caller_stops_waiting_for_is_finished_as_a_task() {
+        let (open, gate) = oneshot::channel();
+        let (done, finished) = oneshot::channel();
+        let waited = tokio::time::timeout(Duration::from_millis(10), write(gate, done)).await;
+        assert!(waited.is_err(), "the gate was closed: the caller gave up");
+        open.send(())
+            .expect("the abandoned write still waits at its gate");
+        let result = tokio::time::timeout(Duration::from_secs(30), finished).await;
+        assert_eq!(result.expect("finished in time").expect("finished"), 7);
+    }
+}
