@@ -59,7 +59,7 @@ mod timers;
 
 pub use app::{App, AppError, StopHandle};
 pub use config::{ApiToken, Cli, Config, DatabaseUrl, Storage, TlsFiles};
-pub use coordinator::RecoveryError;
+pub use coordinator::{RecoveryError, PHASES_AT_ONCE};
 pub use domain::Limits;
 pub use participant::{AllowRule, AllowRuleError, NameResolver, MAX_CALLS_IN_FLIGHT};
 pub use retry::RetryPolicy;

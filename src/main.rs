@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use tcc_coordinator::{telemetry, App, Cli, Storage};
 
 /// mimalloc instead of the system allocator: request handling allocates many small, short-lived
-/// buffers, and glibc's malloc was a sixth of the coordinator's CPU time under load.
+/// buffers, and glibc's malloc was a sixth of the coordinator's CPU time under load. Built with
+/// `no_thp`: mimalloc otherwise asks for transparent huge pages, and the kernel then zeroes 2 MiB
+/// at each first touch of a fresh page; in a storm of 100,000 deadlines that zeroing was a third
+/// of the coordinator's CPU (docs/benchmark.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

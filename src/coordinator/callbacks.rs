@@ -1,5 +1,6 @@
 //! Completion callbacks: `POST` the final representation until it is acknowledged.
 
+use super::drivers::Slot;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Reservation, SpanParent};
 use crate::telemetry::ActiveSpan;
@@ -11,6 +12,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         phase: Option<SpanParent>,
+        slot: &mut Slot<'_>,
     ) -> Result<(), CoordinatorError> {
         let Some(callback) = &r.callback() else {
             return Ok(());
@@ -41,6 +43,7 @@ impl Coordinator {
                 r.note_callback(now, delivered, error.clone());
             })
             .await?;
+            slot.release();
             match delay {
                 Some(delay) if self.pause(delay, None).await => {}
                 _ => return Ok(()),

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::drivers::Slot;
 use super::spans::end_call;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
@@ -22,6 +23,7 @@ impl Coordinator {
         &self,
         r: &Reservation,
         phase: Option<SpanParent>,
+        slot: &mut Slot<'_>,
     ) -> Result<(), CoordinatorError> {
         let targets = r
             .unsettled()
@@ -30,13 +32,14 @@ impl Coordinator {
                 Some((i, p.name().to_owned(), Call::Confirm(link.uri.clone())))
             })
             .collect();
-        self.fan_out(r.id(), phase, targets).await
+        self.fan_out(r.id(), phase, targets, slot).await
     }
 
     pub(super) async fn run_cancels(
         &self,
         r: &Reservation,
         phase: Option<SpanParent>,
+        slot: &mut Slot<'_>,
     ) -> Result<(), CoordinatorError> {
         // A try whose answer never arrived (a timeout, a crash) may hold a change: ask again
         // with the same Idempotency-Key to learn its link, so it can be cancelled.
@@ -67,7 +70,7 @@ impl Coordinator {
                     .map(|l| (i, p.name().to_owned(), Call::Cancel(l)))
             })
             .collect();
-        self.fan_out(r.id(), phase, targets).await
+        self.fan_out(r.id(), phase, targets, slot).await
     }
 
     pub(super) fn count_retry(&self, verb: CallVerb) {
@@ -172,6 +175,7 @@ impl Coordinator {
         id: ReservationId,
         phase: Option<SpanParent>,
         targets: Vec<(usize, String, Call)>,
+        slot: &mut Slot<'_>,
     ) -> Result<(), CoordinatorError> {
         let mut schedules: Vec<Schedule> = targets
             .iter()
@@ -191,6 +195,7 @@ impl Coordinator {
             r.finish_phase(now);
         })
         .await?;
+        slot.release();
         // Fired by an operator's "retry now": every retry below stops waiting. Registered
         // only while some participant waits.
         let waits = first.iter().any(|attempt| attempt.delay.is_some());

@@ -41,6 +41,7 @@ mod commands;
 mod deadlines;
 mod decisions;
 mod drivers;
+pub use drivers::PHASES_AT_ONCE;
 mod queries;
 mod resumption;
 mod spans;
@@ -210,6 +211,8 @@ struct Inner {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// The live driver of each reservation and the token that wakes it.
     drivers: Mutex<IdMap<CancellationToken>>,
+    /// Places for drivers making their first round of calls (see `drivers::Slot`).
+    phases: tokio::sync::Semaphore,
     /// The reservations being worked on (trying, confirming, cancelling), as last saved:
     /// their drivers and waiters read them many times, and decoding a record each time
     /// was a tenth of the CPU under load. Written under the reservation's lock, after the
@@ -280,6 +283,7 @@ impl Coordinator {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 drivers: Mutex::new(IdMap::default()),
+                phases: tokio::sync::Semaphore::new(drivers::PHASES_AT_ONCE),
                 watchers: Mutex::new(IdMap::default()),
                 retry_now: Mutex::new(IdMap::default()),
                 working: Mutex::new(IdMap::default()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::drivers::Slot;
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{
     CallVerb, Event, ParticipantEvent, ParticipantState, Reservation, SharedTry, SpanParent, State,
@@ -30,6 +31,7 @@ impl Coordinator {
         r: &Reservation,
         wake: &CancellationToken,
         phase: Option<SpanParent>,
+        slot: &mut Slot<'_>,
     ) -> Result<(), CoordinatorError> {
         let tries: Vec<(usize, Arc<SharedTry>)> = r
             .unsettled()
@@ -56,6 +58,7 @@ impl Coordinator {
                 }
             })
             .await?;
+            slot.release();
             let retries = answers.iter().zip(tries).zip(schedules).filter_map(
                 |((answer, (i, request)), schedule)| {
                     let delay = answer.retry_in?;
@@ -74,6 +77,7 @@ impl Coordinator {
                 }
             })
             .await?;
+        slot.release();
         if after.state() == State::Trying {
             // Tries gave up at the deadline: wait for the timer's cancel (or a join) to wake us.
             tokio::select! {

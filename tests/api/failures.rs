@@ -148,6 +148,61 @@ async fn confirm_answered_429_with_retry_after_waits_that_long() {
     app.stop().await;
 }
 
+/// Drivers make their first round of calls a bounded number at a time
+/// (`PHASES_AT_ONCE`), and a driver waiting to retry gives its place back: with more
+/// reservations than places, all waiting an hour on a participant that failed, another
+/// reservation's confirm still goes through at once (without the release it waits an hour).
+#[tokio::test]
+async fn reservations_waiting_to_retry_do_not_hold_up_other_confirms() {
+    let app = spawn_app().await;
+    let failing = Participant::start().await;
+    let waiting = tcc_coordinator::PHASES_AT_ONCE + 1;
+    failing.script(
+        "confirm",
+        std::iter::repeat_n(Reply::RetryAfter(503, 3600), waiting),
+    );
+    let numbers: Vec<u32> = (0..u32::try_from(waiting).unwrap()).collect();
+    for chunk in numbers.chunks(32) {
+        futures_util::future::join_all(chunk.iter().map(|&n| {
+            let (app, failing) = (&app, &failing);
+            async move {
+                let id = app
+                    .create(&json!({"participants": [failing.link(n)]}))
+                    .await;
+                let confirm = app.post(&format!("/reservations/{id}/confirm")).await;
+                assert_eq!(confirm.status(), 202);
+            }
+        }))
+        .await;
+    }
+    failing
+        .wait_until("every confirm answered 503 once", |p| {
+            p.count("PUT") >= waiting
+        })
+        .await;
+
+    let healthy = Participant::start().await;
+    let id = app
+        .create(&json!({"participants": [healthy.link(1)]}))
+        .await;
+    assert_eq!(
+        app.post(&format!("/reservations/{id}/confirm"))
+            .await
+            .status(),
+        202
+    );
+    let (status, _) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 303);
+    assert_eq!(healthy.count("PUT"), 1);
+    assert_eq!(
+        failing.count("PUT"),
+        waiting,
+        "{:?}",
+        failing.summary().len()
+    );
+    app.stop().await;
+}
+
 /// An operator fixed a participant that asked to be called again in an hour: "retry now"
 /// calls it at once (the test would wait an hour without it), and only while it waits.
 #[tokio::test]
