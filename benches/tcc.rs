@@ -8,7 +8,7 @@
 //!
 //! Options: `--rounds N` (pairs of direct and coordinator rounds, default 5), `--seconds S`
 //! (length of a round, default 5), `--count N` (reservations for `timeout-storm` and
-//! `pending`), `--json FILE`, and for `confirm`, `try` and `fanout`: `--store postgres` (the
+//! `pending`), `--minutes M` (how long `memory` loads the coordinator, default 10), `--json FILE`, and for `confirm`, `try` and `fanout`: `--store postgres` (the
 //! log in the PostgreSQL database `TCC_TEST_POSTGRES` names, a fresh schema per run; see
 //! `.ci/postgres.sh`) and `--instances N` (N coordinator processes on that database, requests
 //! spread round-robin: each transaction is created on one and confirmed on the next).
@@ -54,9 +54,18 @@ struct Options {
     /// The coordinators' log: `sled` (each its own data directory) or `postgres`.
     store: String,
     instances: usize,
+    /// How long `memory` keeps the coordinator loaded.
+    minutes: f64,
 }
 
-const SCENARIOS: [&str; 5] = ["confirm", "try", "fanout", "timeout-storm", "pending"];
+const SCENARIOS: [&str; 6] = [
+    "confirm",
+    "try",
+    "fanout",
+    "timeout-storm",
+    "pending",
+    "memory",
+];
 
 fn options() -> Options {
     let mut o = Options {
@@ -67,6 +76,7 @@ fn options() -> Options {
         json: None,
         store: "sled".into(),
         instances: 1,
+        minutes: 10.0,
     };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(arg) = args.next() {
@@ -93,6 +103,11 @@ fn options() -> Options {
                 )
             }
             "--json" => o.json = Some(value("--json")),
+            "--minutes" => {
+                o.minutes = value("--minutes")
+                    .parse()
+                    .unwrap_or_else(|_| usage("--minutes takes a number"))
+            }
             "--store" => {
                 o.store = value("--store");
                 if !["sled", "postgres"].contains(&o.store.as_str()) {
@@ -125,8 +140,8 @@ fn options() -> Options {
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "tcc bench: {problem}\nusage: cargo bench --bench tcc -- [confirm|try|fanout|timeout-storm|pending|all]... \
-         [--rounds N] [--seconds S] [--count N] [--json FILE] [--store sled|postgres] [--instances N]"
+        "tcc bench: {problem}\nusage: cargo bench --bench tcc -- [confirm|try|fanout|timeout-storm|pending|memory|all]... \
+         [--rounds N] [--seconds S] [--count N] [--minutes M] [--json FILE] [--store sled|postgres] [--instances N]"
     );
     std::process::exit(2)
 }
@@ -180,6 +195,7 @@ async fn run_scenario(name: &str, o: &Options) -> Value {
         "fanout" => throughput(name, 8, 64, Style::Links, o).await,
         "timeout-storm" => timeout_storm(o.count.unwrap_or(100_000)).await,
         "pending" => pending(o.count.unwrap_or(1_000_000)).await,
+        "memory" => memory(o.minutes).await,
         _ => unreachable!(),
     }
 }
@@ -942,6 +958,63 @@ async fn pending(count: usize) -> Value {
         "rss_after_restart_mib": round2(rss_restarted),
         "log_mib": round2(disk_mib(&data)),
         "restart_to_ready_s": round2(ready_s),
+    })
+}
+
+/// The `confirm` workload without pause for `minutes`, the coordinator on its defaults
+/// (retention included): its resident memory sampled every 15 s, and how much it grew from
+/// the second minute (caches warm) to the end.
+async fn memory(minutes: f64) -> Value {
+    let (_participants, bases) = start_participants(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, base) = start_coordinator(&Log::Dir(&dir.path().join("data")));
+    let http = client(64);
+    wait_ready(&http, &base).await;
+    let pid = coordinator.pid();
+    let sampler = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        loop {
+            samples.push((start.elapsed().as_secs_f64(), resident_mib(pid)));
+            eprintln!(
+                "memory: {:.0} s, {:.1} MiB",
+                samples.last().unwrap().0,
+                samples.last().unwrap().1
+            );
+            if start.elapsed().as_secs_f64() >= minutes * 60.0 {
+                return samples;
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    });
+    let (bases, coordinators) = (Arc::new(bases), Arc::new(vec![base]));
+    let sequence = Arc::new(AtomicU64::new(0));
+    let (tps, _) = round(64, minutes * 60.0, move || {
+        let (http, bases, coordinators) = (http.clone(), bases.clone(), coordinators.clone());
+        let n = sequence.fetch_add(1, Ordering::Relaxed) as usize;
+        async move { coordinated(&http, &coordinators, n, &bases, Style::Links).await }
+    })
+    .await;
+    let samples = sampler.await.unwrap();
+    let after_first_minute: Vec<f64> = samples
+        .iter()
+        .filter(|(t, _)| *t >= 60.0)
+        .map(|(_, m)| *m)
+        .collect();
+    let (first, last) = (
+        after_first_minute.first().copied().unwrap_or(f64::NAN),
+        samples.last().map_or(f64::NAN, |(_, m)| *m),
+    );
+    json!({
+        "scenario": "memory",
+        "minutes": minutes,
+        "transactions": (tps * minutes * 60.0).round(),
+        "tps": round2(tps),
+        "rss_at_1_min_mib": round2(first),
+        "rss_at_end_mib": round2(last),
+        "rss_max_mib": round2(samples.iter().map(|(_, m)| *m).fold(0.0, f64::max)),
+        "growth_after_1_min_mib": round2(last - first),
+        "rss_samples_mib": samples.iter().map(|(_, m)| round2(*m)).collect::<Vec<_>>(),
     })
 }
 

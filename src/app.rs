@@ -203,6 +203,10 @@ impl App {
                     sync: config.sync,
                     disk_reserve: config.disk_reserve,
                     write_timeout: config.store_timeout,
+                    retention: crate::store::Retention {
+                        retention: config.limits.retention,
+                        transaction_retention: config.limits.transaction_retention,
+                    },
                 };
                 let metrics = metrics.clone();
                 tokio::task::spawn_blocking(move || Store::open(&dir, &options, queue, &metrics))
@@ -285,6 +289,9 @@ impl App {
             shutdown.clone(),
         )
         .map_err(AppError::TimerThread)?;
+        if topology.sweeps_its_own_log() {
+            tasks.spawn(coordinator.clone().sweep_retention_until(shutdown.clone()));
+        }
         if topology.has_cluster_duties() {
             tasks.spawn(cluster::run(
                 coordinator.clone(),

@@ -80,7 +80,12 @@ pub async fn run(coordinator: Coordinator, lease: Duration, shutdown: Cancellati
                 }
             }
             for _ in 0..PURGE_BATCHES_PER_TICK {
-                if store.purge_due(coordinator.now(), PURGE_BATCH).await? < PURGE_BATCH {
+                if store
+                    .purge_due(coordinator.now(), PURGE_BATCH)
+                    .await?
+                    .scanned
+                    < PURGE_BATCH
+                {
                     break;
                 }
             }

@@ -1,5 +1,4 @@
-//! Deadlines: a min-heap of (instant, reservation, what is due) and the thread that fires
-//! them.
+//! Deadlines: a min-heap of (instant, reservation) and the thread that fires them.
 //!
 //! No periodic scan: the thread sleeps until the earliest instant, pops every due entry and
 //! hands it to the [`Fire`] it was given (the coordinator, which this module does not know).
@@ -21,15 +20,6 @@ use futures_util::future::BoxFuture;
 
 use crate::domain::ReservationId;
 
-/// What is due at a timer's instant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Due {
-    /// The reservation's deadline: cancel it if still undecided.
-    Deadline,
-    /// The end of its retention: drop the record.
-    Purge,
-}
-
 /// What the deadline thread calls when instants come.
 pub trait Fire: Send + Sync + 'static {
     /// The current time.
@@ -38,9 +28,6 @@ pub trait Fire: Send + Sync + 'static {
     /// Expires a batch of reservations whose deadlines came (harmless for any that is not
     /// due any more). An error (the log out of reach) arms them again a second later.
     fn expire(&self, ids: Vec<ReservationId>) -> BoxFuture<'static, Result<(), String>>;
-
-    /// Drops the record of a reservation whose retention ended.
-    fn purge(&self, id: ReservationId) -> BoxFuture<'static, Result<(), String>>;
 
     /// The runtime the expiries must run on, when not the deadline thread's own (a store
     /// whose connections live on the main runtime).
@@ -65,16 +52,16 @@ struct Shared {
 
 #[derive(Default)]
 struct Pending {
-    entries: Vec<(DateTime<Utc>, ReservationId, Due)>,
+    entries: Vec<(DateTime<Utc>, ReservationId)>,
     /// When the deadline thread will look next; `None` while it has nothing to wait for.
     next_wake: Option<DateTime<Utc>>,
 }
 
 impl TimerQueue {
-    /// Arms a timer: `what` is due for `id` at `at`.
-    pub fn arm(&self, at: DateTime<Utc>, id: ReservationId, what: Due) {
+    /// Arms a timer: the deadline of `id` falls at `at`.
+    pub fn arm(&self, at: DateTime<Utc>, id: ReservationId) {
         let mut pending = self.shared.pending.lock().expect("timer queue lock");
-        pending.entries.push((at, id, what));
+        pending.entries.push((at, id));
         if pending.next_wake.is_none_or(|next| at < next) {
             pending.next_wake = Some(at);
             drop(pending);
@@ -83,10 +70,10 @@ impl TimerQueue {
     }
 
     /// Moves the armed entries into `deadlines` and records when the thread will look next.
-    fn drain_into(&self, deadlines: &mut Deadlines<Due>) -> Option<DateTime<Utc>> {
+    fn drain_into(&self, deadlines: &mut Deadlines) -> Option<DateTime<Utc>> {
         let mut pending = self.shared.pending.lock().expect("timer queue lock");
-        for (at, id, what) in pending.entries.drain(..) {
-            deadlines.push(at, id, what);
+        for (at, id) in pending.entries.drain(..) {
+            deadlines.push(at, id);
         }
         pending.next_wake = deadlines.next();
         pending.next_wake
@@ -98,38 +85,30 @@ impl TimerQueue {
 const EXPIRY_BATCH: usize = 512;
 
 /// Pending timers, earliest first. Pure: the caller says what time it is.
-#[derive(Debug)]
-pub struct Deadlines<T = Due> {
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, ReservationId, T)>>,
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, ReservationId)>>,
 }
 
-impl<T: Ord> Default for Deadlines<T> {
-    fn default() -> Self {
-        Self {
-            heap: BinaryHeap::new(),
-        }
-    }
-}
-
-impl<T: Ord + Copy> Deadlines<T> {
-    pub fn push(&mut self, at: DateTime<Utc>, id: ReservationId, what: T) {
-        self.heap.push(Reverse((at, id, what)));
+impl Deadlines {
+    pub fn push(&mut self, at: DateTime<Utc>, id: ReservationId) {
+        self.heap.push(Reverse((at, id)));
     }
 
     /// The earliest pending instant.
     #[must_use]
     pub fn next(&self) -> Option<DateTime<Utc>> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Removes and returns every entry due at `now`.
-    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<(ReservationId, T)> {
+    /// Removes and returns every reservation whose deadline is due at `now`.
+    pub fn pop_due(&mut self, now: DateTime<Utc>) -> Vec<ReservationId> {
         let mut due = Vec::new();
-        while let Some(Reverse((at, id, what))) = self.heap.peek() {
+        while let Some(Reverse((at, id))) = self.heap.peek() {
             if *at > now {
                 break;
             }
-            due.push((*id, *what));
+            due.push(*id);
             self.heap.pop();
         }
         due
@@ -176,7 +155,7 @@ pub async fn run(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let mut deadlines = Deadlines::<Due>::default();
+    let mut deadlines = Deadlines::default();
     loop {
         let next = arm.drain_into(&mut deadlines);
         let sleep = async {
@@ -193,12 +172,10 @@ pub async fn run(
             // An earlier instant was armed: look again.
             () = arm.shared.wake.notified() => {}
             () = sleep => {
-                let due = deadlines.pop_due(handler.now());
-                let (expiring, purging): (Vec<_>, Vec<_>) =
-                    due.into_iter().partition(|(_, what)| *what == Due::Deadline);
+                let expiring = deadlines.pop_due(handler.now());
                 // Deadlines due together are expired together: one flush for the batch.
                 for batch in expiring.chunks(EXPIRY_BATCH) {
-                    let ids: Vec<_> = batch.iter().map(|(id, _)| *id).collect();
+                    let ids = batch.to_vec();
                     let (handler, rearm) = (handler.clone(), arm.clone());
                     let io = handler.runtime();
                     let expiring = async move {
@@ -209,7 +186,7 @@ pub async fn run(
                                 "expiring reservations failed; trying again in 1 s");
                             let at = handler.now() + chrono::Duration::seconds(1);
                             for id in ids {
-                                rearm.arm(at, id, Due::Deadline);
+                                rearm.arm(at, id);
                             }
                         }
                     };
@@ -217,14 +194,6 @@ pub async fn run(
                         Some(runtime) => tasks.spawn_on(expiring, &runtime),
                         None => tasks.spawn(expiring),
                     };
-                }
-                for (id, _) in purging {
-                    let handler = handler.clone();
-                    tasks.spawn(async move {
-                        if let Err(error) = handler.purge(id).await {
-                            tracing::error!(reservation_id = %id, %error, "purging a reservation failed");
-                        }
-                    });
                 }
             }
         }
@@ -247,17 +216,14 @@ mod tests {
             ReservationId::new(),
             ReservationId::new(),
         );
-        d.push(at(300), c, Due::Purge);
-        d.push(at(100), a, Due::Deadline);
-        d.push(at(200), b, Due::Deadline);
+        d.push(at(300), c);
+        d.push(at(100), a);
+        d.push(at(200), b);
         assert_eq!(d.next(), Some(at(100)));
         assert_eq!(d.pop_due(at(99)), vec![]);
-        assert_eq!(
-            d.pop_due(at(200)),
-            vec![(a, Due::Deadline), (b, Due::Deadline)]
-        );
+        assert_eq!(d.pop_due(at(200)), vec![a, b]);
         assert_eq!(d.next(), Some(at(300)));
-        assert_eq!(d.pop_due(at(1_000)), vec![(c, Due::Purge)]);
+        assert_eq!(d.pop_due(at(1_000)), vec![c]);
         assert_eq!(d.next(), None);
     }
 
@@ -266,20 +232,20 @@ mod tests {
         use futures_util::FutureExt;
 
         let queue = TimerQueue::default();
-        let mut deadlines = Deadlines::<Due>::default();
+        let mut deadlines = Deadlines::default();
         let woken = |q: &TimerQueue| q.shared.wake.notified().now_or_never().is_some();
 
-        queue.arm(at(100), ReservationId::new(), Due::Deadline);
+        queue.arm(at(100), ReservationId::new());
         assert!(
             woken(&queue),
             "the first deadline wakes the sleeping thread"
         );
         assert_eq!(queue.drain_into(&mut deadlines), Some(at(100)));
 
-        queue.arm(at(200), ReservationId::new(), Due::Purge);
+        queue.arm(at(200), ReservationId::new());
         assert!(!woken(&queue), "a later instant waits for the next look");
 
-        queue.arm(at(50), ReservationId::new(), Due::Deadline);
+        queue.arm(at(50), ReservationId::new());
         assert!(woken(&queue), "an earlier instant wakes it");
         assert_eq!(queue.drain_into(&mut deadlines), Some(at(50)));
         assert_eq!(
@@ -293,7 +259,7 @@ mod tests {
     fn a_million_deadlines_pop_in_order() {
         let mut d = Deadlines::default();
         for i in (0..1_000_000).rev() {
-            d.push(at(i), ReservationId::new(), Due::Deadline);
+            d.push(at(i), ReservationId::new());
         }
         assert_eq!(d.pop_due(at(9)).len(), 10);
         assert_eq!(d.next(), Some(at(10)));

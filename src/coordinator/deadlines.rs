@@ -1,11 +1,22 @@
-//! Deadlines and purges: what the timer thread asks for when an instant comes (expire
-//! undecided reservations, drop records whose retention ended), and arming those timers.
+//! Deadlines and retention: what the timer thread asks for when a deadline comes (expire
+//! undecided reservations), arming those timers, and the sweep that drops records whose
+//! retention ended.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Coordinator, CoordinatorError, Due, MAX_CONFLICTS};
+use tokio_util::sync::CancellationToken;
+
+use super::{Coordinator, CoordinatorError, MAX_CONFLICTS};
 use crate::domain::{Reservation, ReservationId, State};
 use crate::store::{Ownership, StoreError};
+
+/// How often the embedded log is swept for records past their retention: a record is
+/// dropped at most this long after its retention ends.
+const RETENTION_SWEEP: Duration = Duration::from_secs(1);
+
+/// Records dropped in one pass of the sweep (it goes on at once while passes are full).
+const PURGE_BATCH: usize = 1000;
 
 impl Coordinator {
     /// Cancels every reservation of `ids` whose deadline has passed with nothing decided.
@@ -100,26 +111,41 @@ impl Coordinator {
         }
     }
 
-    /// Drops the record of a reservation whose retention has ended. Called by the timers.
+    /// Drops the records whose retention has ended, a batch at a time until none is due;
+    /// returns how many. Embedded log only (a shared store's sweep is the cluster's).
     ///
     /// # Errors
-    /// `Store`.
-    pub async fn purge(&self, id: ReservationId) -> Result<(), CoordinatorError> {
-        let limits = self.inner.limits;
-        let _guard = self.lock_for(id).lock().await;
-        let Some(r) = self.inner.store.load(id).await? else {
-            return Ok(());
-        };
-        if r.purge_at(limits.retention, limits.transaction_retention)
-            .is_some_and(|at| at <= self.now())
-        {
-            // Not flushed here: a purge lost in a crash is simply done again at recovery.
-            self.inner.store.remove(&r).await?;
-            self.drop_copies(id);
-            self.inner.metrics.left(r.state());
-            tracing::debug!(reservation_id = %id, "retention ended: record purged");
+    /// `Store`: the next sweep tries again.
+    pub async fn sweep_retention(&self) -> Result<usize, CoordinatorError> {
+        let mut purged = 0;
+        loop {
+            let batch = self.inner.store.purge_due(self.now(), PURGE_BATCH).await?;
+            for &(id, state) in &batch.removed {
+                self.drop_copies(id);
+                self.inner.metrics.left(state);
+                tracing::debug!(reservation_id = %id, "retention ended: record purged");
+            }
+            purged += batch.removed.len();
+            if batch.scanned < PURGE_BATCH {
+                return Ok(purged);
+            }
+            tokio::task::yield_now().await;
         }
-        Ok(())
+    }
+
+    /// Sweeps the embedded log every [`RETENTION_SWEEP`] until `shutdown`.
+    pub async fn sweep_retention_until(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(RETENTION_SWEEP);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.sweep_retention().await {
+                tracing::error!(%error, "dropping records past their retention failed; trying again in 1 s");
+            }
+        }
     }
 
     pub(super) fn arm_deadline(&self, reservation: &Reservation) {
@@ -136,7 +162,7 @@ impl Coordinator {
             .lock()
             .expect("armed lock")
             .insert(id, false);
-        self.inner.deadlines.arm(at, id, Due::Deadline);
+        self.inner.deadlines.arm(at, id);
     }
 
     /// Notes that a reservation whose deadline is armed here was decided: its timer will
@@ -156,16 +182,6 @@ impl Coordinator {
             .filter(|id| armed.remove(id) != Some(true))
             .collect()
     }
-
-    pub(super) fn arm_purge(&self, reservation: &Reservation) {
-        if !self.inner.topology.purges_by_timer() {
-            return;
-        }
-        let limits = &self.inner.limits;
-        if let Some(at) = reservation.purge_at(limits.retention, limits.transaction_retention) {
-            self.inner.deadlines.arm(at, reservation.id(), Due::Purge);
-        }
-    }
 }
 
 /// The deadline thread's view of the coordinator: it is handed this, and knows nothing else.
@@ -180,14 +196,6 @@ impl crate::timers::Fire for Coordinator {
     ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
         let this = self.clone();
         Box::pin(async move { this.expire(&ids).await.map(drop).map_err(|e| e.to_string()) })
-    }
-
-    fn purge(
-        &self,
-        id: ReservationId,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
-        let this = self.clone();
-        Box::pin(async move { this.purge(id).await.map_err(|e| e.to_string()) })
     }
 
     fn runtime(&self) -> Option<tokio::runtime::Handle> {

@@ -52,7 +52,6 @@ mod unit_of_work;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use crate::timers::Due;
 pub use topology::Topology;
 
 pub(crate) use resumption::recover;

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Coordinator, Due};
+use super::Coordinator;
 use crate::domain::{Reservation, ReservationId, State};
 use crate::store::StoreError;
 
@@ -17,18 +17,16 @@ impl Coordinator {
     /// What recovery keeps of a record read back from the log: enough to re-arm its timers
     /// and restart its driver, small enough to hold for millions.
     pub(crate) fn resumption(&self, reservation: &Reservation) -> Resumption {
-        let limits = &self.inner.limits;
         Resumption {
             id: reservation.id(),
             state: reservation.state(),
             expires_at: reservation.expires_at(),
-            purge_at: reservation.purge_at(limits.retention, limits.transaction_retention),
             callback_due: reservation.callback_due(),
         }
     }
 
-    /// Resumes a reservation read back from the log at start: arms its deadline or its
-    /// purge, and restarts its driver.
+    /// Resumes a reservation read back from the log at start: arms its deadline and
+    /// restarts its driver.
     pub(crate) fn resume(&self, r: &Resumption) {
         let topology = self.inner.topology;
         if topology.counts_states_here() {
@@ -36,9 +34,6 @@ impl Coordinator {
         }
         if matches!(r.state, State::Trying | State::Reserved) {
             self.arm_deadline_at(r.expires_at, r.id);
-        }
-        if let (Some(at), true) = (r.purge_at, topology.purges_by_timer()) {
-            self.inner.deadlines.arm(at, r.id, Due::Purge);
         }
         if r.state.is_in_progress() || r.callback_due {
             self.ensure_driven(r.id);
@@ -57,7 +52,6 @@ pub(crate) struct Resumption {
     id: ReservationId,
     state: State,
     expires_at: DateTime<Utc>,
-    purge_at: Option<DateTime<Utc>>,
     callback_due: bool,
 }
 

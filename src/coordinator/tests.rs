@@ -365,6 +365,37 @@ async fn the_unit_of_work_writes_only_what_changed_and_counts_each_write() {
     );
 }
 
+/// The sweep drops a finished reservation once its retention (60 s here) has ended, and
+/// not before; an unfinished one never.
+#[tokio::test]
+async fn the_retention_sweep_drops_a_finished_reservation_once_its_retention_ends() {
+    let h = Harness::new();
+    let finished = h.create(vec![a_link(1)], Duration::from_secs(30)).await;
+    let waiting = h.create(vec![a_link(2)], Duration::from_secs(3600)).await;
+    h.coordinator.cancel(finished.id(), None).await.unwrap();
+    h.until(finished.id(), |r| r.state() == State::Cancelled)
+        .await;
+
+    assert_eq!(h.coordinator.sweep_retention().await.unwrap(), 0);
+    h.advance(Duration::from_secs(59));
+    assert_eq!(h.coordinator.sweep_retention().await.unwrap(), 0);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.coordinator.sweep_retention().await.unwrap(), 1);
+
+    assert_eq!(
+        h.coordinator.store().load(finished.id()).await.unwrap(),
+        None
+    );
+    assert!(h
+        .coordinator
+        .store()
+        .load(waiting.id())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(h.coordinator.sweep_retention().await.unwrap(), 0);
+}
+
 /// The embedded log as these tests open it: 8 MiB of cache, `flush` only, no reserve.
 fn test_log_options() -> EmbeddedOptions {
     EmbeddedOptions {
@@ -372,5 +403,9 @@ fn test_log_options() -> EmbeddedOptions {
         sync: SyncMode::Flush,
         disk_reserve: 0,
         write_timeout: Duration::from_secs(30),
+        retention: crate::store::Retention {
+            retention: Duration::from_secs(60),
+            transaction_retention: Duration::from_secs(60),
+        },
     }
 }

@@ -49,10 +49,11 @@ impl Topology {
         self == Topology::Embedded
     }
 
-    /// Retention ends through a timer per record. Shared: a batched sweep of the database
-    /// (see `cluster`).
+    /// Retention ends through this process's sweep of its own log, every second (see
+    /// `deadlines::RETENTION_SWEEP`). Shared: the cluster's sweep of the
+    /// database (see `cluster`).
     #[must_use]
-    pub fn purges_by_timer(self) -> bool {
+    pub fn sweeps_its_own_log(self) -> bool {
         self == Topology::Embedded
     }
 
@@ -82,7 +83,7 @@ mod tests {
                 t.poll_for_changes().is_some(),
                 t.redrives_repeated_requests(),
                 t.counts_states_here(),
-                t.purges_by_timer(),
+                t.sweeps_its_own_log(),
                 t.store_needs_main_runtime(),
                 t.has_cluster_duties(),
             )

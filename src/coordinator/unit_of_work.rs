@@ -125,7 +125,6 @@ impl Coordinator {
             if after.state().is_in_progress() || after.callback_due() {
                 self.ensure_driven(id);
             }
-            self.arm_purge(after);
         }
         // With a shared store, a client's request (a join, a repeated decision) can make this
         // instance the owner of a reservation another instance worked on: from now on its

@@ -94,7 +94,17 @@ pub enum Ownership {
     Keep,
 }
 
-/// How long finished reservations are kept: what the shared store's retention sweep needs.
+/// What one [`Store::purge_due`] did.
+#[derive(Debug, Default)]
+pub struct Purged {
+    /// Entries looked at (records dropped, with the shared store).
+    pub scanned: usize,
+    /// The reservations dropped and the state each was in (the embedded log's; the shared
+    /// store counts its states from the database).
+    pub removed: Vec<(ReservationId, State)>,
+}
+
+/// How long finished reservations are kept: what the retention sweep needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub retention: std::time::Duration,
@@ -311,17 +321,6 @@ impl Store {
         }
     }
 
-    /// Drops a reservation and its `Idempotency-Key` entry, atomically.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store fails.
-    pub async fn remove(&self, reservation: &Reservation) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Embedded(log) => log.remove(reservation),
-            Backend::Postgres(log) => log.remove(reservation.id()).await,
-        }
-    }
-
     /// A page of reservations, newest first, as `query` filters them; and the cursor of the
     /// next page (`None`: nothing older matches). See [`ListQuery`].
     ///
@@ -343,7 +342,8 @@ impl Store {
     }
 
     /// Every reservation in the embedded log, oldest first, for recovery at start (a full
-    /// scan; blocking). A shared store is not scanned: its reservations are taken over
+    /// scan; blocking; it also restores the log's retention index where a crash lost an
+    /// entry). A shared store is not scanned: its reservations are taken over
     /// through leases ([`Store::claim_orphans`]).
     pub fn local_records(&self) -> Box<dyn Iterator<Item = Result<Reservation, StoreError>> + '_> {
         match &self.backend {
@@ -414,15 +414,19 @@ impl Store {
         }
     }
 
-    /// Deletes up to `limit` reservations whose retention ended before `now`; returns how
-    /// many. Bounded so that no statement holds many locks for long.
+    /// Deletes up to `limit` reservations whose retention ended before `now`. Bounded so
+    /// that no statement holds many locks for long; the caller asks again while
+    /// [`Purged::scanned`] reaches `limit`.
     ///
     /// # Errors
-    /// [`StoreError`] when the database fails.
-    pub async fn purge_due(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
+    /// [`StoreError`] when the store fails.
+    pub async fn purge_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Purged, StoreError> {
         match &self.backend {
-            Backend::Embedded(_) => Ok(0),
-            Backend::Postgres(log) => log.purge_due(now, limit).await,
+            Backend::Embedded(log) => log.purge_due(now, limit),
+            Backend::Postgres(log) => Ok(Purged {
+                scanned: log.purge_due(now, limit).await?,
+                removed: Vec::new(),
+            }),
         }
     }
 

@@ -64,6 +64,7 @@ fn flush_only() -> EmbeddedOptions {
         sync: SyncMode::Flush,
         disk_reserve: 0,
         write_timeout: Duration::from_secs(30),
+        retention: RETENTION,
     }
 }
 
@@ -127,7 +128,8 @@ suite!(
     an_idempotency_key_maps_to_the_first_reservation_only,
     listing_is_newest_first_filtered_and_paged,
     listing_filters_by_participant_host_and_text_within_a_scan_budget,
-    removing_drops_the_record_and_frees_its_key,
+    purging_drops_the_record_and_frees_its_key,
+    retention_deletes_in_bounded_batches,
     concurrent_creates_are_all_durable_and_readable,
     client_writes_past_the_queue_limit_are_refused_until_one_is_durable,
     writes_made_together_each_keep_their_own_outcome,
@@ -319,7 +321,16 @@ async fn listing_filters_by_participant_host_and_text_within_a_scan_budget(store
     assert_eq!(found, vec![ids[1]]);
 }
 
-async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
+/// A finished reservation, its retention ended an hour ago.
+fn finished_long_ago() -> Reservation {
+    let long_ago = Utc::now() - chrono::Duration::hours(1);
+    let mut r = reservation();
+    r.apply(Event::Cancel, long_ago).unwrap();
+    r.finish_phase(long_ago);
+    r
+}
+
+async fn purging_drops_the_record_and_frees_its_key(store: &Store) {
     let key = format!("order-{}", uuid::Uuid::new_v4());
     let mut r = reservation();
     r.set_idempotency_key(key.clone());
@@ -328,9 +339,38 @@ async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
         fingerprint: [1; 32],
     };
     store.create(&mut r, Some(entry)).await.unwrap();
-    store.remove(&r).await.unwrap();
+    let mut later = reservation();
+    store.create(&mut later, None).await.unwrap();
+    let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    r.apply(Event::Cancel, now).unwrap();
+    r.finish_phase(now);
+    store.replace(&mut r, Ownership::Keep).await.unwrap();
+    later
+        .apply(Event::Cancel, now + chrono::Duration::seconds(1))
+        .unwrap();
+    later.finish_phase(now + chrono::Duration::seconds(1));
+    store.replace(&mut later, Ownership::Keep).await.unwrap();
+    let ends = r
+        .purge_at(RETENTION.retention, RETENTION.transaction_retention)
+        .unwrap();
+
+    assert_eq!(
+        store
+            .purge_due(ends - chrono::Duration::milliseconds(1), 10)
+            .await
+            .unwrap()
+            .scanned,
+        0,
+        "nothing is due before its retention ends"
+    );
+    assert_eq!(store.purge_due(ends, 10).await.unwrap().scanned, 1);
+
     assert_eq!(store.load(r.id()).await.unwrap(), None);
     assert_eq!(store.idempotency_key(&key).await.unwrap(), None);
+    assert!(
+        store.load(later.id()).await.unwrap().is_some(),
+        "one whose retention ends later stays"
+    );
     let mut stale = r.clone();
     assert!(matches!(
         store.replace(&mut stale, Ownership::Take).await,
@@ -341,6 +381,27 @@ async fn removing_drops_the_record_and_frees_its_key(store: &Store) {
         None,
         "a removed record stays removed"
     );
+}
+
+async fn retention_deletes_in_bounded_batches(store: &Store) {
+    let mut finished = Vec::new();
+    for _ in 0..25 {
+        let mut r = finished_long_ago();
+        store.create(&mut r, None).await.unwrap();
+        finished.push(r.id());
+    }
+    let mut kept = reservation();
+    store.create(&mut kept, None).await.unwrap();
+    let now = Utc::now();
+    let scanned = |p: Purged| p.scanned;
+    assert_eq!(scanned(store.purge_due(now, 10).await.unwrap()), 10);
+    assert_eq!(scanned(store.purge_due(now, 10).await.unwrap()), 10);
+    assert_eq!(scanned(store.purge_due(now, 10).await.unwrap()), 5);
+    assert_eq!(scanned(store.purge_due(now, 10).await.unwrap()), 0);
+    for id in finished {
+        assert_eq!(store.load(id).await.unwrap(), None);
+    }
+    assert!(store.load(kept.id()).await.unwrap().is_some());
 }
 
 async fn concurrent_creates_are_all_durable_and_readable(store: &Store) {
@@ -476,6 +537,41 @@ fn record_files(data: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// The embedded log's retention index is on disk, and a finished record whose entry is
+/// missing (lost in a crash, or written before the index existed) gets it back when the log
+/// is read at start: without that, it would be kept forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_record_missing_from_the_retention_index_gets_it_back_at_start() {
+    // Arrange: a finished record, its index entry then lost.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let store = Store::open(&data, &flush_only(), 8, &Default::default()).unwrap();
+    let mut finished = finished_long_ago();
+    store.create(&mut finished, None).await.unwrap();
+    store.close(Duration::from_secs(10)).await;
+    let db = sled::open(&data).unwrap();
+    let index = db.open_tree("purges").unwrap();
+    assert_eq!(index.len(), 1, "written with its record");
+    index.clear().unwrap();
+    db.flush().unwrap();
+    drop((index, db));
+    let store = Store::open(&data, &flush_only(), 8, &Default::default()).unwrap();
+    assert_eq!(
+        store.purge_due(Utc::now(), 10).await.unwrap().scanned,
+        0,
+        "the entry is gone"
+    );
+
+    // Act: read back as recovery does.
+    let read: Vec<_> = store.local_records().collect::<Result<_, _>>().unwrap();
+
+    // Assert
+    assert_eq!(read.len(), 1);
+    let purged = store.purge_due(Utc::now(), 10).await.unwrap();
+    assert_eq!(purged.removed, vec![(finished.id(), State::Cancelled)]);
+    assert_eq!(store.load(finished.id()).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_record_lives_in_a_file_of_its_own_replaced_after_a_flush_and_swept_at_start() {
     // Arrange
@@ -556,24 +652,14 @@ async fn a_lapsed_instance_loses_its_work_to_a_claim_and_its_late_writes_fail() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs TCC_TEST_POSTGRES"]
-async fn retention_deletes_in_bounded_batches() {
+async fn the_state_counts_leave_out_what_retention_deleted() {
     let url = required_scratch_database().await;
     let store = postgres_store(&url, Duration::from_secs(10), 64).await;
-    let long_ago = Utc::now() - chrono::Duration::hours(1);
-    for _ in 0..25 {
-        let mut r = reservation();
-        r.apply(Event::Cancel, long_ago).unwrap();
-        r.finish_phase(long_ago);
-        store.create(&mut r, None).await.unwrap();
-    }
+    let mut r = finished_long_ago();
+    store.create(&mut r, None).await.unwrap();
     let mut kept = reservation();
     store.create(&mut kept, None).await.unwrap();
-    let now = Utc::now();
-    assert_eq!(store.purge_due(now, 10).await.unwrap(), 10);
-    assert_eq!(store.purge_due(now, 10).await.unwrap(), 10);
-    assert_eq!(store.purge_due(now, 10).await.unwrap(), 5);
-    assert_eq!(store.purge_due(now, 10).await.unwrap(), 0);
-    assert!(store.load(kept.id()).await.unwrap().is_some());
+    assert_eq!(store.purge_due(Utc::now(), 10).await.unwrap().scanned, 1);
     let counts = store.count_by_state().await.unwrap();
     assert_eq!(counts, vec![(State::Reserved, 1)]);
 }

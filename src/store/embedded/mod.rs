@@ -8,6 +8,12 @@
 //! |---|---|---|
 //! | `reservations` | the id's 16 bytes (UUIDv7, big-endian, so keys sort by creation time) | a record (see `record`): `[3]`, the revision (8 bytes), the postcard of a `ReservationV1` (older records: `[2]` and JSON) |
 //! | `idempotency` | the client's `Idempotency-Key`, UTF-8 | `[1]`, the reservation id (16 bytes), the SHA-256 of the canonical request body (32 bytes) |
+//! | `purges` | when the record's retention ends (milliseconds since 1970, sign bit flipped, big-endian, so keys sort by time: 8 bytes), then its id (16 bytes) | empty |
+//!
+//! `purges` is an index of finished reservations by the end of their retention, kept on disk
+//! so that memory does not grow with every transaction kept (a day of them by default): the
+//! retention sweep reads its first keys. An entry is a hint, checked against the record
+//! before anything is dropped; recovery adds any entry a crash lost.
 //!
 //! The first byte of every value is the record's format version; a reader refuses versions it
 //! does not know instead of guessing.
@@ -30,8 +36,9 @@ mod group_commit;
 mod spill;
 
 use super::listing::{Next, Page};
-use super::{record, KeyEntry, ListQuery, StoreError};
+use super::{record, KeyEntry, ListQuery, Purged, Retention, StoreError};
 use crate::domain::{Reservation, ReservationId};
+use chrono::{DateTime, Utc};
 use group_commit::{sync_dir, GroupCommit, LogFiles};
 pub use group_commit::{DiskHealth, SyncMode};
 use spill::Spill;
@@ -46,6 +53,8 @@ pub struct EmbeddedOptions {
     pub disk_reserve: u64,
     /// How long a client's write waits for the disk before it is answered 503.
     pub write_timeout: std::time::Duration,
+    /// How long finished reservations are kept (the `purges` index's instants).
+    pub retention: Retention,
 }
 
 /// The sled log.
@@ -53,6 +62,8 @@ pub struct EmbeddedOptions {
 pub(super) struct SledLog {
     reservations: sled::Tree,
     idempotency: sled::Tree,
+    purges: sled::Tree,
+    retention: Retention,
     commit: GroupCommit,
     spill: Spill,
 }
@@ -77,6 +88,7 @@ impl SledLog {
             .map_err(open_error)?;
         let reservations = db.open_tree("reservations").map_err(open_error)?;
         let idempotency = db.open_tree("idempotency").map_err(open_error)?;
+        let purges = db.open_tree("purges").map_err(open_error)?;
         let spill = Spill::open(dir, options.sync).map_err(|e| open_error(sled::Error::Io(e)))?;
         if options.sync == SyncMode::Fdatasync {
             make_names_durable(dir, created.as_deref())
@@ -109,6 +121,8 @@ impl SledLog {
         Ok(Self {
             reservations,
             idempotency,
+            purges,
+            retention: options.retention,
             commit,
             spill,
         })
@@ -136,6 +150,7 @@ impl SledLog {
                 drop(error);
                 return Err(StoreError::Conflict(reservation.id()));
             }
+            self.index_purge(reservation)?;
             return self.commit.wait_durable().await.map(|()| None);
         };
         let mut entry = Vec::with_capacity(49);
@@ -160,6 +175,7 @@ impl SledLog {
             reservation.set_revision(0);
             return decode_key_entry(key.key, &existing).map(Some);
         }
+        self.index_purge(reservation)?;
         self.commit.wait_durable().await?;
         Ok(None)
     }
@@ -189,6 +205,12 @@ impl SledLog {
             Ok(()) => {
                 if let Some(old) = current {
                     self.spill.supersede(id, &old);
+                }
+                // Flushed with the record by the same group flush. An index that cannot be
+                // written does not undo the record: recovery adds the entry at the next start.
+                if let Err(error) = self.index_purge(reservation) {
+                    tracing::warn!(reservation_id = %id, %error,
+                        "could not index the reservation's end of retention; it is purged after the next restart");
                 }
                 Ok(())
             }
@@ -222,11 +244,17 @@ impl SledLog {
         use sled::Transactional;
 
         let key = reservation.idempotency_key();
-        let removed = (&self.reservations, &self.idempotency)
-            .transaction(|(reservations, keys)| {
+        let purge = self
+            .purge_at(reservation)
+            .map(|at| purge_key(at, reservation.id()));
+        let removed = (&self.reservations, &self.idempotency, &self.purges)
+            .transaction(|(reservations, keys, purges)| {
                 let removed = reservations.remove(&reservation.id().to_bytes())?;
                 if let Some(key) = key {
                     keys.remove(key.as_bytes())?;
+                }
+                if let Some(purge) = &purge {
+                    purges.remove(purge)?;
                 }
                 Ok::<_, ConflictableTransactionError<()>>(removed)
             })
@@ -242,6 +270,54 @@ impl SledLog {
 
     pub(super) fn flushes(&self) -> u64 {
         self.commit.flushes()
+    }
+
+    fn purge_at(&self, reservation: &Reservation) -> Option<DateTime<Utc>> {
+        reservation.purge_at(
+            self.retention.retention,
+            self.retention.transaction_retention,
+        )
+    }
+
+    /// Adds a finished reservation to the `purges` index (nothing for an unfinished one).
+    /// Not flushed: the record's own flush, or the next, makes it durable.
+    fn index_purge(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        if let Some(at) = self.purge_at(reservation) {
+            let key = purge_key(at, reservation.id());
+            if !self.purges.contains_key(key)? {
+                self.purges.insert(key, &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops up to `limit` records whose retention ended by `now`, earliest first, with their
+    /// `Idempotency-Key` entries. An index entry is checked against its record first: one
+    /// whose record is gone, or ends its retention at another instant, is only dropped. Not
+    /// flushed: a purge lost in a crash is done again by the next sweep.
+    pub(super) fn purge_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Purged, StoreError> {
+        let last = purge_key(now, ReservationId::from_bytes([0xff; 16]));
+        let due = self
+            .purges
+            .range(..=last)
+            .keys()
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut purged = Purged {
+            scanned: due.len(),
+            removed: Vec::new(),
+        };
+        for key in due {
+            let id = id_of(&key[8..])?;
+            if let Some(r) = self.load(id)? {
+                if self.purge_at(&r).is_some_and(|at| at <= now) {
+                    self.remove(&r)?;
+                    purged.removed.push((id, r.state()));
+                }
+            }
+            self.purges.remove(key)?;
+        }
+        Ok(purged)
     }
 
     /// Closes the log: a last flush, then sled's files are released (another process or a
@@ -268,11 +344,19 @@ impl SledLog {
             .transpose()
     }
 
+    /// Every record, oldest first (recovery's scan). Adds each finished one to the
+    /// `purges` index on the way, where a crash lost its entry or a log written before the
+    /// index has none.
     pub(super) fn all(&self) -> impl Iterator<Item = Result<Reservation, StoreError>> + '_ {
         self.reservations.iter().map(|entry| {
             let (key, value) = entry?;
             let id = id_of(&key)?;
-            record::decode(id, &self.spill.load(id, &value)?)
+            let reservation = record::decode(id, &self.spill.load(id, &value)?)?;
+            if let Err(error) = self.index_purge(&reservation) {
+                tracing::warn!(reservation_id = %id, %error,
+                    "could not index the reservation's end of retention; it is kept until the next restart");
+            }
+            Ok(reservation)
         })
     }
 
@@ -313,6 +397,15 @@ fn decode_key_entry(key: &str, value: &[u8]) -> Result<(ReservationId, [u8; 32])
         }
         _ => Err(corrupt()),
     }
+}
+
+/// The `purges` key of a record whose retention ends at `at`.
+fn purge_key(at: DateTime<Utc>, id: ReservationId) -> [u8; 24] {
+    let millis = u64::from_be_bytes(at.timestamp_millis().to_be_bytes()) ^ (1 << 63);
+    let mut key = [0; 24];
+    key[..8].copy_from_slice(&millis.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_bytes());
+    key
 }
 
 fn id_of(key: &[u8]) -> Result<ReservationId, StoreError> {

@@ -371,16 +371,6 @@ impl PgLog {
         .transpose()
     }
 
-    pub(super) async fn remove(&self, id: ReservationId) -> Result<(), StoreError> {
-        let uuid = *id.as_uuid();
-        self.run(move |c| async move {
-            c.execute("DELETE FROM tcc_reservations WHERE id = $1", &[&uuid])
-                .await
-        })
-        .await?;
-        Ok(())
-    }
-
     /// A listing page. The state is filtered by the query; host and text filters by
     /// [`Page`], over chunks of rows fetched newest first.
     pub(super) async fn newest_first(
