@@ -220,13 +220,10 @@ impl Coordinator {
             let mut signals = self.inner.retry_now.lock().expect("retry signals lock");
             signals.remove(&id);
         }
-        retried.into_iter().collect::<Result<(), _>>()?;
-        if self.inner.shutdown.is_cancelled() || wake.is_cancelled() {
-            return Ok(());
-        }
-        // Nothing left to call (no participants, or all settled before): end the phase.
-        self.update(id, |r, now| r.finish_phase(now)).await?;
-        Ok(())
+        // The phase ended with the write that recorded its last answer (the first one's when
+        // there was nothing to call), or it is left for the driver's next round (stopping,
+        // or an operator's retry now).
+        retried.into_iter().collect::<Result<(), _>>()
     }
 
     /// Calls one participant again after `delay`, until it settles, the coordinator stops

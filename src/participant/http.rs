@@ -103,7 +103,11 @@ impl ParticipantClient {
             .timeout(call_timeout)
             .connect_timeout(call_timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
+            // As many as may be in flight: with fewer, a storm of calls to one host closed a
+            // connection at each answer and opened another for the next call (connect,
+            // shutdown and close were a twentieth of a timeout storm's CPU, and the
+            // participant paid for the accepts).
+            .pool_max_idle_per_host(MAX_CALLS_IN_FLIGHT)
             .user_agent(concat!("tcc-coordinator/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
