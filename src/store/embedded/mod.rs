@@ -279,9 +279,19 @@ impl SledLog {
         )
     }
 
-    /// Adds a finished reservation to the `purges` index (nothing for an unfinished one).
-    /// Not flushed: the record's own flush, or the next, makes it durable.
+    /// Adds a finished reservation to the `purges` index (nothing for an unfinished one; a
+    /// second time changes nothing). Not flushed: the record's own flush, or the next, makes
+    /// it durable.
     fn index_purge(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        if let Some(at) = self.purge_at(reservation) {
+            self.purges.insert(purge_key(at, reservation.id()), &[])?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::index_purge`] where the entry is missing: recovery reads every record at each
+    /// start, and most finished ones are indexed already (a read costs less than a write).
+    fn restore_purge_index(&self, reservation: &Reservation) -> Result<(), StoreError> {
         if let Some(at) = self.purge_at(reservation) {
             let key = purge_key(at, reservation.id());
             if !self.purges.contains_key(key)? {
@@ -352,7 +362,7 @@ impl SledLog {
             let (key, value) = entry?;
             let id = id_of(&key)?;
             let reservation = record::decode(id, &self.spill.load(id, &value)?)?;
-            if let Err(error) = self.index_purge(&reservation) {
+            if let Err(error) = self.restore_purge_index(&reservation) {
                 tracing::warn!(reservation_id = %id, %error,
                     "could not index the reservation's end of retention; it is kept until the next restart");
             }
