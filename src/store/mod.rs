@@ -422,7 +422,13 @@ impl Store {
     /// [`StoreError`] when the store fails.
     pub async fn purge_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Purged, StoreError> {
         match &self.backend {
-            Backend::Embedded(log) => log.purge_due(now, limit),
+            Backend::Embedded(log) => {
+                // Up to `limit` reads and removals: on a blocking thread, not a runtime worker.
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.purge_due(now, limit))
+                    .await
+                    .map_err(|e| StoreError::Blocking(e.to_string()))?
+            }
             Backend::Postgres(log) => Ok(Purged {
                 scanned: log.purge_due(now, limit).await?,
                 removed: Vec::new(),

@@ -119,7 +119,7 @@ async fn the_data_directory_stops_growing_under_a_steady_load_of_short_lived_res
         c.limits.transaction_retention = Duration::from_millis(200);
     })
     .await;
-    let metadata = json!({"padding": "x".repeat(2000)});
+    let metadata = json!({"padding": "x".repeat(4000)});
 
     let mut sizes = Vec::new();
     for _round in 0..12 {
@@ -136,12 +136,14 @@ async fn the_data_directory_stops_growing_under_a_steady_load_of_short_lived_res
         sizes.push(disk_usage(&data));
     }
 
-    // 3,600 reservations of over 2 KB each were written: kept, they would take 7 MB or more.
-    let steady = sizes[5];
-    let last = *sizes.last().unwrap();
+    // 3,600 reservations of over 4 KB each were written: kept, they would take 14 MB or more,
+    // growing by over 1 MB a round. sled's files move by a segment or more from one round to
+    // the next as it cleans, so the peaks are compared, not single samples.
+    let steady = *sizes[2..6].iter().max().unwrap();
+    let late = *sizes[8..].iter().max().unwrap();
     eprintln!("data directory sizes per round: {sizes:?}");
     assert!(
-        last <= steady + steady / 2,
+        late <= steady + steady / 2,
         "the data directory kept growing: {sizes:?}"
     );
     app.stop().await;
