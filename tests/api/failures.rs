@@ -182,18 +182,10 @@ async fn reservations_waiting_to_retry_do_not_hold_up_other_confirms() {
         .await;
 
     let healthy = Participant::start().await;
-    let id = app
-        .create(&json!({"participants": [healthy.link(1)]}))
-        .await;
-    assert_eq!(
-        app.post(&format!("/reservations/{id}/confirm"))
-            .await
-            .status(),
-        202
-    );
-    let (status, _) = app.wait_for(&id, is_settled).await;
+    let ((status, _), other) = confirm_with(&app, &healthy).await;
     assert_eq!(status, 303);
     assert_eq!(healthy.count("PUT"), 1);
+    assert_eq!(other.count("PUT"), 1);
     assert_eq!(
         failing.count("PUT"),
         waiting,

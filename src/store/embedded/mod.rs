@@ -409,6 +409,18 @@ fn decode_key_entry(key: &str, value: &[u8]) -> Result<(ReservationId, [u8; 32])
     }
 }
 
+/// For the store suite: empties the `purges` index of the closed log in `dir`, as a crash
+/// (or a log written before the index) leaves it; returns how many entries it held.
+#[cfg(test)]
+pub(super) fn forget_purge_index(dir: &Path) -> sled::Result<usize> {
+    let db = sled::open(dir)?;
+    let index = db.open_tree("purges")?;
+    let held = index.len();
+    index.clear()?;
+    db.flush()?;
+    Ok(held)
+}
+
 /// The `purges` key of a record whose retention ends at `at`.
 fn purge_key(at: DateTime<Utc>, id: ReservationId) -> [u8; 24] {
     let millis = u64::from_be_bytes(at.timestamp_millis().to_be_bytes()) ^ (1 << 63);
