@@ -73,10 +73,16 @@ impl Coordinator {
             // Boxed: a driver waiting for a place holds only this loop's few bytes.
             let phase = match Box::pin(self.current(id)).await {
                 Ok(r) if !self.inner.store.owns(&r) => {
-                    // Another instance sharing the store works on it now.
-                    self.inner.drivers.lock().expect("drivers lock").remove(&id);
+                    // Another instance sharing the store works on it now; unless this one
+                    // was woken meanwhile (a takeover made it its own again): then read it
+                    // once more, or the takeover's wake-up would be lost with this driver.
                     self.drop_copies(id);
-                    return;
+                    let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+                    if !wake.is_cancelled() {
+                        drivers.remove(&id);
+                        return;
+                    }
+                    Ok(())
                 }
                 Ok(r) if r.state().is_in_progress() || r.callback_due() => {
                     let phase_span = self.phase_span(&r);
