@@ -157,7 +157,12 @@ fn main() {
         args.get(2).map(String::as_str),
         args.get(3),
     ) {
-        return relay::serve(kind == "durable", std::path::Path::new(dir));
+        let durability = match kind {
+            "durable" => relay::Durability::File,
+            "sled" => relay::Durability::Sled,
+            _ => relay::Durability::Memory,
+        };
+        return relay::serve(durability, std::path::Path::new(dir));
     }
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -257,9 +262,9 @@ fn start_participants(k: usize) -> (Process, Vec<String>) {
     (Process(child), bases)
 }
 
-/// The floor (see `relay`): the relay, its log in `dir` when `durable`.
-fn start_relay(durable: bool, dir: &std::path::Path) -> (Process, String) {
-    let kind = if durable { "durable" } else { "memory" };
+/// The floor (see `relay`): the relay of `kind` (`memory`, `durable` with its log in a file,
+/// `sled` with its log on sled), its log in `dir`.
+fn start_relay(kind: &str, dir: &std::path::Path) -> (Process, String) {
     // Under `TCC_BENCH_WRAPPER` too, so that the ledger counts both the same way.
     let mut command = wrapped(std::env::current_exe().unwrap());
     let mut child = command
@@ -497,9 +502,11 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     for base in &coordinators {
         wait_ready(&http, base).await;
     }
-    // The floor: the relay on the same crates, without and with a durable log.
-    let (_relay, relay) = start_relay(false, dir.path());
-    let (durable_relay_process, durable_relay) = start_relay(true, dir.path());
+    // The floor: the relay on the same crates, without a log, with a durable log in a file,
+    // and with its durable log on sled.
+    let (_relay, relay) = start_relay("memory", dir.path());
+    let (durable_relay_process, durable_relay) = start_relay("durable", dir.path());
+    let (sled_relay_process, sled_relay) = start_relay("sled", dir.path());
     let bases = Arc::new(bases);
     let coordinators = Arc::new(coordinators);
     let sequence = Arc::new(AtomicU64::new(0));
@@ -557,6 +564,7 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     direct_round(0.5).await;
     relay_round(0.5, &relay).await;
     relay_round(0.5, &durable_relay).await;
+    relay_round(0.5, &sled_relay).await;
     coordinated_round(0.5).await;
 
     let exchanges = 2.0 * k as f64;
@@ -567,6 +575,8 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     let (mut cpu_per_tx_all, mut relay_cpu_per_tx_all) = (Vec::new(), Vec::new());
     let (mut relay_ratios, mut durable_relay_ratios) = (Vec::new(), Vec::new());
     let (mut vs_relay, mut vs_durable_relay) = (Vec::new(), Vec::new());
+    let (mut sled_relay_ratios, mut vs_sled_relay, mut sled_relay_cpu_per_tx_all) =
+        (Vec::new(), Vec::new(), Vec::new());
     let coordinator_written = || -> f64 {
         coordinator_processes
             .iter()
@@ -582,13 +592,23 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
     for i in 1..=o.rounds {
         let (direct_tps, mut dl) = direct_round(o.seconds).await;
         let (relay_tps, _) = relay_round(o.seconds, &relay).await;
-        let relay_pid = durable_relay_process.pid();
-        let (relay_cpu_before, relay_written_before) =
-            (cpu_seconds(relay_pid), written_bytes(relay_pid));
-        let (durable_relay_tps, _) = relay_round(o.seconds, &durable_relay).await;
-        let relay_txs = (durable_relay_tps * o.seconds).max(1.0);
-        let relay_cpu_per_tx_us = (cpu_seconds(relay_pid) - relay_cpu_before) * 1e6 / relay_txs;
-        let relay_disk_per_tx = (written_bytes(relay_pid) - relay_written_before) / relay_txs;
+        // A relay's throughput, CPU and bytes written per transaction.
+        let measured = |process: &Process, base: &str| {
+            let pid = process.pid();
+            let (cpu_before, written_before) = (cpu_seconds(pid), written_bytes(pid));
+            let round = relay_round(o.seconds, base);
+            async move {
+                let (tps, _) = round.await;
+                let txs = (tps * o.seconds).max(1.0);
+                let cpu_us = (cpu_seconds(pid) - cpu_before) * 1e6 / txs;
+                let disk = (written_bytes(pid) - written_before) / txs;
+                (tps, cpu_us, disk)
+            }
+        };
+        let (durable_relay_tps, relay_cpu_per_tx_us, relay_disk_per_tx) =
+            measured(&durable_relay_process, &durable_relay).await;
+        let (sled_relay_tps, sled_relay_cpu_per_tx_us, sled_relay_disk_per_tx) =
+            measured(&sled_relay_process, &sled_relay).await;
         let cpu_before = coordinator_cpu();
         let written_before = coordinator_written();
         let (coordinator_tps, mut cl) = coordinated_round(o.seconds).await;
@@ -601,12 +621,17 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         let of_direct = |tps: f64| tps / (direct_tps * exchanges / (exchanges + 2.0));
         let ratio = of_direct(coordinator_tps);
         eprintln!(
-            "{name} round {i}: direct {direct_tps:.0} tx/s, relay {relay_tps:.0} ({:.2}), durable relay {durable_relay_tps:.0} ({:.2}), coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2} (of the durable relay {:.2}), coordinator CPU {cpu_per_tx_us:.0} µs/tx (durable relay {relay_cpu_per_tx_us:.0}), written to disk {disk_per_tx:.0} bytes/tx (durable relay {relay_disk_per_tx:.0})",
+            "{name} round {i}: direct {direct_tps:.0} tx/s, relay {relay_tps:.0} ({:.2}), durable relay {durable_relay_tps:.0} ({:.2}), sled relay {sled_relay_tps:.0} ({:.2}), coordinator {coordinator_tps:.0} tx/s, ratio {ratio:.2} (of the durable relay {:.2}, of the sled relay {:.2}), coordinator CPU {cpu_per_tx_us:.0} µs/tx (durable relay {relay_cpu_per_tx_us:.0}, sled relay {sled_relay_cpu_per_tx_us:.0}), written to disk {disk_per_tx:.0} bytes/tx (durable relay {relay_disk_per_tx:.0}, sled relay {sled_relay_disk_per_tx:.0})",
             of_direct(relay_tps),
             of_direct(durable_relay_tps),
+            of_direct(sled_relay_tps),
             coordinator_tps / durable_relay_tps,
+            coordinator_tps / sled_relay_tps,
         );
-        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "relay_tps": round2(relay_tps), "durable_relay_tps": round2(durable_relay_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us), "durable_relay_cpu_us_per_tx": round2(relay_cpu_per_tx_us), "disk_bytes_per_tx": round2(disk_per_tx), "durable_relay_disk_bytes_per_tx": round2(relay_disk_per_tx)}));
+        rounds.push(json!({"round": i, "direct_tps": round2(direct_tps), "relay_tps": round2(relay_tps), "durable_relay_tps": round2(durable_relay_tps), "sled_relay_tps": round2(sled_relay_tps), "coordinator_tps": round2(coordinator_tps), "ratio": round2(ratio), "coordinator_cpu_us_per_tx": round2(cpu_per_tx_us), "durable_relay_cpu_us_per_tx": round2(relay_cpu_per_tx_us), "sled_relay_cpu_us_per_tx": round2(sled_relay_cpu_per_tx_us), "disk_bytes_per_tx": round2(disk_per_tx), "durable_relay_disk_bytes_per_tx": round2(relay_disk_per_tx), "sled_relay_disk_bytes_per_tx": round2(sled_relay_disk_per_tx)}));
+        sled_relay_ratios.push(of_direct(sled_relay_tps));
+        vs_sled_relay.push(coordinator_tps / sled_relay_tps);
+        sled_relay_cpu_per_tx_all.push(sled_relay_cpu_per_tx_us);
         relay_ratios.push(of_direct(relay_tps));
         durable_relay_ratios.push(of_direct(durable_relay_tps));
         vs_relay.push(coordinator_tps / relay_tps);
@@ -627,9 +652,10 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
             .copied()
             .unwrap_or(0)
     };
-    let (to_relay, to_durable_relay) = (sent(&relay), sent(&durable_relay));
+    let (to_relay, to_durable_relay, to_sled_relay) =
+        (sent(&relay), sent(&durable_relay), sent(&sled_relay));
     eprintln!(
-        "{name}: {} coordinated transactions started in all (warm-up included); relay {to_relay}, durable relay {to_durable_relay}",
+        "{name}: {} coordinated transactions started in all (warm-up included); relay {to_relay}, durable relay {to_durable_relay}, sled relay {to_sled_relay}",
         sequence.load(Ordering::Relaxed),
     );
     direct_latency.sort();
@@ -652,6 +678,9 @@ async fn throughput(name: &str, k: usize, c: usize, style: Style, o: &Options) -
         "durable_relay_ratio_median": round2(median(&mut durable_relay_ratios)),
         "coordinator_of_relay_median": round2(median(&mut vs_relay)),
         "coordinator_of_durable_relay_median": round2(median(&mut vs_durable_relay)),
+        "sled_relay_ratio_median": round2(median(&mut sled_relay_ratios)),
+        "coordinator_of_sled_relay_median": round2(median(&mut vs_sled_relay)),
+        "sled_relay_cpu_us_per_tx_median": round2(median(&mut sled_relay_cpu_per_tx_all)),
         "coordinator_tps_median": round2(median(&mut coordinator_tps_all)),
         "coordinator_cpu_us_per_tx_median": round2(median(&mut cpu_per_tx_all)),
         "durable_relay_cpu_us_per_tx_median": round2(median(&mut relay_cpu_per_tx_all)),
