@@ -77,9 +77,7 @@ impl Coordinator {
                     // was woken meanwhile (a takeover made it its own again): then read it
                     // once more, or the takeover's wake-up would be lost with this driver.
                     self.drop_copies(id);
-                    let mut drivers = self.inner.drivers.lock().expect("drivers lock");
-                    if !wake.is_cancelled() {
-                        drivers.remove(&id);
+                    if self.stop_unless_woken(id, &wake) {
                         return;
                     }
                     Ok(())
@@ -99,10 +97,7 @@ impl Coordinator {
                     Box::pin(run.instrument(span(&r))).await
                 }
                 Ok(_) => {
-                    let mut drivers = self.inner.drivers.lock().expect("drivers lock");
-                    if !wake.is_cancelled() {
-                        drivers.remove(&id);
-                        drop(drivers);
+                    if self.stop_unless_woken(id, &wake) {
                         self.forget_settled(id);
                         return;
                     }
@@ -133,6 +128,20 @@ impl Coordinator {
                     .insert(id, wake.clone());
             }
         }
+    }
+
+    /// Unregisters this driver, unless it was woken since it read the reservation (a
+    /// takeover or a decision made it this driver's work again): returns whether it did, and
+    /// the driver must then end. Looked at under the drivers lock, where `ensure_driven` looks
+    /// for a driver to wake: a wake-up lands before (seen here, the driver reads again) or
+    /// after (no driver registered, so a new one starts), never lost in between.
+    pub(super) fn stop_unless_woken(&self, id: ReservationId, wake: &CancellationToken) -> bool {
+        let mut drivers = self.inner.drivers.lock().expect("drivers lock");
+        if wake.is_cancelled() {
+            return false;
+        }
+        drivers.remove(&id);
+        true
     }
 
     /// Sleeps until `delay` passes, `wake` fires or the coordinator stops. Returns whether

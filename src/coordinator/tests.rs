@@ -409,3 +409,42 @@ fn test_log_options() -> EmbeddedOptions {
         },
     }
 }
+
+/// The race chaos seed 4 found (a cancelled reservation whose callback never went out): a
+/// takeover woke the reservation's old driver just as that driver, having read the
+/// reservation as another instance's, was ending. Here the wake-up comes between the read
+/// and the driver's decision to end: it must stay, registered, and read again.
+#[tokio::test]
+async fn a_driver_woken_as_it_ends_stays_and_a_driver_that_ended_is_started_again() {
+    let h = Harness::new();
+    let id = ReservationId::new();
+    let wake = CancellationToken::new();
+    h.coordinator
+        .inner
+        .drivers
+        .lock()
+        .unwrap()
+        .insert(id, wake.clone());
+    // The takeover: the reservation is this instance's again, its registered driver woken.
+    h.coordinator.ensure_driven(id);
+    assert!(
+        wake.is_cancelled(),
+        "the registered driver is woken, not doubled"
+    );
+    assert!(
+        !h.coordinator.stop_unless_woken(id, &wake),
+        "a woken driver reads the reservation again instead of ending"
+    );
+    assert!(h.coordinator.drives(id), "and stays registered meanwhile");
+
+    // Not woken: it ends and leaves no registration behind, so the next wake-up starts one.
+    let quiet = CancellationToken::new();
+    h.coordinator
+        .inner
+        .drivers
+        .lock()
+        .unwrap()
+        .insert(id, quiet.clone());
+    assert!(h.coordinator.stop_unless_woken(id, &quiet));
+    assert!(!h.coordinator.drives(id));
+}
