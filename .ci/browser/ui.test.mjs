@@ -17,8 +17,8 @@ const browser = await chromium.launch({
 });
 let failed = false;
 
-async function test(name, body) {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+async function test(name, body, options = {}) {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 }, ...options });
   const started = Date.now();
   try {
     await body(page);
@@ -145,6 +145,9 @@ await test("dashboard-confirms-after-asking", async (page) => {
   await page.locator(`tr[data-id="${id}"] .state.confirmed`).waitFor();
   await page.locator("#detail-head .state.confirmed").waitFor();
   assert.match(await page.locator("#acted").textContent(), /confirm: 202|confirm: 303/);
+  // Finished: the deadline no longer matters and is not drawn.
+  assert.equal(await page.locator("#timeline .deadline").count(), 0, "no deadline on a finished reservation");
+  assert.equal(await page.locator('#facts dd[data-fact="decided"]').textContent().then((t) => /^\d{4}-/.test(t)), true);
   await page.screenshot({ path: `${artifacts}/dashboard-confirmed.png`, fullPage: true });
 });
 
@@ -166,11 +169,17 @@ await test("dashboard-retries-a-participant-now", async (page) => {
   await open(page, id);
   const retry = page.getByRole("button", { name: "Retry now" });
   await retry.waitFor();
+  // The participant's confirm keeps failing: it reads as being confirmed, not as "reserved".
+  assert.equal((await page.locator("#lanes tbody tr td").nth(1).textContent()).trim(), "confirming, retrying");
+  assert.equal(await page.locator("#timeline circle.retry").count(), 1, "the retry it waits for");
   await page.screenshot({ path: `${artifacts}/dashboard-retry-waiting.png`, fullPage: true });
   await retry.click();
   await until("confirmed in the API", async () => (await stateOf(id)) === "confirmed");
   await page.locator("#detail-head .state.confirmed").waitFor();
   assert.match(await page.locator("#acted").textContent(), /retry participant 0: 202/);
+  // The retry that no longer comes is not drawn; the failed call stays, amber (retried).
+  assert.equal(await page.locator("#timeline circle.retry").count(), 0, "no stale next-retry mark");
+  assert.equal(await page.locator("#timeline circle.call.v-retry").count(), 1);
 });
 
 await test("dashboard-forgets-a-conflict-after-asking", async (page) => {
@@ -185,6 +194,8 @@ await test("dashboard-forgets-a-conflict-after-asking", async (page) => {
   await page.locator("#ask-yes").click();
   await until("forgotten in the API", async () => (await call("GET", `/reservations/${id}`)).status === 410);
   await page.locator("#detail-head .state.forgotten").waitFor();
+  const colour = (selector) => page.locator(selector).first().evaluate((e) => getComputedStyle(e).color);
+  assert.notEqual(await colour("#detail-head .state.forgotten"), await colour("#detail-head code"), "forgotten has a colour of its own");
   await page.screenshot({ path: `${artifacts}/dashboard-forgotten.png`, fullPage: true });
 });
 
@@ -202,10 +213,17 @@ await test("dashboard-finds-by-id-and-metadata-and-filters-by-host", async (page
   await page.locator(`tr[data-id="${otherId}"]`).waitFor();
 
   await page.locator("#search").fill(order);
-  await page.waitForFunction((id) => {
+  const onlyRow = (id) => page.waitForFunction((id) => {
     const rows = [...document.querySelectorAll("#rows tr")];
     return rows.length === 1 && rows[0].dataset.id === id;
   }, id);
+  await onlyRow(id);
+  // Found as displayed: the id shown whole, and its last characters alone find it too.
+  const shown = (await page.locator(`tr[data-id="${id}"] code`).textContent()).trim();
+  assert.equal(shown, id, "the list shows the id whole");
+  assert.equal(await page.locator('#facts dd[data-fact="metadata order"]').count(), 0, "nothing selected yet");
+  await page.locator("#search").fill(shown.slice(-8));
+  await onlyRow(id);
   await page.locator("#search").fill("");
   await page.locator("#host").fill(new URL(fake).host);
   // A reservation on another host is hidden; the one on the fake's host stays.
@@ -216,6 +234,133 @@ await test("dashboard-finds-by-id-and-metadata-and-filters-by-host", async (page
   await page.locator("#detail-head code").filter({ hasText: otherId }).waitFor();
   await page.screenshot({ path: `${artifacts}/dashboard-search.png`, fullPage: true });
 });
+
+// ---- what an operator reads ------------------------------------------------------------
+
+// A reservation held by links nobody answers (they stay reserved until their deadline).
+async function held(n) {
+  const expires = new Date(Date.now() + 600_000).toISOString();
+  const ids = [];
+  for (let i = 0; i < n; i++) {
+    const created = await call("POST", "/reservations", {
+      timeout_ms: 600000, participants: [{ name: "stock", link: { uri: `http://127.0.0.1:9/holds/${i}`, expires } }],
+    });
+    assert.equal(created.status, 202);
+    ids.push((await created.json()).id);
+  }
+  return ids;
+}
+
+await test("dashboard-keeps-the-detail-in-view-below-a-long-list", async (page) => {
+  await held(60);
+  await page.goto(`${base}/ui`);
+  await page.waitForFunction(() => document.querySelectorAll("#rows tr").length === 50);
+  const last = page.locator("#rows tr").last();
+  const id = await last.getAttribute("data-id");
+  await last.scrollIntoViewIfNeeded();
+  await last.click();
+  await page.locator("#detail-head code").filter({ hasText: id }).waitFor();
+  const box = await page.locator("#detail-head").boundingBox();
+  assert.ok(box.y >= 0 && box.y + box.height <= 900, `the detail is in view (its top at ${box.y} px)`);
+  await page.screenshot({ path: `${artifacts}/dashboard-detail-in-view.png` });
+});
+
+await test("dashboard-draws-a-refused-confirm-red-with-legible-labels", async (page) => {
+  await script("confirm", [{ status: 409 }]);
+  const id = await reserved(2);
+  assert.equal((await call("POST", `/reservations/${id}/confirm`)).status, 202);
+  await until("the conflict", async () => (await stateOf(id)) === "conflict");
+  await open(page, id);
+  await page.locator("#detail-head .state.conflict").waitFor();
+  const refused = page.locator("#timeline circle.call").filter({ has: page.locator("title", { hasText: /^confirm: .*409/ }) });
+  assert.equal(await refused.count(), 1, "the refused confirm");
+  assert.equal(await refused.getAttribute("fill"), "var(--bad)", "a refusal is final: red, not retried");
+  // Labels and lane names: inside the drawing, none over another.
+  const boxes = await page.locator("#timeline").evaluate((svg) => {
+    const box = (e) => { const b = e.getBBox(); return { x: b.x, y: b.y, w: b.width, h: b.height, text: e.textContent }; };
+    return { width: svg.viewBox.baseVal.width, labels: [...svg.querySelectorAll("text.change-label")].map(box),
+             lanes: [...svg.querySelectorAll("text.lane, text.lane-state")].map(box) };
+  });
+  assert.ok(boxes.labels.length >= 3, "trying, reserved, confirming, conflict");
+  for (const [i, a] of boxes.labels.entries()) {
+    assert.ok(a.x >= 0 && a.x + a.w <= boxes.width, `"${a.text}" inside the drawing`);
+    for (const b of boxes.labels.slice(i + 1)) {
+      const apart = a.x + a.w <= b.x || b.x + b.w <= a.x || a.y + a.h <= b.y || b.y + b.h <= a.y;
+      assert.ok(apart, `"${a.text}" and "${b.text}" do not overlap`);
+    }
+  }
+  for (const lane of boxes.lanes) assert.ok(lane.x + lane.w <= 130, `"${lane.text}" ends before the lanes`);
+  await page.screenshot({ path: `${artifacts}/dashboard-conflict.png`, fullPage: true });
+});
+
+await test("dashboard-counts-every-call-and-pages-them-and-tells-why", async (page) => {
+  // A refused try: the reservation is cancelled, its participant tried once.
+  await script("try", [{ status: 409 }]);
+  const refused = await call("POST", "/reservations", {
+    timeout_ms: 600000, participants: [{ name: "seats", try: { url: `${fake}/holds`, body: { seat: "7C" } } }],
+    metadata: { order: "A-17" },
+  }, { Prefer: "wait=10" });
+  const { id } = await refused.json();
+  await until("cancelled", async () => (await stateOf(id)) === "cancelled");
+  await open(page, id);
+  await page.locator("#detail-head .state.cancelled").waitFor();
+  const lane = page.locator("#lanes tbody tr").first().locator("td");
+  assert.equal((await lane.nth(2).textContent()).trim(), "1", "its try is counted");
+  assert.match(await lane.nth(0).textContent(), new RegExp(`${new URL(fake).host}/holds`), "where it is called");
+  assert.match(await lane.nth(3).textContent(), /409/, "what it answered");
+  assert.equal(await page.locator('#facts dd[data-fact="reason"]').textContent(), "try_failed");
+  assert.equal(await page.locator('#facts dd[data-fact="metadata order"]').textContent(), "A-17");
+  assert.match(await page.locator('#facts dd[data-fact="created"]').textContent(), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/);
+
+  // Twelve tries: the calls table pages them, ten at a time.
+  const many = await reserved(12);
+  await open(page, many);
+  await page.locator("#calls-pager").filter({ hasText: "calls 1–10 of 12" }).waitFor();
+  assert.equal(await page.locator("#calls tbody tr").count(), 10);
+  await page.locator("#calls-older").click();
+  await page.locator("#calls-pager").filter({ hasText: "calls 11–12 of 12" }).waitFor();
+  assert.equal(await page.locator("#calls tbody tr").count(), 2);
+  await page.screenshot({ path: `${artifacts}/dashboard-calls-paged.png`, fullPage: true });
+});
+
+await test("dashboard-keeps-a-selection-across-refreshes", async (page) => {
+  const [id] = await held(1);
+  await open(page, id);
+  await page.locator("#detail-head code").filter({ hasText: id }).waitFor();
+  const ticks = Number(await page.evaluate(() => document.body.dataset.ticks));
+  await page.evaluate(() => {
+    const range = document.createRange();
+    range.selectNodeContents(document.querySelector("#detail-head code"));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+  });
+  // Two periodic refreshes later, the selection is still there to copy.
+  await page.waitForFunction((t) => Number(document.body.dataset.ticks) >= t + 2, ticks, { timeout: 10000 });
+  assert.equal(await page.evaluate(() => getSelection().toString()), id);
+  assert.equal(await page.locator("#status").textContent(), "paused while text is selected");
+  await page.evaluate(() => getSelection().removeAllRanges());
+  await page.locator("#status").filter({ hasText: /^updated / }).waitFor();
+});
+
+await test("dashboard-shows-every-time-in-one-format-with-its-zone", async (page) => {
+  const [id] = await held(1);
+  await open(page, id);
+  const times = async () => [
+    ...(await page.locator("#rows td.at").allTextContents()),
+    ...(await page.locator("#facts dd[data-fact=created], #facts dd[data-fact=deadline]").allTextContents()),
+    (await page.locator("#status").textContent()).replace(/^updated /, ""),
+  ];
+  const all = (re) => async () => (await times()).every((t) => re.test(t));
+  const utc = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$/;
+  await until("UTC everywhere", all(utc));
+  await page.locator("#zone").click();
+  // This browser runs in Tokyo: local times say so.
+  await until("local everywhere", all(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\+9$/));
+  assert.match(await page.locator("#zone").textContent(), /GMT\+9/);
+  await page.screenshot({ path: `${artifacts}/dashboard-local-times.png`, fullPage: true });
+  await page.locator("#zone").click();
+  await until("UTC again", all(utc));
+}, { timezoneId: "Asia/Tokyo" });
 
 await browser.close();
 process.exit(failed ? 1 : 0);

@@ -392,8 +392,15 @@ pub struct HistoryEntryView {
 pub struct HistoryView {
     pub id: String,
     pub state: StateView,
-    /// The deadline.
+    /// Why it is cancelling or cancelled.
+    pub reason: Option<ReasonView>,
+    pub created_at: DateTime<Utc>,
+    /// The deadline: not confirmed by then, it is cancelled.
     pub expires_at: DateTime<Utc>,
+    /// When confirm or cancel was decided (and logged).
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The client's metadata, as given at creation.
+    pub metadata: BTreeMap<String, serde_json::Value>,
     /// The participants, by index (see `participant` in the entries).
     pub participants: Vec<ParticipantView>,
     /// The entries, at most the latest 100.
@@ -457,7 +464,11 @@ impl From<&Reservation> for HistoryView {
         Self {
             id: r.id().to_string(),
             state: r.state().into(),
+            reason: r.reason().map(Into::into),
+            created_at: r.created_at(),
             expires_at: r.expires_at(),
+            decided_at: r.decided_at(),
+            metadata: r.metadata().clone().into_iter().collect(),
             participants: r.participants().iter().map(ParticipantView::from).collect(),
             events,
             dropped: r.history_dropped(),

@@ -23,8 +23,9 @@ pub struct ListQuery {
     /// Only reservations with a participant whose `host[:port]` contains this
     /// (case-insensitive).
     pub participant_host: Option<String>,
-    /// Only reservations whose id starts with this, or with a metadata value whose JSON text
-    /// contains it (case-insensitive).
+    /// Only reservations whose id contains this (the dashboard shows ids whole; their last
+    /// characters are the random part), or with a metadata value whose JSON text contains it
+    /// (case-insensitive).
     pub text: Option<String>,
     /// Records examined at most for this page.
     pub max_scan: usize,
@@ -77,7 +78,7 @@ impl ListQuery {
         }
         if let Some(text) = &self.text {
             let text = text.to_lowercase();
-            let found = r.id().to_string().starts_with(&text)
+            let found = r.id().to_string().contains(&text)
                 || r.metadata().values().any(|v| {
                     serde_json::to_string(v).is_ok_and(|j| j.to_lowercase().contains(&text))
                 });

@@ -306,6 +306,9 @@ async fn listing_filters_by_participant_host_and_text_within_a_scan_budget(store
     assert_eq!(listed(by_text("Red")).await, (vec![ids[2], ids[1]], None));
     let prefix = ids[3].to_string()[..13].to_owned();
     assert!(listed(by_text(&prefix)).await.0.contains(&ids[3]));
+    // Its last characters, the random part the dashboard's operators read, find it alone.
+    let suffix = ids[3].to_string()[24..].to_uppercase();
+    assert_eq!(listed(by_text(&suffix)).await, (vec![ids[3]], None));
     // A scan budget of two records: the first page finds one red among the newest two and
     // says where to go on; the next finds the other.
     let budget = ListQuery {

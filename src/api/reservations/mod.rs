@@ -234,8 +234,9 @@ impl ReservationsApi {
         /// contains this, case-insensitively; e.g. `stock` or `stock.internal:8080`.
         #[oai(validator(min_length = 1, max_length = 255))]
         participant_host: Query<Option<String>>,
-        /// Only reservations whose id starts with this, or with a metadata value containing
-        /// it (compared with the value's JSON text, case-insensitively).
+        /// Only reservations whose id contains this (its last characters, say), or with a
+        /// metadata value containing it (compared with the value's JSON text,
+        /// case-insensitively).
         #[oai(validator(min_length = 1, max_length = 255))]
         q: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
