@@ -66,6 +66,55 @@ pub enum AppError {
     ParticipantCa(String),
     #[error(transparent)]
     Traces(#[from] TracesError),
+    #[error("cannot use --api-tokens-file {0}")]
+    Tokens(#[from] api::access::TokensFileError),
+}
+
+/// Reads the tokens file again into `tokens`, or leaves them as they were.
+fn reload_tokens(
+    path: &std::path::Path,
+    tokens: &api::access::Tokens,
+) -> Result<usize, api::access::TokensFileError> {
+    let from_file = api::access::read_tokens_file(path)?;
+    let named = from_file.len();
+    tokens.replace_file_tokens(from_file);
+    tracing::info!(file = %path.display(), tokens = named, "read the API tokens file again");
+    Ok(named)
+}
+
+/// On every SIGHUP, reads the tokens file again: rotating a token needs no restart. The
+/// handler is in place when this returns (a SIGHUP before it would end the process).
+fn reload_tokens_on_hangup(
+    path: PathBuf,
+    tokens: api::access::Tokens,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the API tokens file is read only at start");
+            return;
+        };
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    received = hangups.recv() => {
+                        if received.is_none() {
+                            return;
+                        }
+                        if let Err(error) = reload_tokens(&path, &tokens) {
+                            tracing::error!(%error, "kept the API tokens as they were");
+                        }
+                    }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (path, tokens, tasks, shutdown);
 }
 
 /// Stops a running [`App`]. Cheap to clone.
@@ -121,13 +170,21 @@ impl App {
     /// # Errors
     /// [`AppError`] when the data directory or the address cannot be used.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        if !config.listen.ip().is_loopback()
-            && config.api_tokens.is_empty()
-            && !config.allow_unauthenticated
-        {
+        let from_file = config
+            .api_tokens_file
+            .as_deref()
+            .map(api::access::read_tokens_file)
+            .transpose()?;
+        let tokens = api::access::Tokens::new(
+            api::access::operator_tokens(&config.api_tokens),
+            from_file,
+            config.protect_metrics,
+        );
+        let open = config.api_tokens.is_empty() && config.api_tokens_file.is_none();
+        if !config.listen.ip().is_loopback() && open && !config.allow_unauthenticated {
             return Err(AppError::Unauthenticated(config.listen));
         }
-        if config.api_tokens.is_empty() && !config.listen.ip().is_loopback() {
+        if open && !config.listen.ip().is_loopback() {
             tracing::warn!(listen = %config.listen,
                 "serving a non-loopback address without --api-token: anyone who reaches it can create, confirm and cancel");
         }
@@ -299,6 +356,9 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        if let Some(path) = config.api_tokens_file.clone() {
+            reload_tokens_on_hangup(path, tokens.clone(), &tasks, shutdown.clone());
+        }
         if let Some(every) = crate::systemd::watchdog_interval() {
             tasks.spawn(crate::systemd::watchdog(every, shutdown.clone()));
         }
@@ -358,8 +418,7 @@ impl App {
                         .unwrap_or(u64::MAX),
                     max_participants: config.limits.max_participants,
                 },
-                api_tokens: &config.api_tokens,
-                protect_metrics: config.protect_metrics,
+                tokens,
                 stuck_after: config.stuck_after,
             },
         );

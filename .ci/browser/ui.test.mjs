@@ -362,5 +362,55 @@ await test("dashboard-shows-every-time-in-one-format-with-its-zone", async (page
   await until("UTC again", all(utc));
 }, { timezoneId: "Asia/Tokyo" });
 
+// ---- who may do what ---------------------------------------------------------------------
+
+const rolesBase = process.env.TCC_ROLES_BASE;
+assert.ok(rolesBase, "TCC_ROLES_BASE names the coordinator with a tokens file");
+const VIEWER = "viewer-secret-0123456789", OPERATOR = "operator-secret-0123456";
+
+// Opens the dashboard of the coordinator with roles, signed in with `secret`, on `id`.
+async function signedIn(page, secret, id) {
+  await page.goto(`${rolesBase}/ui`);
+  await page.locator("#token.shown").waitFor();
+  await page.locator("#token-input").fill(secret);
+  await page.locator("#token button").click();
+  await page.locator(`tr[data-id="${id}"]`).click();
+  await page.locator("#detail-head code").filter({ hasText: id }).waitFor();
+}
+
+await test("dashboard-shows-only-what-the-token-may-do-and-who-acted", async (page) => {
+  const expires = new Date(Date.now() + 600_000).toISOString();
+  const created = await fetch(`${rolesBase}/reservations`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${OPERATOR}` },
+    body: JSON.stringify({ participants: [{ name: "stock", link: { uri: `${fake}/holds/none`, expires } }] }),
+  });
+  assert.equal(created.status, 202);
+  const { id } = await created.json();
+
+  // A viewer sees the reservation and no action.
+  await signedIn(page, VIEWER, id);
+  assert.equal(await page.locator("#who").textContent(), "grafana (viewer)");
+  assert.equal(await page.locator("#actions button").count(), 0, "a viewer is offered no action");
+  await page.screenshot({ path: `${artifacts}/dashboard-viewer.png`, fullPage: true });
+
+  // An operator cancels, and the cancel is on the record with the operator's name.
+  const operator = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  try {
+    await signedIn(operator, OPERATOR, id);
+    assert.equal(await operator.locator("#who").textContent(), "alice (operator)");
+    await operator.getByRole("button", { name: "Cancel…" }).click();
+    await operator.locator("#ask-yes").click();
+    await operator.locator("#detail-head .state.cancelling, #detail-head .state.cancelled").first().waitFor();
+    await operator.locator("#timeline path.acted").waitFor();
+    assert.match(await operator.locator("#timeline path.acted title").textContent(), /^alice: cancel at \d{4}-/);
+    assert.match(await operator.locator('#facts dd[data-fact="operator cancel"]').textContent(), /^alice at \d{4}-/);
+    assert.equal(await operator.locator('#facts dd[data-fact="reason"]').textContent(), "operator");
+    await operator.screenshot({ path: `${artifacts}/dashboard-operator-acted.png`, fullPage: true });
+  } finally {
+    await operator.close();
+  }
+});
+
 await browser.close();
 process.exit(failed ? 1 : 0);

@@ -6,14 +6,11 @@ use std::sync::Arc;
 
 use poem::http::{header, StatusCode};
 use poem::{Endpoint, IntoResponse, Request, Response, Result};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::problem::Problem;
 use super::{BodyLimit, ReadTimeout};
-use crate::config::ApiToken;
 use crate::coordinator::Coordinator;
 
 /// Every request's way in, as one endpoint: one future holding one request, where poem's
@@ -24,7 +21,7 @@ use crate::coordinator::Coordinator;
 pub struct Gate<E> {
     pub inner: E,
     pub slots: Arc<Semaphore>,
-    pub tokens: Tokens,
+    pub tokens: super::access::Tokens,
     pub allowed: super::spec::AllowedMethods,
     pub coordinator: Coordinator,
     pub body_limit: usize,
@@ -75,10 +72,12 @@ impl<E: Endpoint> Gate<E> {
                 "too many requests are in flight (--max-in-flight); retry after the delay in Retry-After",
             );
         };
-        if let Some(refused) = self.tokens.refusal(&req) {
-            return refused;
-        }
+        let identity = match self.tokens.check(&req) {
+            Ok(identity) => identity,
+            Err(refused) => return *refused,
+        };
         let extensions = req.extensions_mut();
+        extensions.insert(identity);
         extensions.insert(self.coordinator.clone());
         extensions.insert(BodyLimit(self.body_limit));
         extensions.insert(ReadTimeout(self.read_timeout));
@@ -112,90 +111,6 @@ impl<E: Endpoint> Gate<E> {
     }
 }
 
-/// Paths served without a token: probes for orchestrators, the documentation (no data; a
-/// browser cannot send a bearer token when it opens `/docs`), and the metrics unless they are
-/// protected.
-fn is_public(path: &str, protect_metrics: bool) -> bool {
-    (path == "/metrics" && !protect_metrics)
-        || path.starts_with("/health/")
-        || path == "/docs"
-        || path == "/ui"
-        || path.starts_with("/docs/")
-        || path == "/openapi.json"
-        || path == "/openapi.yaml"
-}
-
-/// The tokens a request may present, kept as SHA-256 digests: comparing digests of equal
-/// length in constant time reveals neither a token's bytes nor its length.
-#[derive(Clone)]
-pub struct Tokens {
-    digests: Arc<Vec<[u8; 32]>>,
-    protect_metrics: bool,
-}
-
-impl Tokens {
-    pub fn new(tokens: &[ApiToken], protect_metrics: bool) -> Self {
-        Self {
-            digests: Arc::new(
-                tokens
-                    .iter()
-                    .map(|t| Sha256::digest(t.expose().as_bytes()).into())
-                    .collect(),
-            ),
-            protect_metrics,
-        }
-    }
-
-    /// Whether `presented` is one of the tokens. Every token is compared, matched or not.
-    fn accepts(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, t| found | t.ct_eq(&digest))
-            .into()
-    }
-}
-
-impl Tokens {
-    /// The 401 for a request without one of the tokens (unless its path is public); `None`
-    /// lets it through, as with no tokens configured.
-    fn refusal(&self, req: &Request) -> Option<Response> {
-        if self.digests.is_empty() || is_public(req.uri().path(), self.protect_metrics) {
-            return None;
-        }
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            });
-        let (challenge, detail) = match presented {
-            Some(token) if self.accepts(token) => return None,
-            Some(_) => (
-                r#"Bearer realm="tcc-coordinator", error="invalid_token""#,
-                "the bearer token is not one of the coordinator's --api-token values",
-            ),
-            None => (
-                r#"Bearer realm="tcc-coordinator""#,
-                "send `Authorization: Bearer <token>` with one of the coordinator's --api-token values",
-            ),
-        };
-        let problem = Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "A valid bearer token is required",
-            detail,
-        );
-        Some(
-            super::problem_response(&problem)
-                .with_header(header::WWW_AUTHENTICATE, challenge)
-                .into_response(),
-        )
-    }
-}
-
 /// Seconds a client is asked to wait when the coordinator is saturated.
 pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 1;
 
@@ -204,46 +119,4 @@ pub fn overloaded(detail: &str) -> Response {
     super::problem_response(&Problem::unavailable(detail))
         .with_header(header::RETRY_AFTER, OVERLOAD_RETRY_AFTER_SECS.to_string())
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_configured_token_is_accepted() {
-        let tokens = Tokens::new(
-            &[ApiToken::new("first-token"), ApiToken::new("second")],
-            false,
-        );
-        assert!(tokens.accepts("first-token"));
-        assert!(tokens.accepts("second"));
-        assert!(!tokens.accepts("first-toke"));
-        assert!(!tokens.accepts(""));
-        assert!(!tokens.accepts("second "));
-    }
-
-    #[test]
-    fn health_and_documentation_are_public_and_nothing_else() {
-        for path in [
-            "/health/live",
-            "/health/ready",
-            "/docs",
-            "/docs/",
-            "/openapi.json",
-        ] {
-            assert!(is_public(path, true), "{path}");
-        }
-        for path in [
-            "/reservations",
-            "/transactions/x",
-            "/healthz",
-            "/docsx",
-            "/",
-        ] {
-            assert!(!is_public(path, false), "{path}");
-        }
-        assert!(is_public("/metrics", false));
-        assert!(!is_public("/metrics", true));
-    }
 }

@@ -3,6 +3,7 @@
 //! Handlers parse input into domain types, call the coordinator, and map its answers to
 //! status codes. No business rule lives here.
 
+pub mod access;
 mod atomikos;
 mod body;
 mod error;
@@ -28,7 +29,6 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::config::ApiToken;
 use crate::coordinator::Coordinator;
 
 #[derive(Tags)]
@@ -41,6 +41,8 @@ enum ApiTags {
     Health,
     /// The synchronous API of Atomikos "TCC for REST", for existing clients.
     Atomikos,
+    /// Who the request's token is and what it may do.
+    Access,
 }
 
 const DESCRIPTION: &str = "\
@@ -55,9 +57,14 @@ after a crash, and cancels every participant when the reservation's deadline pas
 Every error is `application/problem+json` (RFC 9457); when one field is to blame, `field` \
 names it by its JSON path. The participant side of the protocol is in `openapi/participant.yaml`.
 
-**Authentication.** When the coordinator runs with `--api-token`, every endpoint except \
-`/health/*`, `/docs` and `/openapi.*` answers `401` (with `WWW-Authenticate: Bearer`) unless \
-the request carries `Authorization: Bearer <token>` with one of the configured tokens.
+**Authentication and roles.** When the coordinator runs with tokens (`--api-token`, \
+`--api-tokens-file`), every endpoint except `/health/*`, `/docs` and `/openapi.*` answers \
+`401` (with `WWW-Authenticate: Bearer`) unless the request carries `Authorization: Bearer \
+<token>` with one of them. Each token has a role: `viewer` reads, `client` also creates, \
+joins, confirms and cancels, `operator` also forgets conflicts and retries participants now \
+(an `--api-token` is an operator). A token whose role is short of what an operation needs \
+gets `403` naming the role (`required_role`); each operation states its role in \
+`x-required-role`. `GET /whoami` tells a token its name and role.
 
 **Overload.** When more requests are in flight than `--max-in-flight`, or the transaction log \
 cannot keep up, or a restarted coordinator is still reading its log back, writes are answered \
@@ -70,6 +77,7 @@ type Apis = (
     system::TransactionsApi,
     atomikos::AtomikosApi,
     system::HealthApi,
+    system::AccessApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -79,6 +87,7 @@ fn service() -> OpenApiService<Apis, ()> {
             system::TransactionsApi,
             atomikos::AtomikosApi,
             system::HealthApi,
+            system::AccessApi,
         ),
         "tcc-coordinator",
         env!("CARGO_PKG_VERSION"),
@@ -122,19 +131,19 @@ pub(crate) fn callback_body(call_timeout: std::time::Duration) -> crate::coordin
 }
 
 /// What the routes are built with besides the coordinator.
-pub(crate) struct RouteOptions<'a> {
+pub(crate) struct RouteOptions {
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
     pub read_timeout: std::time::Duration,
-    pub api_tokens: &'a [ApiToken],
-    pub protect_metrics: bool,
+    /// Who may do what (shared with whoever reloads the tokens file).
+    pub tokens: access::Tokens,
     pub stuck_after: std::time::Duration,
     pub spec: SpecLimits,
 }
 
 /// Every route: the API, `/openapi.json`, `/openapi.yaml` and Swagger UI at `/docs`, behind
 /// the token check and the in-flight cap.
-pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> BoxEndpoint<'static> {
+pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions) -> BoxEndpoint<'static> {
     let api = service();
     let raw = api.spec();
     let doc = spec::refine(&raw, options.spec);
@@ -168,7 +177,7 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions<'_>) -> Bo
     guard::Gate {
         inner: routes,
         slots: Arc::new(Semaphore::new(options.max_in_flight)),
-        tokens: guard::Tokens::new(options.api_tokens, options.protect_metrics),
+        tokens: options.tokens.clone(),
         allowed,
         coordinator,
         body_limit: options.max_body_bytes,

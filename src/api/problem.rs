@@ -15,7 +15,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct Problem {
     /// Identifies the kind of problem: `urn:tcc-coordinator:problem:{kind}`, where kind is
     /// one of invalid-json, invalid-request, too-large, not-found, conflict, gone,
-    /// method-not-allowed, unavailable.
+    /// method-not-allowed, unauthorized, forbidden, unavailable.
     #[oai(rename = "type")]
     pub kind: String,
     /// A short summary of the kind of problem.

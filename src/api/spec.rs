@@ -111,12 +111,19 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
         schemas[schema]["properties"][field]["pattern"] = json!(HTTP_URL);
     }
 
+    schemas["Problem"]["properties"]["required_role"] = json!({
+        "type": "string",
+        "enum": ["client", "operator"],
+        "description": "With `forbidden` (403): the role the request needs."
+    });
     describe_refs_beside(&mut doc);
     doc["components"]["securitySchemes"] = json!({"bearer": {
         "type": "http",
         "scheme": "bearer",
-        "description": "One of the coordinator's `--api-token` values. Needed only when the \
-                        coordinator runs with tokens."
+        "description": "One of the coordinator's tokens (`--api-token`, `--api-tokens-file`). \
+                        Needed only when the coordinator runs with tokens; each operation's \
+                        `x-required-role` names the role its token needs (viewer, client, \
+                        operator)."
     }});
     let unauthorized = json!({
         "description": "Tokens are configured and the request carries none of them.",
@@ -127,7 +134,7 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
             let Some(operations) = item.as_object_mut() else {
                 continue;
             };
-            for operation in operations.values_mut() {
+            for (method, operation) in operations.iter_mut() {
                 if path.starts_with("/health/") {
                     operation["security"] = json!([]);
                     continue;
@@ -135,6 +142,22 @@ pub fn refine(spec: &str, limits: SpecLimits) -> Value {
                 // Either no token (a coordinator without tokens) or a bearer token.
                 operation["security"] = json!([{}, {"bearer": []}]);
                 operation["responses"]["401"] = unauthorized.clone();
+                let method = method
+                    .to_uppercase()
+                    .parse::<poem::http::Method>()
+                    .unwrap_or_default();
+                let role = super::access::required_role(&method, path);
+                operation["x-required-role"] = json!(role.as_str());
+                if role > super::access::Role::Viewer {
+                    operation["responses"]["403"] = json!({
+                        "description": format!(
+                            "The token's role is short of `{}`, the role this operation needs \
+                             (named in `required_role`).",
+                            role.as_str()
+                        ),
+                        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                    });
+                }
                 let parameters = operation
                     .get_mut("parameters")
                     .and_then(Value::as_array_mut);

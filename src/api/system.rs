@@ -5,6 +5,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::access::{Identity, Role};
 use super::error::{problem_response, ApiError};
 use super::problem::Problem;
 use super::views::TransactionView;
@@ -97,6 +98,41 @@ impl HealthApi {
                 "recovering: resuming the reservations found in the log",
             )))
         }
+    }
+}
+
+/// Who a token is.
+pub struct AccessApi;
+
+/// The token a request was made with: its name and what it may do.
+#[derive(Debug, poem_openapi::Object)]
+#[oai(rename = "Identity")]
+pub struct IdentityView {
+    /// The token's name (from `--api-tokens-file`; `api-token` for an `--api-token`;
+    /// `anonymous` on a coordinator without tokens, which lets everyone do everything).
+    pub name: String,
+    /// `viewer`, `client` or `operator`.
+    pub role: String,
+    /// Whether the token may create, join, confirm and cancel reservations.
+    pub may_decide: bool,
+    /// Whether the token may forget conflicts and retry participants now.
+    pub may_operate: bool,
+}
+
+#[OpenApi(tag = "ApiTags::Access")]
+impl AccessApi {
+    /// Who this token is
+    ///
+    /// The name and role of the bearer token the request carries, and what the role allows
+    /// (the dashboard shows only the actions a token may take).
+    #[oai(path = "/whoami", method = "get")]
+    async fn whoami(&self, identity: Data<&Identity>) -> Json<IdentityView> {
+        Json(IdentityView {
+            name: identity.name.to_string(),
+            role: identity.role.as_str().to_owned(),
+            may_decide: identity.role >= Role::Client,
+            may_operate: identity.role >= Role::Operator,
+        })
     }
 }
 

@@ -84,6 +84,7 @@ pub enum ReasonView {
     TryFailed,
     ParticipantsExpired,
     TooCloseToExpiry,
+    Operator,
 }
 
 impl From<Reason> for ReasonView {
@@ -94,6 +95,7 @@ impl From<Reason> for ReasonView {
             Reason::TryFailed => Self::TryFailed,
             Reason::ParticipantsExpired => Self::ParticipantsExpired,
             Reason::TooCloseToExpiry => Self::TooCloseToExpiry,
+            Reason::Operator => Self::Operator,
         }
     }
 }
@@ -364,7 +366,8 @@ pub struct ReservationPage {
 pub struct HistoryEntryView {
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// `created`, `changed` (a state change) or `called` (a participant call).
+    /// `created`, `changed` (a state change), `called` (a participant call) or `acted` (an
+    /// operator's action).
     pub kind: String,
     /// `created`: the first state; `changed`: the new state.
     pub state: Option<StateView>,
@@ -372,9 +375,9 @@ pub struct HistoryEntryView {
     pub from: Option<StateView>,
     /// `changed` to cancelling or cancelled: why.
     pub reason: Option<ReasonView>,
-    /// `called`: the participant's index in `participants`.
+    /// `called`, and `acted` on one participant: the participant's index in `participants`.
     pub participant: Option<u64>,
-    /// `called`: the participant's name.
+    /// `called`, and `acted` on one participant: the participant's name.
     pub participant_name: Option<String>,
     /// `called`: `try`, `confirm` or `cancel`.
     pub verb: Option<String>,
@@ -384,6 +387,10 @@ pub struct HistoryEntryView {
     pub took_ms: Option<u64>,
     /// `called` and failed: when the call is made again.
     pub retry_at: Option<DateTime<Utc>>,
+    /// `acted`: the name of the operator's token.
+    pub by: Option<String>,
+    /// `acted`: `confirm`, `cancel`, `forget` or `retry_now`.
+    pub action: Option<String>,
 }
 
 /// A reservation's history, oldest first.
@@ -427,7 +434,10 @@ impl From<&Reservation> for HistoryView {
                     result: None,
                     took_ms: None,
                     retry_at: None,
+                    by: None,
+                    action: None,
                 };
+                let name_of = |i: usize| r.participants().get(i).map(|p| p.name().to_owned());
                 match &h.what {
                     Happening::Created { state } => {
                         v.kind = "created".into();
@@ -448,14 +458,22 @@ impl From<&Reservation> for HistoryView {
                     } => {
                         v.kind = "called".into();
                         v.participant = Some(*participant as u64);
-                        v.participant_name = r
-                            .participants()
-                            .get(*participant)
-                            .map(|p| p.name().to_owned());
+                        v.participant_name = name_of(*participant);
                         v.verb = Some(verb.as_str().to_owned());
                         v.result = Some(result.clone());
                         v.took_ms = Some(*took_ms);
                         v.retry_at = *retry_at;
+                    }
+                    Happening::Acted {
+                        by,
+                        action,
+                        participant,
+                    } => {
+                        v.kind = "acted".into();
+                        v.by = Some(by.clone());
+                        v.action = Some(action.as_str().to_owned());
+                        v.participant = participant.map(|i| i as u64);
+                        v.participant_name = participant.and_then(name_of);
                     }
                 }
                 v

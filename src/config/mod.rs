@@ -92,8 +92,11 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// Tokens of which a request must present one (`Authorization: Bearer`); none: no check.
+    /// Tokens of which a request must present one (`Authorization: Bearer`), each with the
+    /// operator role; with no tokens here nor in `api_tokens_file`: no check.
     pub api_tokens: Vec<ApiToken>,
+    /// Named tokens with roles, one a line (`NAME ROLE SECRET`), read again on SIGHUP.
+    pub api_tokens_file: Option<PathBuf>,
     /// Serve a non-loopback address without tokens.
     pub allow_unauthenticated: bool,
     /// Most requests served at once; more get 503 with `Retry-After`.
@@ -234,6 +237,12 @@ pub struct Cli {
         hide_env_values = true
     )]
     api_tokens: Vec<String>,
+
+    /// Named tokens with roles, one a line: `NAME ROLE SECRET` separated by spaces, `#` starts
+    /// a comment. Roles: viewer (reads), client (also creates, confirms, cancels, joins),
+    /// operator (also forgets conflicts and retries participants now). Read again on SIGHUP.
+    #[arg(long, env = "TCC_API_TOKENS_FILE", value_name = "FILE")]
+    api_tokens_file: Option<PathBuf>,
 
     /// Serve a non-loopback --listen address without any --api-token (anyone who reaches the
     /// port can then create, confirm and cancel).
@@ -515,6 +524,7 @@ impl Cli {
         Ok(Config {
             listen: self.listen,
             api_tokens: self.api_tokens.into_iter().map(ApiToken).collect(),
+            api_tokens_file: self.api_tokens_file,
             allow_unauthenticated: self.allow_unauthenticated,
             max_in_flight: self.max_in_flight,
             allow_participants: self.allow_participants,

@@ -11,8 +11,8 @@ use super::{
     IdempotencyKey,
 };
 use crate::domain::{
-    Callback, Event, NewParticipant, ParticipantSource, Refusal, Reservation, ReservationId,
-    SpanParent, State,
+    Callback, Event, Happening, NewParticipant, OperatorAction, ParticipantSource, Refusal,
+    Reservation, ReservationId, SpanParent, State,
 };
 use crate::store::{Admission, KeyEntry, Ownership};
 
@@ -136,7 +136,7 @@ impl Coordinator {
         id: ReservationId,
         caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Confirm, caller).await
+        self.decide(id, Event::Confirm, caller, None).await
     }
 
     /// Decides to cancel. Idempotent.
@@ -148,7 +148,29 @@ impl Coordinator {
         id: ReservationId,
         caller: Option<SpanParent>,
     ) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Cancel, caller).await
+        self.decide(id, Event::Cancel, caller, None).await
+    }
+
+    /// An operator confirms (`confirm: true`) or cancels: as [`Coordinator::confirm`] and
+    /// [`Coordinator::cancel`], with the operator's name and the time in the history, and a
+    /// cancel's reason `operator`.
+    ///
+    /// # Errors
+    /// As [`Coordinator::confirm`].
+    pub async fn decide_as_operator(
+        &self,
+        id: ReservationId,
+        confirm: bool,
+        caller: Option<SpanParent>,
+        operator: &str,
+    ) -> Result<Reservation, CoordinatorError> {
+        let (event, action) = if confirm {
+            (Event::Confirm, OperatorAction::Confirm)
+        } else {
+            (Event::OperatorCancel, OperatorAction::Cancel)
+        };
+        self.decide(id, event, caller, Some((operator.into(), action)))
+            .await
     }
 
     pub(super) async fn decide(
@@ -156,9 +178,11 @@ impl Coordinator {
         id: ReservationId,
         event: Event,
         caller: Option<SpanParent>,
+        operator: Option<(Arc<str>, OperatorAction)>,
     ) -> Result<Reservation, CoordinatorError> {
         self.client_write(move |this, admitted| async move {
-            this.decide_admitted(id, event, caller, admitted).await
+            this.decide_admitted(id, event, caller, operator, admitted)
+                .await
         })
         .await
     }
@@ -168,6 +192,7 @@ impl Coordinator {
         id: ReservationId,
         event: Event,
         caller: Option<SpanParent>,
+        operator: Option<(Arc<str>, OperatorAction)>,
         _admitted: Admission,
     ) -> Result<Reservation, CoordinatorError> {
         let started = SystemTime::now();
@@ -179,9 +204,24 @@ impl Coordinator {
                 } else {
                     r.apply(event, now)
                 };
+                // An operator's action that changed something is on the record, with who.
+                if let (Ok(true), Some((by, action))) = (&outcome, &operator) {
+                    r.note(
+                        now,
+                        Happening::Acted {
+                            by: by.to_string(),
+                            action: *action,
+                            participant: None,
+                        },
+                    );
+                }
                 (outcome, undecided && r.decided_at().is_some())
             })
             .await?;
+        if let (Ok(true), Some((by, action))) = (&outcome, &operator) {
+            tracing::info!(reservation_id = %id, operator = %by, action = action.as_str(),
+                "an operator acted on the reservation");
+        }
         if decided && decided_by_client(&reservation) {
             // The others (a confirm that came past the deadline) are the unit of work's.
             self.decision_span(&reservation, caller, started);
@@ -268,8 +308,19 @@ impl Coordinator {
     /// # Errors
     /// [`CoordinatorError::Refused`] (`Conflict`) for any state but `conflict`; `NotFound`;
     /// `Store`.
-    pub async fn forget(&self, id: ReservationId) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Forget, None).await
+    /// `operator` is the name of the operator's token, kept in the history.
+    pub async fn forget(
+        &self,
+        id: ReservationId,
+        operator: &str,
+    ) -> Result<Reservation, CoordinatorError> {
+        self.decide(
+            id,
+            Event::Forget,
+            None,
+            Some((operator.into(), OperatorAction::Forget)),
+        )
+        .await
     }
 
     /// Calls a participant waiting in backoff again at once (after an operator fixed it):
@@ -283,9 +334,12 @@ impl Coordinator {
         &self,
         id: ReservationId,
         index: usize,
+        operator: &str,
     ) -> Result<Reservation, CoordinatorError> {
+        let operator: Arc<str> = operator.into();
         self.client_write(move |this, admitted| async move {
-            this.retry_now_admitted(id, index, admitted).await
+            this.retry_now_admitted(id, index, &operator, admitted)
+                .await
         })
         .await
     }
@@ -294,10 +348,11 @@ impl Coordinator {
         &self,
         id: ReservationId,
         index: usize,
+        operator: &str,
         _admitted: Admission,
     ) -> Result<Reservation, CoordinatorError> {
         let (reservation, outcome) = self
-            .update_as(id, Ownership::Take, |r, _| {
+            .update_as(id, Ownership::Take, |r, now| {
                 let state = r.state();
                 let Some(p) = r.participants().get(index) else {
                     return Err(CoordinatorError::NoParticipant { id, index });
@@ -315,11 +370,20 @@ impl Coordinator {
                     return Err(CoordinatorError::NotWaiting { id, index, why });
                 }
                 r.participant_mut(index).retry_now();
+                r.note(
+                    now,
+                    Happening::Acted {
+                        by: operator.to_owned(),
+                        action: OperatorAction::RetryNow,
+                        participant: Some(index),
+                    },
+                );
                 Ok(())
             })
             .await?;
         outcome?;
-        tracing::info!(reservation_id = %id, participant = index, "retry requested: calling it again now");
+        tracing::info!(reservation_id = %id, participant = index, operator,
+            "retry requested: calling it again now");
         let waiting = self
             .inner
             .retry_now

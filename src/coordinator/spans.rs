@@ -181,10 +181,10 @@ impl Coordinator {
     }
 }
 
-/// Whether a client's confirm or cancel made the decision (rather than the deadline, a
-/// refused try, or a link about to expire).
+/// Whether a request's confirm or cancel (a client's or an operator's) made the decision
+/// (rather than the deadline, a refused try, or a link about to expire).
 pub(super) fn decided_by_client(r: &Reservation) -> bool {
-    matches!(r.reason(), None | Some(Reason::Client))
+    matches!(r.reason(), None | Some(Reason::Client | Reason::Operator))
 }
 
 /// Ends a call's span with its answer (`tcc.outcome`: `ok`, `refused`, `gone`, `retry`,

@@ -57,6 +57,37 @@ impl std::fmt::Display for CallVerb {
     }
 }
 
+/// What an operator did to a reservation (through the API or the dashboard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorAction {
+    Confirm,
+    Cancel,
+    /// A reconciled conflict forgotten.
+    Forget,
+    /// A participant waiting in backoff called again at once.
+    RetryNow,
+}
+
+impl OperatorAction {
+    pub const ALL: [OperatorAction; 4] = [
+        OperatorAction::Confirm,
+        OperatorAction::Cancel,
+        OperatorAction::Forget,
+        OperatorAction::RetryNow,
+    ];
+
+    /// The name used in `/events` and the log.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Confirm => "confirm",
+            OperatorAction::Cancel => "cancel",
+            OperatorAction::Forget => "forget",
+            OperatorAction::RetryNow => "retry_now",
+        }
+    }
+}
+
 /// What a history entry records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happening {
@@ -76,6 +107,12 @@ pub enum Happening {
         result: String,
         took_ms: u64,
         retry_at: Option<DateTime<Utc>>,
+    },
+    /// An operator acted: who (the token's name), what, and on which participant.
+    Acted {
+        by: String,
+        action: OperatorAction,
+        participant: Option<usize>,
     },
 }
 

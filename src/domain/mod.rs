@@ -12,7 +12,7 @@ mod reservation;
 mod state;
 mod trace;
 
-pub use history::{CallVerb, Happening, HistoryEntry, HISTORY_LIMIT};
+pub use history::{CallVerb, Happening, HistoryEntry, OperatorAction, HISTORY_LIMIT};
 pub use id::{ParseIdError, ReservationId};
 pub use limits::Limits;
 pub use link::{ParseUrlError, ParticipantLink, ParticipantUrl};

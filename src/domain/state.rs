@@ -144,15 +144,18 @@ pub enum Reason {
     ParticipantsExpired,
     /// A confirmation could no longer land before a participant link expires.
     TooCloseToExpiry,
+    /// An operator asked for it (a token with the operator role: the dashboard, a runbook).
+    Operator,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Client,
         Reason::Expired,
         Reason::TryFailed,
         Reason::ParticipantsExpired,
         Reason::TooCloseToExpiry,
+        Reason::Operator,
     ];
 
     /// The snake-case name used in the API and the log.
@@ -164,6 +167,7 @@ impl Reason {
             Reason::TryFailed => "try_failed",
             Reason::ParticipantsExpired => "participants_expired",
             Reason::TooCloseToExpiry => "too_close_to_expiry",
+            Reason::Operator => "operator",
         }
     }
 
@@ -199,6 +203,8 @@ pub enum Event {
     Confirm,
     /// The client asks to cancel.
     Cancel,
+    /// An operator asks to cancel: as `Cancel`, with the reason `operator`.
+    OperatorCancel,
     /// The deadline passed.
     Expire,
     /// A confirm arrived too close to a participant link's expiry to land everywhere.
@@ -216,13 +222,14 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 13] = [
+    pub const ALL: [Event; 14] = [
         Event::JoinLink,
         Event::JoinTry,
         Event::AllTriesAnswered,
         Event::TryFailed,
         Event::Confirm,
         Event::Cancel,
+        Event::OperatorCancel,
         Event::Expire,
         Event::TooCloseToExpiry,
         Event::AllConfirmed,
@@ -290,9 +297,14 @@ pub fn transition(
         (S::Trying | S::Conflict, E::Confirm) => Err(Refusal::Conflict),
 
         (S::Trying | S::Reserved, E::Cancel) => Ok(Some((S::Cancelling, Some(Reason::Client)))),
-        (S::Cancelling, E::Cancel) => Ok(None),
-        (S::Cancelled | S::Forgotten, E::Cancel) => Err(Refusal::Gone),
-        (S::Confirming | S::Confirmed | S::Conflict, E::Cancel) => Err(Refusal::Conflict),
+        (S::Trying | S::Reserved, E::OperatorCancel) => {
+            Ok(Some((S::Cancelling, Some(Reason::Operator))))
+        }
+        (S::Cancelling, E::Cancel | E::OperatorCancel) => Ok(None),
+        (S::Cancelled | S::Forgotten, E::Cancel | E::OperatorCancel) => Err(Refusal::Gone),
+        (S::Confirming | S::Confirmed | S::Conflict, E::Cancel | E::OperatorCancel) => {
+            Err(Refusal::Conflict)
+        }
 
         (S::Trying | S::Reserved, E::Expire) => Ok(Some((S::Cancelling, Some(Reason::Expired)))),
         (_, E::Expire) => Ok(None),
@@ -355,9 +367,12 @@ mod tests {
             (S::Trying, E::TryFailed) => cancel(Reason::TryFailed),
             (S::Reserved, E::Confirm) => Ok(Some((S::Confirming, None))),
             (S::Confirming | S::Confirmed, E::Confirm) => Ok(None),
-            (S::Cancelled | S::Forgotten, E::Confirm | E::Cancel) => Err(Refusal::Gone),
+            (S::Cancelled | S::Forgotten, E::Confirm | E::Cancel | E::OperatorCancel) => {
+                Err(Refusal::Gone)
+            }
             (S::Trying | S::Reserved, E::Cancel) => cancel(Reason::Client),
-            (S::Cancelling, E::Cancel) => Ok(None),
+            (S::Trying | S::Reserved, E::OperatorCancel) => cancel(Reason::Operator),
+            (S::Cancelling, E::Cancel | E::OperatorCancel) => Ok(None),
             (S::Trying | S::Reserved, E::Expire) => cancel(Reason::Expired),
             (S::Reserved, E::TooCloseToExpiry) => cancel(Reason::TooCloseToExpiry),
             (S::Confirming, E::AllConfirmed) => Ok(Some((S::Confirmed, None))),

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::domain::{
-    CallVerb, Callback, Happening, HistoryEntry, Participant, ParticipantLink, ParticipantState,
-    ParticipantUrl, Reason, Reservation, ReservationId, State, StoredParticipant,
+    CallVerb, Callback, Happening, HistoryEntry, OperatorAction, Participant, ParticipantLink,
+    ParticipantState, ParticipantUrl, Reason, Reservation, ReservationId, State, StoredParticipant,
     StoredReservation, TraceContext, TryRequest,
 };
 
@@ -111,7 +111,9 @@ struct CallbackV1<'a> {
     delivered_at: Option<i64>,
 }
 
-/// One history entry: `kind` is `created`, `changed` or `called`, with the fields of its kind.
+/// One history entry: `kind` is `created`, `changed`, `called` or `acted` (written since
+/// 2026-12-05: the action in `verb`, the operator's name in `result`), with the fields of its
+/// kind.
 #[derive(Serialize, Deserialize)]
 struct HistoryV1<'a> {
     at: i64,
@@ -172,6 +174,18 @@ fn encode_history(h: &HistoryEntry) -> HistoryV1<'_> {
             v.took_ms = Some(*took_ms);
             v.retry_at = retry_at.map(|t| t.timestamp_millis());
         }
+        // The same fields, so that the format stays as it is: the action in `verb`, the
+        // operator's name in `result`.
+        Happening::Acted {
+            by,
+            action,
+            participant,
+        } => {
+            v.kind = "acted".into();
+            v.participant = *participant;
+            v.verb = Some(action.as_str().into());
+            v.result = Some(by.as_str().into());
+        }
     }
     v
 }
@@ -214,6 +228,16 @@ fn decode_history(
             result: h.result.unwrap_or_default().into_owned(),
             took_ms: h.took_ms.unwrap_or_default(),
             retry_at: h.retry_at.map(time).transpose()?,
+        },
+        "acted" => Happening::Acted {
+            action: {
+                let action = h.verb.unwrap_or_default();
+                parse_named(&action, &OperatorAction::ALL, |a| a.as_str()).ok_or_else(|| {
+                    corrupt(format!("unknown operator action {action:?} in the history"))
+                })?
+            },
+            by: h.result.unwrap_or_default().into_owned(),
+            participant: h.participant,
         },
         other => return Err(corrupt(format!("unknown history entry `{other}`"))),
     };

@@ -14,6 +14,7 @@ mod observe;
 mod readme;
 mod repeats;
 mod retention;
+mod roles;
 mod security;
 mod tls;
 mod waiting;

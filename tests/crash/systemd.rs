@@ -73,3 +73,88 @@ fn under_systemd_it_says_ready_after_recovery_feeds_the_watchdog_and_says_stoppi
         "SIGTERM ends it cleanly"
     );
 }
+
+/// `GET /whoami` with this bearer token: the status it answers.
+fn status_with_token(base: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    write!(
+        stream,
+        "GET /whoami HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `check` holds.
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < PATIENCE, "waited too long for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `systemctl reload` sends SIGHUP: the tokens file is read again, so a token is rotated
+/// without a restart; a file that cannot be used leaves the tokens as they were; no secret
+/// reaches the log either way.
+#[test]
+fn sighup_reads_the_tokens_file_again_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let (old, new, bad) = (
+        "old-secret-0123456789",
+        "new-secret-0123456789",
+        "bad-secret-0123456789",
+    );
+    std::fs::write(&tokens, format!("ci client {old}\n")).unwrap();
+    let log = dir.path().join("coordinator.log");
+    let mut command = command(&dir.path().join("data"));
+    command.arg("--api-tokens-file").arg(&tokens);
+    let binary = Binary::spawn(command, &log);
+    let hangup = || {
+        let pid = binary.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    assert_eq!(status_with_token(&binary.base, old), 200);
+
+    // Rotation: the new token in, the old one out, no restart.
+    std::fs::write(&tokens, format!("ci client {new}\n")).unwrap();
+    hangup();
+    until("the new token", || {
+        status_with_token(&binary.base, new) == 200
+    });
+    assert_eq!(status_with_token(&binary.base, old), 401);
+
+    // A bad line: the tokens stay as they were, and the log says why (without the secret).
+    std::fs::write(&tokens, format!("ci client {new}\nbob admin {bad}\n")).unwrap();
+    hangup();
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    until("the refusal in the log", || {
+        logged().contains("kept the API tokens as they were")
+    });
+    assert!(
+        logged().contains("line 2: unknown role `admin`"),
+        "{}",
+        logged()
+    );
+    assert_eq!(status_with_token(&binary.base, new), 200);
+    assert_eq!(status_with_token(&binary.base, bad), 401);
+    for secret in [old, new, bad] {
+        assert!(
+            !logged().contains(secret),
+            "a secret in the log: {}",
+            logged()
+        );
+    }
+}

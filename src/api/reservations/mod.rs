@@ -8,6 +8,7 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::OpenApi;
 
+use super::access::Identity;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::problem::{GoneProblem, Problem};
@@ -74,13 +75,21 @@ fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
 /// Answers a cancel (both verbs share it).
 async fn cancel(
     coordinator: &Coordinator,
+    identity: &Identity,
     id: &str,
     prefer: Option<&str>,
     caller: Option<SpanParent>,
 ) -> CancelResponse {
     let result = async {
         let id = parse_id(id)?;
-        let r = coordinator.cancel(id, caller).await?;
+        let r = match identity.operator() {
+            Some(operator) => {
+                coordinator
+                    .decide_as_operator(id, false, caller, operator)
+                    .await?
+            }
+            None => coordinator.cancel(id, caller).await?,
+        };
         hold_answer(coordinator, r, prefer, |r| r.state().is_terminal()).await
     }
     .await;
@@ -333,6 +342,7 @@ impl ReservationsApi {
     async fn confirm(
         &self,
         coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
         id: Path<String>,
         /// `wait=N`: answer once confirming has ended (303, or 200 in `conflict`, or 410 when
         /// every participant was gone), or after N seconds with the usual 202.
@@ -346,7 +356,14 @@ impl ReservationsApi {
         let caller = super::trace_of(&traceparent);
         let result = async {
             let id = parse_id(&id)?;
-            let r = coordinator.confirm(id, caller).await?;
+            let r = match identity.operator() {
+                Some(operator) => {
+                    coordinator
+                        .decide_as_operator(id, true, caller, operator)
+                        .await?
+                }
+                None => coordinator.confirm(id, caller).await?,
+            };
             hold_answer(&coordinator, r, prefer.0.as_deref(), |r| {
                 r.state().is_terminal()
             })
@@ -379,6 +396,7 @@ impl ReservationsApi {
     async fn cancel(
         &self,
         coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
         id: Path<String>,
         /// `wait=N`: answer once every participant is cancelled (410), or after N seconds
         /// with the usual 202.
@@ -390,7 +408,7 @@ impl ReservationsApi {
         traceparent: Header<Option<String>>,
     ) -> CancelResponse {
         let caller = super::trace_of(&traceparent);
-        cancel(&coordinator, &id, prefer.0.as_deref(), caller).await
+        cancel(&coordinator, &identity, &id, prefer.0.as_deref(), caller).await
     }
 
     /// Cancel a reservation (same as `POST /reservations/{id}/cancel`)
@@ -398,6 +416,7 @@ impl ReservationsApi {
     async fn delete(
         &self,
         coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
         id: Path<String>,
         /// As for `POST /reservations/{id}/cancel`.
         #[oai(name = "Prefer")]
@@ -407,7 +426,7 @@ impl ReservationsApi {
         traceparent: Header<Option<String>>,
     ) -> CancelResponse {
         let caller = super::trace_of(&traceparent);
-        cancel(&coordinator, &id, prefer.0.as_deref(), caller).await
+        cancel(&coordinator, &identity, &id, prefer.0.as_deref(), caller).await
     }
 
     /// Forget a conflict
@@ -415,10 +434,15 @@ impl ReservationsApi {
     /// For a reservation in `conflict` only, once an operator has reconciled its
     /// participants by hand. Afterwards the reservation answers 410.
     #[oai(path = "/reservations/:id/forget", method = "post")]
-    async fn forget(&self, coordinator: Data<&Coordinator>, id: Path<String>) -> ForgetResponse {
+    async fn forget(
+        &self,
+        coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
+        id: Path<String>,
+    ) -> ForgetResponse {
         let result = async {
             let id = parse_id(&id)?;
-            Ok::<_, ApiError>(coordinator.forget(id).await?)
+            Ok::<_, ApiError>(coordinator.forget(id, &identity.name).await?)
         }
         .await;
         match result {
@@ -438,6 +462,7 @@ impl ReservationsApi {
     async fn retry(
         &self,
         coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
         id: Path<String>,
         /// The participant's place in `participants`: 0, 1, …
         index: Path<String>,
@@ -450,7 +475,7 @@ impl ReservationsApi {
                     index.0
                 )))
             })?;
-            Ok::<_, ApiError>(coordinator.retry_now(id, index).await?)
+            Ok::<_, ApiError>(coordinator.retry_now(id, index, &identity.name).await?)
         }
         .await;
         match result {
