@@ -83,9 +83,9 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["reservations", _, "forget"] | ["reservations", _, "participants", _, "retry"] => {
-            Role::Operator
-        }
+        ["reservations", _, "forget"]
+        | ["reservations", _, "participants", _, "retry"]
+        | ["participants", "retry"] => Role::Operator,
         _ => Role::Client,
     }
 }
@@ -380,6 +380,7 @@ mod tests {
             (Method::PUT, "/atomikos/x", Role::Client),
             (Method::POST, "/reservations/x/forget", Role::Operator),
             (Method::POST, "/reservations/{id}/forget", Role::Operator),
+            (Method::POST, "/participants/retry", Role::Operator),
             (
                 Method::POST,
                 "/reservations/x/participants/0/retry",

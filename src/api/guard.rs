@@ -26,6 +26,7 @@ pub struct Gate<E> {
     pub coordinator: Coordinator,
     pub body_limit: usize,
     pub read_timeout: std::time::Duration,
+    pub stuck_after: std::time::Duration,
 }
 
 /// The target of poem's `Tracing` middleware: `RUST_LOG=poem=info` shows each request.
@@ -81,6 +82,7 @@ impl<E: Endpoint> Gate<E> {
         extensions.insert(self.coordinator.clone());
         extensions.insert(BodyLimit(self.body_limit));
         extensions.insert(ReadTimeout(self.read_timeout));
+        extensions.insert(super::StuckAfter(self.stuck_after));
         let uri = req.uri().clone();
         let mut response = match self.inner.call(req).await {
             Ok(answer) => answer.into_response(),

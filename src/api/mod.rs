@@ -23,6 +23,10 @@ use poem::{EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
 pub use body::{BodyLimit, ReadTimeout};
+
+/// `--stuck-after`, for the operations that list stuck reservations.
+#[derive(Debug, Clone, Copy)]
+pub struct StuckAfter(pub std::time::Duration);
 pub use problem::{Problem, PROBLEM_JSON};
 
 use std::sync::Arc;
@@ -182,6 +186,7 @@ pub(crate) fn routes(coordinator: Coordinator, options: &RouteOptions) -> BoxEnd
         coordinator,
         body_limit: options.max_body_bytes,
         read_timeout: options.read_timeout,
+        stuck_after: options.stuck_after,
     }
     .boxed()
 }

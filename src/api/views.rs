@@ -356,6 +356,36 @@ pub struct ReservationPage {
     pub items: Vec<ReservationView>,
     /// The next page, or null on the last one.
     pub next: Option<String>,
+    /// With `counts=true`: how many match in each state.
+    #[oai(skip_serializing_if_is_none)]
+    pub counts: Option<StateCounts>,
+}
+
+/// The participants a host-wide "retry now" called again.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "RetriedOnHost")]
+pub struct RetriedOnHost {
+    pub retried: Vec<RetriedParticipant>,
+}
+
+/// One participant called again at once.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "RetriedParticipant")]
+pub struct RetriedParticipant {
+    pub reservation_id: String,
+    /// Its place in the reservation's `participants`.
+    pub participant: u64,
+    pub name: String,
+}
+
+/// How many reservations match a listing's filters (the state aside), in each state.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "StateCounts")]
+pub struct StateCounts {
+    /// By state name; a state nothing is in is absent.
+    pub counts: BTreeMap<String, u64>,
+    /// False when more than 10,000 reservations match: the counts are of the newest 10,000.
+    pub complete: bool,
 }
 
 // ---- history ------------------------------------------------------------------------------

@@ -399,6 +399,50 @@ impl Coordinator {
         Ok(Arc::unwrap_or_clone(reservation))
     }
 
+    /// Calls again at once every participant on `host` (see [`crate::store::is_on_host`])
+    /// that waits in backoff, in the reservations this instance is working on: after an
+    /// operator fixed that host. Returns the (reservation, participant) pairs retried.
+    ///
+    /// # Errors
+    /// `Store` (the first reservation whose retry could not be logged; those before it are
+    /// retried).
+    pub async fn retry_now_on_host(
+        &self,
+        host: &str,
+        operator: &str,
+    ) -> Result<Vec<(ReservationId, usize)>, CoordinatorError> {
+        let waiting: Vec<(ReservationId, usize)> = self
+            .inner
+            .working
+            .lock()
+            .expect("working lock")
+            .values()
+            .filter(|r| r.state().is_in_progress())
+            .flat_map(|r| {
+                r.participants()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.waits_for_retry() && crate::store::is_on_host(p, host))
+                    .map(|(i, _)| (r.id(), i))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut retried = Vec::with_capacity(waiting.len());
+        for (id, index) in waiting {
+            match self.retry_now(id, index, operator).await {
+                Ok(_) => retried.push((id, index)),
+                // Settled or decided meanwhile: nothing to retry.
+                Err(
+                    CoordinatorError::NotWaiting { .. }
+                    | CoordinatorError::NotFound(_)
+                    | CoordinatorError::Purged(_),
+                ) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(retried)
+    }
+
     /// Adds a participant while the reservation is `trying` or `reserved`. A link already
     /// present is not added twice.
     ///

@@ -1,6 +1,7 @@
 //! Reads: a reservation (from the working copy or the log), a confirmed transaction, the
 //! listing, and waiting for a change (`Prefer: wait`). Nothing here writes.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use tokio::sync::watch;
 
 use super::{Coordinator, CoordinatorError};
 use crate::domain::{Refusal, Reservation, ReservationId, State};
-use crate::store::ListQuery;
+use crate::store::{ListQuery, MAX_SCAN};
 
 /// While this instance drives a reservation, a waiter reads it on every this many polls.
 const DRIVEN_POLL_EVERY: u32 = 10;
@@ -157,5 +158,56 @@ impl Coordinator {
         query: ListQuery,
     ) -> Result<(Vec<Reservation>, Option<ReservationId>), CoordinatorError> {
         Ok(self.inner.store.newest_first(query).await?)
+    }
+
+    /// How many reservations match `query` (its state, cursor and limit aside) in each
+    /// state, among the newest [`MAX_SCAN`] that match; and whether that was all of them.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn count_by_state(
+        &self,
+        query: &ListQuery,
+    ) -> Result<(BTreeMap<&'static str, u64>, bool), CoordinatorError> {
+        let all = ListQuery {
+            state: None,
+            before: None,
+            limit: MAX_SCAN,
+            max_scan: MAX_SCAN,
+            ..query.clone()
+        };
+        let (items, next) = self.inner.store.newest_first(all).await?;
+        let mut counts = BTreeMap::new();
+        for r in &items {
+            *counts.entry(r.state().as_str()).or_insert(0) += 1;
+        }
+        Ok((counts, next.is_none()))
+    }
+
+    /// The reservations confirming or cancelling since longer than `threshold` on this
+    /// instance that match `query`, the longest waiting first.
+    #[must_use]
+    pub fn stuck_reservations(
+        &self,
+        threshold: std::time::Duration,
+        query: &ListQuery,
+    ) -> Vec<Reservation> {
+        let since = self.now() - chrono::Duration::from_std(threshold).unwrap_or_default();
+        let mut stuck: Vec<Reservation> = self
+            .inner
+            .working
+            .lock()
+            .expect("working lock")
+            .values()
+            .filter(|r| {
+                matches!(r.state(), State::Confirming | State::Cancelling)
+                    && r.decided_at().is_some_and(|at| at <= since)
+                    && query.matches(r)
+            })
+            .map(|r| Reservation::clone(r))
+            .collect();
+        stuck.sort_by_key(Reservation::decided_at);
+        stuck.truncate(query.limit);
+        stuck
     }
 }

@@ -33,6 +33,14 @@ impl ReservationId {
         chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
     }
 
+    /// The smallest id made at `at` (to the millisecond): every id made earlier sorts before
+    /// it, so it bounds a range of the log by time.
+    #[must_use]
+    pub fn first_made_at(at: chrono::DateTime<chrono::Utc>) -> Self {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid())
+    }
+
     /// The id as a [`Uuid`].
     #[must_use]
     pub fn as_uuid(&self) -> &Uuid {
@@ -70,6 +78,14 @@ impl FromStr for ReservationId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_id_made_at_an_instant_sorts_after_every_earlier_one() {
+        let id = ReservationId::new();
+        let made = id.created_at().unwrap();
+        assert!(ReservationId::first_made_at(made) <= id);
+        assert!(ReservationId::first_made_at(made + chrono::Duration::milliseconds(1)) > id);
+    }
 
     #[test]
     fn ids_round_trip_through_text_and_bytes() {

@@ -6,7 +6,9 @@
 //! [`ListQuery::max_scan`] records: a page may then hold fewer than `limit` reservations (or
 //! none) and still point to the next one, and a client keeps following `next`.
 
-use crate::domain::{Reservation, ReservationId, State};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Participant, Reservation, ReservationId, State};
 
 /// Records one listing page examines at most, unless the query says otherwise.
 pub const MAX_SCAN: usize = 10_000;
@@ -27,9 +29,18 @@ pub struct ListQuery {
     /// characters are the random part), or with a metadata value whose JSON text contains it
     /// (case-insensitive).
     pub text: Option<String>,
+    /// Only reservations created at or after this instant.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only reservations created before this instant.
+    pub created_before: Option<DateTime<Utc>>,
     /// Records examined at most for this page.
     pub max_scan: usize,
 }
+
+/// How far an id's own instant may be from its reservation's `created_at` (both are taken
+/// as it is created): a time range's bounds on ids are widened by this much, and the
+/// reservations themselves decide.
+const ID_CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(1);
 
 impl ListQuery {
     /// The newest `limit` reservations, unfiltered.
@@ -42,14 +53,32 @@ impl ListQuery {
             state: None,
             participant_host: None,
             text: None,
+            created_after: None,
+            created_before: None,
             max_scan: MAX_SCAN,
         }
     }
 
-    /// Whether only the state is filtered (which PostgreSQL does itself).
+    /// Where a scan newest first starts: the cursor, or the first id made after the end of
+    /// the time range, whichever is older.
+    #[must_use]
+    pub fn start_before(&self) -> Option<ReservationId> {
+        let by_time = self
+            .created_before
+            .map(|t| ReservationId::first_made_at(t + ID_CLOCK_MARGIN));
+        match (self.before, by_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether more than the state is filtered (PostgreSQL filters the state itself).
     #[must_use]
     pub fn filters_content(&self) -> bool {
-        self.participant_host.is_some() || self.text.is_some()
+        self.participant_host.is_some()
+            || self.text.is_some()
+            || self.created_after.is_some()
+            || self.created_before.is_some()
     }
 
     /// Whether `r` belongs on the page.
@@ -58,21 +87,13 @@ impl ListQuery {
         if self.state.is_some_and(|s| r.state() != s) {
             return false;
         }
+        if self.created_after.is_some_and(|t| r.created_at() < t)
+            || self.created_before.is_some_and(|t| r.created_at() >= t)
+        {
+            return false;
+        }
         if let Some(host) = &self.participant_host {
-            let host = host.to_lowercase();
-            let calls_it = r.participants().iter().any(|p| {
-                let urls = [p.try_request().map(|t| &t.url), p.link().map(|l| &l.uri)];
-                urls.into_iter().flatten().any(|u| {
-                    let u = u.as_url();
-                    let at = match (u.host_str(), u.port()) {
-                        (Some(h), Some(port)) => format!("{h}:{port}"),
-                        (Some(h), None) => h.to_owned(),
-                        (None, _) => String::new(),
-                    };
-                    at.to_lowercase().contains(&host)
-                })
-            });
-            if !calls_it {
+            if !r.participants().iter().any(|p| is_on_host(p, host)) {
                 return false;
             }
         }
@@ -90,6 +111,23 @@ impl ListQuery {
     }
 }
 
+/// Whether the participant's try URL or link has a `host[:port]` containing `host`
+/// (case-insensitive): `stock` matches `stock.internal:8080`.
+#[must_use]
+pub fn is_on_host(p: &Participant, host: &str) -> bool {
+    let host = host.to_lowercase();
+    let urls = [p.try_request().map(|t| &t.url), p.link().map(|l| &l.uri)];
+    urls.into_iter().flatten().any(|u| {
+        let u = u.as_url();
+        let at = match (u.host_str(), u.port()) {
+            (Some(h), Some(port)) => format!("{h}:{port}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => String::new(),
+        };
+        at.to_lowercase().contains(&host)
+    })
+}
+
 /// One page being filled from records offered newest first.
 #[derive(Debug)]
 pub struct Page<'q> {
@@ -105,6 +143,8 @@ pub enum Next {
     More,
     /// The page is complete: more may follow, older than this id.
     Done(ReservationId),
+    /// Nothing older can match (the time range starts after it): the page is the last.
+    End,
 }
 
 impl<'q> Page<'q> {
@@ -121,6 +161,13 @@ impl<'q> Page<'q> {
     pub fn offer(&mut self, r: Reservation) -> Next {
         self.scanned += 1;
         let id = r.id();
+        let too_old = |after: DateTime<Utc>| {
+            id.created_at()
+                .is_some_and(|made| made < after - ID_CLOCK_MARGIN)
+        };
+        if self.query.created_after.is_some_and(too_old) {
+            return Next::End;
+        }
         if self.query.matches(&r) {
             if self.items.len() == self.query.limit {
                 // One more matches: the page is full and a next one has something.

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Reservation, ReservationId, State};
 pub use embedded::{EmbeddedOptions, SyncMode};
-pub use listing::{ListQuery, MAX_SCAN};
+pub use listing::{is_on_host, ListQuery, MAX_SCAN};
 pub use postgres::PostgresOptions;
 
 /// The log cannot be read or written.

@@ -309,6 +309,24 @@ async fn listing_filters_by_participant_host_and_text_within_a_scan_budget(store
     // Its last characters, the random part the dashboard's operators read, find it alone.
     let suffix = ids[3].to_string()[24..].to_uppercase();
     assert_eq!(listed(by_text(&suffix)).await, (vec![ids[3]], None));
+    // A time range: from the third one's creation on, and before it.
+    let third = store.load(ids[2]).await.unwrap().unwrap().created_at();
+    let from_third = ListQuery {
+        created_after: Some(third),
+        ..ListQuery::newest(10)
+    };
+    assert_eq!(listed(from_third).await, (vec![ids[3], ids[2]], None));
+    let before_third = ListQuery {
+        created_before: Some(third),
+        ..ListQuery::newest(10)
+    };
+    assert_eq!(listed(before_third).await, (vec![ids[1], ids[0]], None));
+    let between = ListQuery {
+        created_after: Some(store.load(ids[1]).await.unwrap().unwrap().created_at()),
+        created_before: Some(third),
+        ..ListQuery::newest(10)
+    };
+    assert_eq!(listed(between).await, (vec![ids[1]], None));
     // A scan budget of two records: the first page finds one red among the newest two and
     // says where to go on; the next finds the other.
     let budget = ListQuery {

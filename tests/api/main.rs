@@ -11,6 +11,7 @@ mod helpers;
 mod kit;
 mod lifecycle;
 mod observe;
+mod operate;
 mod readme;
 mod repeats;
 mod retention;

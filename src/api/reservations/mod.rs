@@ -14,8 +14,12 @@ use super::error::ApiError;
 use super::problem::{GoneProblem, Problem};
 use super::requests::{CreateReservationBody, ParticipantBody};
 use super::view_json::ViewJson;
-use super::views::{HistoryView, ReservationPage, ReservationView, StateView};
+use super::views::{
+    HistoryView, ReservationPage, ReservationView, RetriedOnHost, RetriedParticipant, StateCounts,
+    StateView,
+};
 use super::ApiTags;
+use super::StuckAfter;
 
 mod responses;
 
@@ -24,7 +28,7 @@ use crate::domain::{Reservation, ReservationId, SpanParent, State};
 use crate::store::{ListQuery, MAX_SCAN};
 use responses::{
     CancelResponse, ConfirmResponse, CreateResponse, ForgetResponse, GetResponse, HistoryResponse,
-    JoinResponse, ListResponse, RetryResponse,
+    JoinResponse, ListResponse, RetryHostResponse, RetryResponse,
 };
 
 /// The reservation operations.
@@ -116,6 +120,14 @@ fn next_page(query: &ListQuery, limit: u32, after: ReservationId) -> String {
     }
     if let Some(text) = &query.text {
         link.append_pair("q", text);
+    }
+    let instant =
+        |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Some(t) = &query.created_after {
+        link.append_pair("created_after", &instant(t));
+    }
+    if let Some(t) = &query.created_before {
+        link.append_pair("created_before", &instant(t));
     }
     link.append_pair("limit", &limit.to_string());
     link.append_pair("after", &after.to_string());
@@ -229,14 +241,19 @@ impl ReservationsApi {
 
     /// List reservations
     ///
-    /// Newest first, optionally only those in one `state`, calling one participant host, or
-    /// matching a text. Follow `next` for older ones. With `participant_host` or `q`, one
-    /// page examines at most 10,000 reservations: it may then hold fewer than `limit` (even
-    /// none) and still have a `next` to continue the search from.
+    /// Newest first, optionally only those in one `state`, calling one participant host,
+    /// matching a text, or created within a time range. Follow `next` for older ones. With
+    /// `participant_host`, `q` or a time range, one page examines at most 10,000
+    /// reservations: it may then hold fewer than `limit` (even none) and still have a `next`
+    /// to continue the search from. `stuck=true` lists instead the reservations confirming
+    /// or cancelling for longer than `--stuck-after` (oldest decision first, on this
+    /// instance). `counts=true` adds how many match in each state, the state filter aside.
     #[oai(path = "/reservations", method = "get")]
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         coordinator: Data<&Coordinator>,
+        stuck_after: Data<&StuckAfter>,
         /// Only reservations in this state.
         state: Query<Option<StateView>>,
         /// Only reservations with a participant (try URL or link) whose `host:port`
@@ -253,6 +270,16 @@ impl ReservationsApi {
         limit: Query<Option<u32>>,
         /// Only reservations older than this id (the cursor `next` carries).
         after: Query<Option<String>>,
+        /// Only reservations created at or after this instant (RFC 3339).
+        created_after: Query<Option<chrono::DateTime<chrono::Utc>>>,
+        /// Only reservations created before this instant (RFC 3339).
+        created_before: Query<Option<chrono::DateTime<chrono::Utc>>>,
+        /// `true`: the reservations confirming or cancelling for longer than
+        /// `--stuck-after`, whose participants keep failing (the other filters apply too).
+        stuck: Query<Option<bool>>,
+        /// `true`: also count the matching reservations in each state (the state filter
+        /// aside), among the newest 10,000 that match the other filters.
+        counts: Query<Option<bool>>,
     ) -> ListResponse {
         let result = async {
             let before = after
@@ -279,12 +306,35 @@ impl ReservationsApi {
                 state: state.0.map(Into::into),
                 participant_host: participant_host.0,
                 text: q.0,
+                created_after: created_after.0,
+                created_before: created_before.0,
                 max_scan: MAX_SCAN,
             };
-            let (items, next) = coordinator.list(query.clone()).await?;
+            let counted = match counts.0 {
+                Some(true) => Some(coordinator.count_by_state(&query).await?),
+                _ => None,
+            };
+            let (items, next) = if stuck.0 == Some(true) {
+                (
+                    coordinator.stuck_reservations(stuck_after.0 .0, &query),
+                    None,
+                )
+            } else {
+                coordinator.list(query.clone()).await?
+            };
             let next = next.map(|after| next_page(&query, limit, after));
             let items = items.iter().map(|r| view(&coordinator, r)).collect();
-            Ok::<_, ApiError>(ReservationPage { items, next })
+            Ok::<_, ApiError>(ReservationPage {
+                items,
+                next,
+                counts: counted.map(|(counts, complete)| StateCounts {
+                    counts: counts
+                        .into_iter()
+                        .map(|(state, n)| (state.to_owned(), n))
+                        .collect(),
+                    complete,
+                }),
+            })
         }
         .await;
         match result {
@@ -484,6 +534,47 @@ impl ReservationsApi {
                 RetryResponse::Accepted(v, at, retry)
             }
             Err(e) => e.into(),
+        }
+    }
+
+    /// Retry now every participant waiting on a host
+    ///
+    /// Once an operator has fixed a participant service: every participant whose try URL or
+    /// link is on `participant_host` (its `host:port` contains it, case-insensitively) and
+    /// that waits in backoff is called again at once, in the reservations this instance is
+    /// working on (with several instances, ask each). Each is recorded in its reservation's
+    /// history with the operator's name. The answer lists them.
+    #[oai(path = "/participants/retry", method = "post")]
+    async fn retry_host(
+        &self,
+        coordinator: Data<&Coordinator>,
+        identity: Data<&Identity>,
+        /// The host (or `host:port`, or a part of it) whose waiting participants to call.
+        #[oai(validator(min_length = 1, max_length = 255))]
+        participant_host: Query<String>,
+    ) -> RetryHostResponse {
+        let result = coordinator
+            .retry_now_on_host(&participant_host, &identity.name)
+            .await;
+        match result {
+            Ok(retried) => {
+                let mut listed = Vec::with_capacity(retried.len());
+                for (id, index) in retried {
+                    let name = coordinator
+                        .get(id)
+                        .await
+                        .ok()
+                        .and_then(|r| r.participants().get(index).map(|p| p.name().to_owned()))
+                        .unwrap_or_default();
+                    listed.push(RetriedParticipant {
+                        reservation_id: id.to_string(),
+                        participant: index as u64,
+                        name,
+                    });
+                }
+                RetryHostResponse::Ok(Json(RetriedOnHost { retried: listed }))
+            }
+            Err(e) => ApiError::from(e).into(),
         }
     }
 

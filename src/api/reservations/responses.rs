@@ -10,7 +10,7 @@ use poem_openapi::ApiResponse;
 use crate::api::error::{problem_response, ApiError};
 use crate::api::problem::{GoneProblem, Problem};
 use crate::api::view_json::ViewJson;
-use crate::api::views::{HistoryView, ReservationPage, ReservationView};
+use crate::api::views::{HistoryView, ReservationPage, ReservationView, RetriedOnHost};
 
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "create_bad_request")]
@@ -269,5 +269,25 @@ pub enum ListResponse {
 problem_response!(ListResponse { 400 => BadRequest, 503 => Unavailable });
 
 fn list_bad_request(error: poem::Error) -> ListResponse {
+    ApiError::from_request_error(&error).into()
+}
+
+#[derive(ApiResponse)]
+#[oai(bad_request_handler = "retry_host_bad_request")]
+pub enum RetryHostResponse {
+    /// Every participant on the host that waited is being called again now (the list may be
+    /// empty).
+    #[oai(status = 200)]
+    Ok(Json<RetriedOnHost>),
+    /// No `participant_host`, or an empty one.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The transaction log is unavailable.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+}
+problem_response!(RetryHostResponse { 400 => BadRequest, 503 => Unavailable });
+
+fn retry_host_bad_request(error: poem::Error) -> RetryHostResponse {
     ApiError::from_request_error(&error).into()
 }

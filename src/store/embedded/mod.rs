@@ -375,7 +375,7 @@ impl SledLog {
         &self,
         query: &ListQuery,
     ) -> Result<(Vec<Reservation>, Option<ReservationId>), StoreError> {
-        let entries = match query.before {
+        let entries = match query.start_before() {
             Some(id) => self.reservations.range(..id.to_bytes()),
             None => self.reservations.iter(),
         };
@@ -384,8 +384,10 @@ impl SledLog {
             let (key, value) = entry?;
             let id = id_of(&key)?;
             let record = record::decode(id, &self.spill.load(id, &value)?)?;
-            if let Next::Done(next) = page.offer(record) {
-                return Ok(page.finish(Some(next)));
+            match page.offer(record) {
+                Next::More => {}
+                Next::Done(next) => return Ok(page.finish(Some(next))),
+                Next::End => return Ok(page.finish(None)),
             }
         }
         Ok(page.finish(None))

@@ -385,7 +385,7 @@ impl PgLog {
         };
         let fetch = i64::try_from(chunk).unwrap_or(i64::MAX);
         let state = query.state.map(State::as_str);
-        let mut cursor = query.before.map(|id| *id.as_uuid());
+        let mut cursor = query.start_before().map(|id| *id.as_uuid());
         let mut page = Page::new(query);
         loop {
             let rows = self
@@ -398,8 +398,10 @@ impl PgLog {
             for row in &rows {
                 let r = decode(row)?;
                 cursor = Some(*r.id().as_uuid());
-                if let Next::Done(next) = page.offer(r) {
-                    return Ok(page.finish(Some(next)));
+                match page.offer(r) {
+                    Next::More => {}
+                    Next::Done(next) => return Ok(page.finish(Some(next))),
+                    Next::End => return Ok(page.finish(None)),
                 }
             }
             if complete {
