@@ -14,7 +14,7 @@ if [ ! -d .ci/browser/node_modules/playwright-core ]; then
 fi
 
 rm -rf target/browser
-source .ci/coordinator.sh --participant-timeout 1s --max-retry-interval 2s
+source .ci/coordinator.sh --participant-timeout 1s --max-retry-interval 2s --stuck-after 1s
 
 # A scriptable participant for the dashboard's actions.
 cargo build --quiet -p tcc-participant --bin tcc-fake-participant

@@ -362,6 +362,114 @@ await test("dashboard-shows-every-time-in-one-format-with-its-zone", async (page
   await until("UTC again", all(utc));
 }, { timezoneId: "Asia/Tokyo" });
 
+// ---- beyond one reservation --------------------------------------------------------------
+
+// `n` reservations over links nobody answers, tagged with `metadata`, made 20 at a time.
+async function bulk(n, metadata) {
+  const expires = new Date(Date.now() + 600_000).toISOString();
+  const ids = [];
+  for (let i = 0; i < n; i += 20) {
+    const batch = await Promise.all(Array.from({ length: Math.min(20, n - i) }, (_, k) => call("POST", "/reservations", {
+      timeout_ms: 600000, participants: [{ name: "stock", link: { uri: `http://127.0.0.1:9/holds/${i + k}`, expires } }], metadata,
+    })));
+    for (const r of batch) {
+      assert.equal(r.status, 202);
+      ids.push((await r.json()).id);
+    }
+  }
+  return ids;
+}
+
+const countOf = (page, state) => page.locator(`.count[data-state="${state}"] b`).textContent();
+
+await test("dashboard-pages-to-the-oldest-of-2000-with-totals-that-follow-the-filters", async (page) => {
+  const tag = `bulk-${Date.now()}`;
+  const ids = await bulk(2000, { batch: tag });
+  for (const id of ids.slice(0, 5)) assert.equal((await call("POST", `/reservations/${id}/cancel`)).status, 202);
+  await page.goto(`${base}/ui`);
+  await page.locator("#search").fill(tag);
+  await until("totals of the filtered reservations", async () => (await countOf(page, "")) === "2000");
+  assert.equal(await countOf(page, "reserved"), "1995");
+  assert.equal(await countOf(page, "cancelling"), "5");
+  // Page by page down to the oldest.
+  for (let k = 1; k < 40; k++) {
+    await page.locator("#older").click();
+    await page.locator("#shown").filter({ hasText: `${k * 50 + 1}–${k * 50 + 50}` }).waitFor();
+  }
+  assert.equal(await page.locator("#older").isDisabled(), true, "nothing older");
+  const oldest = [...ids].sort()[0];
+  assert.equal(await page.locator(`tr[data-id="${oldest}"]`).count(), 1, "the oldest is on the last page");
+  await page.locator("#newer").click();
+  await page.locator("#shown").filter({ hasText: "1901–1950" }).waitFor();
+  await page.screenshot({ path: `${artifacts}/dashboard-last-pages.png` });
+  // Another filter, other totals.
+  await page.locator("#host").fill("nowhere.invalid");
+  await until("totals of nothing", async () => (await countOf(page, "")) === "0");
+});
+
+await test("dashboard-shows-the-stuck-with-how-long-and-why-and-a-link-to-one", async (page) => {
+  const [id, other] = await bulk(2, {});
+  assert.equal((await call("POST", `/reservations/${id}/confirm`)).status, 202);
+  await page.goto(`${base}/ui`);
+  await until("counted as stuck", async () => Number(await countOf(page, "stuck")) >= 1);
+  await page.locator('.count[data-state="stuck"]').click();
+  const row = page.locator(`tr[data-id="${id}"]`);
+  await row.waitFor();
+  assert.match(await row.locator(".activity").textContent(), /^stuck \d+ s .*cannot connect/);
+  assert.equal(await page.locator(`tr[data-id="${other}"]`).count(), 0, "an undecided one is not stuck");
+  await page.screenshot({ path: `${artifacts}/dashboard-stuck.png`, fullPage: true });
+  // The address names the reservation shown: a link one operator sends another.
+  await row.click();
+  await page.locator("#detail-head code").filter({ hasText: id }).waitFor();
+  assert.equal(new URL(page.url()).hash, `#${id}`);
+  const colleague = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  try {
+    await colleague.goto(page.url());
+    await colleague.locator("#detail-head code").filter({ hasText: id }).waitFor();
+  } finally {
+    await colleague.close();
+  }
+});
+
+await test("dashboard-filters-by-time-range", async (page) => {
+  const tag = `range-${Date.now()}`;
+  const [older] = await bulk(1, { batch: tag });
+  // The next whole second, then one more reservation.
+  const second = Math.ceil(Date.now() / 1000) * 1000;
+  await until("the next second", async () => Date.now() >= second);
+  const [newer] = await bulk(1, { batch: tag });
+  const typed = new Date(second).toISOString().slice(0, 19); // UTC, as the dashboard shows
+  await page.goto(`${base}/ui`);
+  await page.locator("#search").fill(tag);
+  await page.locator(`tr[data-id="${older}"]`).waitFor();
+  await page.locator("#from").fill(typed);
+  await page.locator(`tr[data-id="${older}"]`).waitFor({ state: "detached" });
+  assert.equal(await page.locator(`tr[data-id="${newer}"]`).count(), 1);
+  await page.locator("#from").fill("");
+  await page.locator("#to").fill(typed);
+  await page.locator(`tr[data-id="${newer}"]`).waitFor({ state: "detached" });
+  assert.equal(await page.locator(`tr[data-id="${older}"]`).count(), 1);
+  await page.screenshot({ path: `${artifacts}/dashboard-time-range.png`, fullPage: true });
+});
+
+await test("dashboard-retries-every-participant-waiting-on-a-host-after-asking", async (page) => {
+  await script("confirm", [{ status: 503, retry_after_secs: 3600 }, { status: 503, retry_after_secs: 3600 }]);
+  const ids = [await reserved(), await reserved()];
+  for (const id of ids) assert.equal((await call("POST", `/reservations/${id}/confirm`)).status, 202);
+  await until("both waiting", async () => {
+    const views = await Promise.all(ids.map(async (id) => (await call("GET", `/reservations/${id}`)).json()));
+    return views.every((v) => v.participants[0].next_attempt_at);
+  });
+  await page.goto(`${base}/ui`);
+  await page.locator("#host").fill(new URL(fake).host);
+  await page.locator("#retry-host").click();
+  assert.match(await page.locator("#ask-text").textContent(), /every participant on/);
+  await page.locator("#ask-yes").click();
+  for (const id of ids) await until("confirmed in the API", async () => (await stateOf(id)) === "confirmed");
+  const retried = Number((await page.locator("#acted-host").textContent()).match(/retried (\d+)/)[1]);
+  assert.ok(retried >= 2, `${retried} retried`);
+});
+
 // ---- who may do what ---------------------------------------------------------------------
 
 const rolesBase = process.env.TCC_ROLES_BASE;
