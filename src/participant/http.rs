@@ -227,7 +227,7 @@ impl ParticipantClient {
                 error: "still trying (202)".into(),
                 retry_after: retry_after(&response),
             }),
-            408 | 429 | 500..=599 => TryOutcome::Retry(hint(&response)),
+            408 | 429 | 500..=599 => TryOutcome::Retry(hint(response).await),
             400..=499 => TryOutcome::Refused(refusal(response).await),
             _ => TryOutcome::Retry(RetryHint {
                 error: format!("unexpected answer {} to the try", describe(status)),
@@ -267,9 +267,9 @@ impl ParticipantClient {
                 error: "still confirming (202)".into(),
                 retry_after: retry_after(&response),
             }),
-            408 | 429 => ConfirmOutcome::Retry(hint(&response)),
+            408 | 429 => ConfirmOutcome::Retry(hint(response).await),
             400..=499 => ConfirmOutcome::Refused(refusal(response).await),
-            _ => ConfirmOutcome::Retry(hint(&response)),
+            _ => ConfirmOutcome::Retry(hint(response).await),
         }
     }
 
@@ -298,7 +298,7 @@ impl ParticipantClient {
                 error: "still cancelling (202)".into(),
                 retry_after: retry_after(&response),
             }),
-            _ => CancelOutcome::Retry(hint(&response)),
+            _ => CancelOutcome::Retry(hint(response).await),
         }
     }
 }
@@ -325,7 +325,7 @@ impl ParticipantClient {
                 .await;
             match sent {
                 Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(hint(&response)),
+                Ok(response) => Err(hint(response).await),
                 Err(hint) => Err(hint),
             }
         };
@@ -357,12 +357,12 @@ fn describe(status: StatusCode) -> String {
     }
 }
 
-/// The most of a refusal's body read for its reason.
+/// The most of a failed answer's body read for its reason.
 const REASON_BYTES: usize = 4096;
 /// The most of a reason kept (the reservation shows it as `last_error`).
 const REASON_CHARS: usize = 200;
 
-/// A refusal as the reservation shows it: the status, and the participant's reason when its
+/// A refusal or failure as the reservation shows it: the status, and the participant's reason when its
 /// body gives one (a problem+json `detail`, or `title`, `message`, `error`, `reason`; or the
 /// first line of a text body), bounded.
 async fn refusal(mut response: Response) -> String {
@@ -401,10 +401,13 @@ fn reason_in(body: &[u8]) -> Option<String> {
     (!line.starts_with('<')).then(|| clip(line))
 }
 
-fn hint(response: &Response) -> RetryHint {
+/// A failed answer to retry: its status and, as for a refusal, the participant's reason
+/// when its body gives one (bounded); and its `Retry-After`.
+async fn hint(response: Response) -> RetryHint {
+    let retry_after = retry_after(&response);
     RetryHint {
-        error: describe(response.status()),
-        retry_after: retry_after(response),
+        error: refusal(response).await,
+        retry_after,
     }
 }
 

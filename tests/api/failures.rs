@@ -723,6 +723,40 @@ async fn a_refused_confirm_shows_the_first_line_of_a_text_reason_and_an_html_pag
     app.stop().await;
 }
 
+/// A failed call that is retried shows why as the participant said it (bounded), in
+/// `last_error` and in the call's history entry, as a refusal does.
+#[tokio::test]
+async fn a_retried_confirm_shows_the_reason_in_the_participants_error_body() {
+    let app = spawn_app().await;
+    let p = Participant::start().await;
+    p.script(
+        "confirm",
+        [Reply::Body(
+            503,
+            r#"{"title":"Service Unavailable","status":503,"detail":"the ledger database is down"}"#
+                .into(),
+        )],
+    );
+    let id = app.create(&json!({"participants": [p.link(1)]})).await;
+    app.post(&format!("/reservations/{id}/confirm")).await;
+    let (status, _) = app.wait_for(&id, is_settled).await;
+    assert_eq!(status, 303, "retried, then confirmed");
+    let history: Value = app.get_json(&format!("/reservations/{id}/events")).await;
+    let failed: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["verb"] == "confirm" && !e["retry_at"].is_null())
+        .map(|e| e["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        ["503 Service Unavailable: the ledger database is down"],
+        "{history:#}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_try_to_a_refused_connection_is_retried_until_the_deadline_then_cancelled() {
     let app = spawn_app().await;
