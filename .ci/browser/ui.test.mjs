@@ -346,7 +346,8 @@ await test("dashboard-shows-every-time-in-one-format-with-its-zone", async (page
   const [id] = await held(1);
   await open(page, id);
   const times = async () => [
-    ...(await page.locator("#rows td.at").allTextContents()),
+    ...(await page.locator("#rows .at").allTextContents()),
+    ...(await page.locator("#rows .activity").allTextContents()).flatMap((t) => t.match(/\d{4}-\d\d-\d\d[ T][^a-z]*?(UTC|GMT\S*|Z)\b/g) ?? []),
     ...(await page.locator("#facts dd[data-fact=created], #facts dd[data-fact=deadline]").allTextContents()),
     (await page.locator("#status").textContent()).replace(/^updated /, ""),
   ];

@@ -223,6 +223,21 @@ async fn each_role_may_do_its_part_and_is_refused_the_rest_with_nothing_changed(
             "operator",
             "retry now",
         );
+        assert_forbidden(
+            &send(
+                &app,
+                token,
+                "POST",
+                &format!(
+                    "/participants/retry?participant_host={}",
+                    waiting.base.trim_start_matches("http://")
+                ),
+                None,
+            )
+            .await,
+            "operator",
+            "retry now on a host",
+        );
     }
     assert_eq!(
         events(&app, &conflict).await["state"],
