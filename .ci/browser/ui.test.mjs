@@ -415,7 +415,8 @@ await test("dashboard-shows-the-stuck-with-how-long-and-why-and-a-link-to-one", 
   await until("counted as stuck", async () => Number(await countOf(page, "stuck")) >= 1);
   await page.locator('.count[data-state="stuck"]').click();
   const row = page.locator(`tr[data-id="${id}"]`);
-  await row.waitFor();
+  // Drawn by the stuck view (the row may be on screen already, from the list before).
+  await row.locator(".stuck-for").waitFor();
   assert.match(await row.locator(".activity").textContent(), /^stuck \d+ s .*cannot connect/);
   assert.equal(await page.locator(`tr[data-id="${other}"]`).count(), 0, "an undecided one is not stuck");
   await page.screenshot({ path: `${artifacts}/dashboard-stuck.png`, fullPage: true });
