@@ -428,6 +428,29 @@ mod tests {
         }
     }
 
+    /// The tokens file shown in docs/security.md is one the coordinator reads as it says.
+    #[test]
+    fn the_documented_tokens_file_reads_as_documented() {
+        let doc = include_str!("../../docs/security.md");
+        let start = doc.find("```text\n").expect("the example") + "```text\n".len();
+        let block = &doc[start..];
+        let example = block[..block.find("```").expect("its end")]
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let tokens = parse_tokens(&example).unwrap();
+        let seen: Vec<_> = tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("grafana", Role::Viewer),
+                ("checkout", Role::Client),
+                ("alice", Role::Operator)
+            ]
+        );
+    }
+
     #[test]
     fn health_and_documentation_are_public_and_nothing_else() {
         for path in [
