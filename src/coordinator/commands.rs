@@ -400,8 +400,9 @@ impl Coordinator {
     }
 
     /// Calls again at once every participant on `host` (see [`crate::store::is_on_host`])
-    /// that waits in backoff, in the reservations this instance is working on: after an
-    /// operator fixed that host. Returns the (reservation, participant) pairs retried.
+    /// that waits in backoff (on a shared database, in every instance's reservations: this
+    /// one takes them over): after an operator fixed that host. Returns the (reservation,
+    /// participant) pairs retried.
     ///
     /// # Errors
     /// `Store` (the first reservation whose retry could not be logged; those before it are
@@ -411,13 +412,15 @@ impl Coordinator {
         host: &str,
         operator: &str,
     ) -> Result<Vec<(ReservationId, usize)>, CoordinatorError> {
+        let query = crate::store::ListQuery {
+            participant_host: Some(host.to_owned()),
+            ..crate::store::ListQuery::newest(crate::store::MAX_SCAN)
+        };
+        let in_progress = [State::Trying, State::Confirming, State::Cancelling];
         let waiting: Vec<(ReservationId, usize)> = self
-            .inner
-            .working
-            .lock()
-            .expect("working lock")
-            .values()
-            .filter(|r| r.state().is_in_progress())
+            .in_progress(&query, &in_progress)
+            .await?
+            .iter()
             .flat_map(|r| {
                 r.participants()
                     .iter()

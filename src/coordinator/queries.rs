@@ -184,30 +184,59 @@ impl Coordinator {
         Ok((counts, next.is_none()))
     }
 
-    /// The reservations confirming or cancelling since longer than `threshold` on this
-    /// instance that match `query`, the longest waiting first.
-    #[must_use]
-    pub fn stuck_reservations(
+    /// The reservations in one of `states` that match `query` (its state, cursor and limit
+    /// aside): from memory where this process works on all of them, else from the store,
+    /// newest first, at most [`MAX_SCAN`] a state.
+    pub(super) async fn in_progress(
+        &self,
+        query: &ListQuery,
+        states: &[State],
+    ) -> Result<Vec<Reservation>, CoordinatorError> {
+        if self.inner.topology.works_on_everything_in_progress() {
+            let working = self.inner.working.lock().expect("working lock");
+            return Ok(working
+                .values()
+                .filter(|r| states.contains(&r.state()) && query.matches(r))
+                .map(|r| Reservation::clone(r))
+                .collect());
+        }
+        let mut found = Vec::new();
+        for state in states {
+            let (items, _) = self
+                .inner
+                .store
+                .newest_first(ListQuery {
+                    state: Some(*state),
+                    before: None,
+                    limit: MAX_SCAN,
+                    max_scan: MAX_SCAN,
+                    ..query.clone()
+                })
+                .await?;
+            found.extend(items);
+        }
+        Ok(found)
+    }
+
+    /// The reservations confirming or cancelling since longer than `threshold` that match
+    /// `query`, the longest waiting first (on a shared database, every instance's).
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn stuck_reservations(
         &self,
         threshold: std::time::Duration,
         query: &ListQuery,
-    ) -> Vec<Reservation> {
+    ) -> Result<Vec<Reservation>, CoordinatorError> {
         let since = self.now() - chrono::Duration::from_std(threshold).unwrap_or_default();
         let mut stuck: Vec<Reservation> = self
-            .inner
-            .working
-            .lock()
-            .expect("working lock")
-            .values()
-            .filter(|r| {
-                matches!(r.state(), State::Confirming | State::Cancelling)
-                    && r.decided_at().is_some_and(|at| at <= since)
-                    && query.matches(r)
-            })
-            .map(|r| Reservation::clone(r))
+            .in_progress(query, &[State::Confirming, State::Cancelling])
+            .await?
+            .into_iter()
+            .filter(|r| r.decided_at().is_some_and(|at| at <= since))
             .collect();
         stuck.sort_by_key(Reservation::decided_at);
         stuck.truncate(query.limit);
-        stuck
+        Ok(stuck)
     }
 }

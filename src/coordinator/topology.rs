@@ -64,6 +64,14 @@ impl Topology {
         self == Topology::Shared
     }
 
+    /// Every reservation in progress is in this process's memory: the stuck view and the
+    /// host-wide retry read it there. Shared: other instances work on others, so they are
+    /// read from the database (an index on the state).
+    #[must_use]
+    pub fn works_on_everything_in_progress(self) -> bool {
+        self == Topology::Embedded
+    }
+
     /// Leases, takeover of lapsed instances' work and the retention sweep run (`cluster`).
     #[must_use]
     pub fn has_cluster_duties(self) -> bool {
@@ -86,12 +94,16 @@ mod tests {
                 t.sweeps_its_own_log(),
                 t.store_needs_main_runtime(),
                 t.has_cluster_duties(),
+                t.works_on_everything_in_progress(),
             )
         };
         assert_eq!(
             row(Embedded),
-            (true, false, false, true, true, false, false)
+            (true, false, false, true, true, false, false, true)
         );
-        assert_eq!(row(Shared), (false, true, true, false, false, true, true));
+        assert_eq!(
+            row(Shared),
+            (false, true, true, false, false, true, true, false)
+        );
     }
 }

@@ -44,7 +44,6 @@ const ID_CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(1);
 
 impl ListQuery {
     /// The newest `limit` reservations, unfiltered.
-    #[cfg(test)]
     #[must_use]
     pub fn newest(limit: usize) -> Self {
         Self {

@@ -376,3 +376,67 @@ async fn the_creators_copy_never_answers_for_a_decision_made_on_another_instance
     assert_eq!(p.paths("PUT"), ["/holds/2"], "{:?}", p.summary());
     assert_eq!(p.paths("DELETE"), ["/holds/1"], "{:?}", p.summary());
 }
+
+/// The stuck view and "retry now on a host" are the cluster's, not one instance's: asked of
+/// another instance than the one calling, it lists the stuck reservation and retries it
+/// (taking it over), and it is confirmed.
+#[tokio::test]
+#[ignore = "needs TCC_TEST_POSTGRES"]
+async fn the_stuck_view_and_a_host_wide_retry_reach_every_instances_reservations() {
+    let database = tcc_coordinator::required_scratch_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fast = [("TCC_STUCK_AFTER", "100ms")];
+    let caller = instance_with(&database, dir.path(), "caller", &fast);
+    let asked = instance_with(&database, dir.path(), "asked", &fast);
+    let http = client();
+    let p = Participant::start().await;
+    p.script("confirm", [super::Reply::RetryAfter(503, 3600)]);
+    let id = create(&http, &caller.base, &json!({"participants": [p.link(1)]})).await;
+    decide(&http, &caller.base, &id, "confirm").await;
+    wait_for(&http, &caller.base, &id, |_, body| {
+        !body["participants"][0]["next_attempt_at"].is_null()
+    })
+    .await;
+
+    let start = Instant::now();
+    loop {
+        let page: serde_json::Value = http
+            .get(format!("{}/reservations?stuck=true", asked.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == id.as_str())
+        {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "never listed as stuck: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let host = p.base.trim_start_matches("http://");
+    let retried: serde_json::Value = http
+        .post(format!(
+            "{}/participants/retry?participant_host={host}",
+            asked.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        retried["retried"][0]["reservation_id"],
+        id.as_str(),
+        "{retried}"
+    );
+    let (status, _) = wait_for(&http, &asked.base, &id, |s, _| s == 303).await;
+    assert_eq!(status, 303);
+    assert_eq!(p.count("PUT"), 2, "{:?}", p.summary());
+}

@@ -246,8 +246,8 @@ impl ReservationsApi {
     /// `participant_host`, `q` or a time range, one page examines at most 10,000
     /// reservations: it may then hold fewer than `limit` (even none) and still have a `next`
     /// to continue the search from. `stuck=true` lists instead the reservations confirming
-    /// or cancelling for longer than `--stuck-after` (oldest decision first, on this
-    /// instance). `counts=true` adds how many match in each state, the state filter aside.
+    /// or cancelling for longer than `--stuck-after` (oldest decision first; with several
+    /// instances, every instance's). `counts=true` adds how many match in each state, the state filter aside.
     #[oai(path = "/reservations", method = "get")]
     #[allow(clippy::too_many_arguments)]
     async fn list(
@@ -316,7 +316,9 @@ impl ReservationsApi {
             };
             let (items, next) = if stuck.0 == Some(true) {
                 (
-                    coordinator.stuck_reservations(stuck_after.0 .0, &query),
+                    coordinator
+                        .stuck_reservations(stuck_after.0 .0, &query)
+                        .await?,
                     None,
                 )
             } else {
@@ -541,8 +543,8 @@ impl ReservationsApi {
     ///
     /// Once an operator has fixed a participant service: every participant whose try URL or
     /// link is on `participant_host` (its `host:port` contains it, case-insensitively) and
-    /// that waits in backoff is called again at once, in the reservations this instance is
-    /// working on (with several instances, ask each). Each is recorded in its reservation's
+    /// that waits in backoff is called again at once (with several instances, every
+    /// instance's: this one takes them over). Each is recorded in its reservation's
     /// history with the operator's name. The answer lists them.
     #[oai(path = "/participants/retry", method = "post")]
     async fn retry_host(
