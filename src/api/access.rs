@@ -194,6 +194,8 @@ pub struct Tokens {
     fixed: Arc<Vec<NamedToken>>,
     entries: Arc<RwLock<Arc<Vec<Entry>>>>,
     protect_metrics: bool,
+    /// Who asks where no token is needed, made once (a request only clones it).
+    anonymous: Identity,
 }
 
 impl Tokens {
@@ -210,6 +212,7 @@ impl Tokens {
             fixed: Arc::new(fixed),
             entries: Arc::default(),
             protect_metrics,
+            anonymous: Identity::anonymous(),
         };
         tokens.replace_file_tokens(from_file.unwrap_or_default());
         tokens
@@ -251,7 +254,7 @@ impl Tokens {
     pub(super) fn check(&self, req: &Request) -> Result<Identity, Box<Response>> {
         let path = req.uri().path();
         if !self.required || is_public(path, self.protect_metrics) {
-            return Ok(Identity::anonymous());
+            return Ok(self.anonymous.clone());
         }
         let presented = req
             .headers()
