@@ -107,7 +107,8 @@ pub struct TokensFileError {
 }
 
 /// Reads a tokens file: one token a line, `NAME ROLE SECRET` separated by spaces or tabs;
-/// `#` starts a comment; blank lines are skipped. Names are unique; so are secrets.
+/// `#` at the start of a word starts a comment; blank lines are skipped. Names are unique;
+/// so are secrets.
 ///
 /// # Errors
 /// [`TokensFileError`] naming the file and, for a bad line, its number and what is wrong.
@@ -120,10 +121,25 @@ pub fn read_tokens_file(path: &Path) -> Result<Vec<NamedToken>, TokensFileError>
     parse_tokens(&text).map_err(error)
 }
 
+/// The line without its comment: `#` at its start or after a space starts one (a secret may
+/// hold `#`).
+fn without_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (at, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return &line[..at];
+        }
+        previous = c;
+    }
+    line
+}
+
+/// Errors name the line, never a word of it: a line written in the wrong order may put a
+/// secret anywhere.
 fn parse_tokens(text: &str) -> Result<Vec<NamedToken>, String> {
-    let mut tokens: Vec<NamedToken> = Vec::new();
+    let mut tokens: Vec<(usize, NamedToken)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or_default().trim();
+        let line = without_comment(line).trim();
         if line.is_empty() {
             continue;
         }
@@ -136,28 +152,33 @@ fn parse_tokens(text: &str) -> Result<Vec<NamedToken>, String> {
             ));
         };
         let role = Role::parse(role).ok_or_else(|| {
-            format!("line {at}: unknown role `{role}`; the roles are viewer, client and operator")
+            format!("line {at}: unknown role (the second word); the roles are viewer, client and operator")
         })?;
         if secret.chars().count() < 16 || secret.chars().any(char::is_control) {
             return Err(format!(
-                "line {at}: the secret of `{name}` is shorter than 16 characters"
+                "line {at}: the secret (the third word) is shorter than 16 characters"
             ));
         }
-        if tokens.iter().any(|t| t.name == *name) {
-            return Err(format!("line {at}: the name `{name}` is given twice"));
-        }
-        if tokens.iter().any(|t| t.secret.expose() == *secret) {
+        if let Some((first, _)) = tokens.iter().find(|(_, t)| t.name == *name) {
             return Err(format!(
-                "line {at}: `{name}` has the same secret as an earlier token"
+                "line {at}: the name is already given on line {first}"
             ));
         }
-        tokens.push(NamedToken {
-            name: (*name).to_owned(),
-            role,
-            secret: ApiToken::new(*secret),
-        });
+        if let Some((first, _)) = tokens.iter().find(|(_, t)| t.secret.expose() == *secret) {
+            return Err(format!(
+                "line {at}: the secret is already the one of line {first}"
+            ));
+        }
+        tokens.push((
+            at,
+            NamedToken {
+                name: (*name).to_owned(),
+                role,
+                secret: ApiToken::new(*secret),
+            },
+        ));
     }
-    Ok(tokens)
+    Ok(tokens.into_iter().map(|(_, t)| t).collect())
 }
 
 /// `--api-token` values as operator tokens.
@@ -398,7 +419,7 @@ mod tests {
     #[test]
     fn a_tokens_file_is_read_line_by_line_and_a_bad_line_is_named_without_its_secret() {
         let good = "# who may do what\n\nci-bot client ci-secret-0123456789\n\
-                    alice operator alice-secret-0123456 # on call\n\tgrafana viewer graf-secret-0123456\n";
+                    alice operator alice#secret-0123456 # on call\n\tgrafana viewer graf-secret-0123456\n";
         let tokens = parse_tokens(good).unwrap();
         let seen: Vec<_> = tokens.iter().map(|t| (t.name.as_str(), t.role)).collect();
         assert_eq!(
@@ -409,20 +430,27 @@ mod tests {
                 ("grafana", Role::Viewer)
             ]
         );
+        assert_eq!(
+            tokens[1].secret.expose(),
+            "alice#secret-0123456",
+            "# inside a secret"
+        );
         for (text, says) in [
             ("a client", "line 1: expected `NAME ROLE SECRET`"),
+            ("\na admin secret-0123456789abc", "line 2: unknown role"),
+            // In the wrong order: the secret where the role goes is not echoed.
+            ("\na secret-0123456789abc viewer", "line 2: unknown role"),
             (
-                "\na admin secret-0123456789abc",
-                "line 2: unknown role `admin`",
+                "a viewer short",
+                "line 1: the secret (the third word) is shorter",
             ),
-            ("a viewer short", "line 1: the secret of `a` is shorter"),
             (
                 "a viewer secret-0123456789abc\na client other-0123456789abc",
-                "line 2: the name `a` is given twice",
+                "line 2: the name is already given on line 1",
             ),
             (
                 "a viewer secret-0123456789abc\nb client secret-0123456789abc",
-                "line 2: `b` has the same secret",
+                "line 2: the secret is already the one of line 1",
             ),
         ] {
             let error = parse_tokens(text).unwrap_err();

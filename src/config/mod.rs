@@ -238,9 +238,10 @@ pub struct Cli {
     )]
     api_tokens: Vec<String>,
 
-    /// Named tokens with roles, one a line: `NAME ROLE SECRET` separated by spaces, `#` starts
-    /// a comment. Roles: viewer (reads), client (also creates, confirms, cancels, joins),
-    /// operator (also forgets conflicts and retries participants now). Read again on SIGHUP.
+    /// Named tokens with roles, one a line: `NAME ROLE SECRET` separated by spaces, `#` at the
+    /// start of a word starts a comment. Roles: viewer (reads), client (also creates,
+    /// confirms, cancels, joins), operator (also forgets conflicts and retries participants
+    /// now). Read again on SIGHUP.
     #[arg(long, env = "TCC_API_TOKENS_FILE", value_name = "FILE")]
     api_tokens_file: Option<PathBuf>,
 
