@@ -77,6 +77,10 @@ fn reload_tokens(
 ) -> Result<usize, api::access::TokensFileError> {
     let from_file = api::access::read_tokens_file(path)?;
     let named = from_file.len();
+    if named == 0 {
+        tracing::warn!(file = %path.display(),
+            "the API tokens file holds no token: only --api-token values are accepted now (with none, every request gets 401)");
+    }
     tokens.replace_file_tokens(from_file);
     tracing::info!(file = %path.display(), tokens = named, "read the API tokens file again");
     Ok(named)
@@ -175,6 +179,11 @@ impl App {
             .as_deref()
             .map(api::access::read_tokens_file)
             .transpose()?;
+        if from_file.as_ref().is_some_and(Vec::is_empty) {
+            tracing::warn!(
+                "the API tokens file holds no token: only --api-token values are accepted (with none, every request gets 401)"
+            );
+        }
         let tokens = api::access::Tokens::new(
             api::access::operator_tokens(&config.api_tokens),
             from_file,

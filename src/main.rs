@@ -66,6 +66,7 @@ async fn main() -> ExitCode {
     let _ = writeln!(out, "tcc-coordinator listening on {base}")
         .and_then(|()| writeln!(out, "  API:        {base}/reservations"))
         .and_then(|()| writeln!(out, "  Swagger UI: {base}/docs"))
+        .and_then(|()| writeln!(out, "  dashboard:  {base}/ui"))
         .and_then(|()| writeln!(out, "  log:        {log}"))
         .and_then(|()| out.flush());
     drop(out);

@@ -146,6 +146,13 @@ fn sighup_reads_the_tokens_file_again_and_a_bad_file_changes_nothing() {
     assert!(logged().contains("line 2: unknown role"), "{}", logged());
     assert_eq!(status_with_token(&binary.base, new), 200);
     assert_eq!(status_with_token(&binary.base, bad), 401);
+
+    // Emptied: nobody gets in (never everybody), and the log warns.
+    std::fs::write(&tokens, "# nobody for now\n").unwrap();
+    hangup();
+    until("the warning", || logged().contains("holds no token"));
+    assert_eq!(status_with_token(&binary.base, new), 401);
+    assert_eq!(status_with_token(&binary.base, "no-token-at-all"), 401);
     for secret in [old, new, bad] {
         assert!(
             !logged().contains(secret),
