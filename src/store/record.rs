@@ -576,6 +576,46 @@ mod tests {
         }
     }
 
+    /// An operator's cancel and retry read back from the log as they were written (a restart
+    /// keeps who acted, and the reason `operator`).
+    #[test]
+    fn an_operators_actions_survive_encoding() {
+        let now = DateTime::from_timestamp_millis(1_800_000_000_123).unwrap();
+        let mut r = Reservation::new(
+            ReservationId::new(),
+            now,
+            Duration::from_secs(30),
+            vec![NewParticipant {
+                name: "stock".into(),
+                source: ParticipantSource::Link(ParticipantLink {
+                    uri: ParticipantUrl::parse("http://stock/holds/1").unwrap(),
+                    expires: now + chrono::Duration::seconds(60),
+                }),
+            }],
+            serde_json::Map::new(),
+            Duration::from_secs(5),
+        );
+        r.apply(crate::domain::Event::OperatorCancel, now).unwrap();
+        for (action, participant) in [
+            (OperatorAction::Cancel, None),
+            (OperatorAction::RetryNow, Some(0)),
+        ] {
+            r.note(
+                now,
+                Happening::Acted {
+                    by: "alice".into(),
+                    action,
+                    participant,
+                },
+            );
+        }
+        for format in [Format::Json, Format::Binary] {
+            let decoded = decode(r.id(), &encode(&r, format)).unwrap();
+            assert_eq!(decoded.reason(), Some(Reason::Operator), "{format:?}");
+            assert_eq!(decoded, r, "{format:?}");
+        }
+    }
+
     /// A record as the coordinator of 2026-11 wrote it (format 2: the version byte, the
     /// revision, the JSON): a cancelled reservation with a link, a try given up, its history
     /// and a delivered callback. Every later coordinator must read it back as this.
