@@ -124,53 +124,33 @@ impl Coordinator {
         self.get(id).await
     }
 
-    /// Decides to confirm. Idempotent: repeating it changes nothing and calls nobody again.
-    /// Past the deadline the reservation is cancelled instead and the answer is `Gone`.
-    /// `caller` is the request's `traceparent`: the decision's span hangs under it when it
-    /// is of the reservation's trace.
+    /// Decides to confirm (`confirm: true`) or to cancel, as a request asks: a client's, or
+    /// an operator's (`operator`: the name of the operator's token), whose decision is
+    /// recorded with its name and the time, and whose cancel has the reason `operator`.
+    /// Idempotent: repeating it changes nothing and calls nobody again. A confirm past the
+    /// deadline cancels instead and the answer is `Gone`. `caller` is the request's
+    /// `traceparent`: the decision's span hangs under it when it is of the reservation's
+    /// trace.
     ///
     /// # Errors
     /// [`CoordinatorError::Refused`] with `Gone` or `Conflict`; `NotFound`; `Store`.
-    pub async fn confirm(
-        &self,
-        id: ReservationId,
-        caller: Option<SpanParent>,
-    ) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Confirm, caller, None).await
-    }
-
-    /// Decides to cancel. Idempotent.
-    ///
-    /// # Errors
-    /// As [`Coordinator::confirm`].
-    pub async fn cancel(
-        &self,
-        id: ReservationId,
-        caller: Option<SpanParent>,
-    ) -> Result<Reservation, CoordinatorError> {
-        self.decide(id, Event::Cancel, caller, None).await
-    }
-
-    /// An operator confirms (`confirm: true`) or cancels: as [`Coordinator::confirm`] and
-    /// [`Coordinator::cancel`], with the operator's name and the time in the history, and a
-    /// cancel's reason `operator`.
-    ///
-    /// # Errors
-    /// As [`Coordinator::confirm`].
-    pub async fn decide_as_operator(
+    pub async fn decide_as(
         &self,
         id: ReservationId,
         confirm: bool,
         caller: Option<SpanParent>,
-        operator: &str,
+        operator: Option<&str>,
     ) -> Result<Reservation, CoordinatorError> {
-        let (event, action) = if confirm {
-            (Event::Confirm, OperatorAction::Confirm)
-        } else {
-            (Event::OperatorCancel, OperatorAction::Cancel)
+        let (event, acted) = match (confirm, operator) {
+            (true, None) => (Event::Confirm, None),
+            (false, None) => (Event::Cancel, None),
+            (true, Some(by)) => (Event::Confirm, Some((by.into(), OperatorAction::Confirm))),
+            (false, Some(by)) => (
+                Event::OperatorCancel,
+                Some((by.into(), OperatorAction::Cancel)),
+            ),
         };
-        self.decide(id, event, caller, Some((operator.into(), action)))
-            .await
+        self.decide(id, event, caller, acted).await
     }
 
     pub(super) async fn decide(
@@ -401,8 +381,8 @@ impl Coordinator {
 
     /// Calls again at once every participant on `host` (see [`crate::store::is_on_host`])
     /// that waits in backoff (on a shared database, in every instance's reservations: this
-    /// one takes them over): after an operator fixed that host. Returns the (reservation,
-    /// participant) pairs retried.
+    /// one takes them over): after an operator fixed that host. Returns each retried as its
+    /// reservation, index and name.
     ///
     /// # Errors
     /// `Store` (the first reservation whose retry could not be logged; those before it are
@@ -411,7 +391,7 @@ impl Coordinator {
         &self,
         host: &str,
         operator: &str,
-    ) -> Result<Vec<(ReservationId, usize)>, CoordinatorError> {
+    ) -> Result<Vec<(ReservationId, usize, String)>, CoordinatorError> {
         let query = crate::store::ListQuery {
             participant_host: Some(host.to_owned()),
             ..crate::store::ListQuery::newest(crate::store::MAX_SCAN)
@@ -433,7 +413,10 @@ impl Coordinator {
         let mut retried = Vec::with_capacity(waiting.len());
         for (id, index) in waiting {
             match self.retry_now(id, index, operator).await {
-                Ok(_) => retried.push((id, index)),
+                Ok(r) => {
+                    let name = r.participants().get(index).map(|p| p.name().to_owned());
+                    retried.push((id, index, name.unwrap_or_default()));
+                }
                 // Settled or decided meanwhile: nothing to retry.
                 Err(
                     CoordinatorError::NotWaiting { .. }

@@ -296,7 +296,10 @@ async fn the_confirm_phase_retries_only_the_participant_that_needs_it() {
         .create(vec![a_link(1), a_link(2)], Duration::from_secs(30))
         .await;
 
-    h.coordinator.confirm(created.id(), None).await.unwrap();
+    h.coordinator
+        .decide_as(created.id(), true, None, None)
+        .await
+        .unwrap();
     let r = h.until(created.id(), |r| r.state().is_terminal()).await;
 
     assert_eq!(r.state(), State::Confirmed);
@@ -372,7 +375,10 @@ async fn the_retention_sweep_drops_a_finished_reservation_once_its_retention_end
     let h = Harness::new();
     let finished = h.create(vec![a_link(1)], Duration::from_secs(30)).await;
     let waiting = h.create(vec![a_link(2)], Duration::from_secs(3600)).await;
-    h.coordinator.cancel(finished.id(), None).await.unwrap();
+    h.coordinator
+        .decide_as(finished.id(), false, None, None)
+        .await
+        .unwrap();
     h.until(finished.id(), |r| r.state() == State::Cancelled)
         .await;
 

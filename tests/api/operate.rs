@@ -124,6 +124,14 @@ async fn retry_now_on_a_host_calls_every_participant_waiting_there_and_only_thos
     let mut expected: Vec<&str> = on_fixed.iter().map(String::as_str).collect();
     expected.sort_unstable();
     assert_eq!(retried, expected);
+    let mut names: Vec<&str> = body["retried"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["link-1", "link-2"]);
     for id in &on_fixed {
         let (status, _) = app.wait_for(id, is_settled).await;
         assert_eq!(status, 303);

@@ -86,14 +86,9 @@ async fn cancel(
 ) -> CancelResponse {
     let result = async {
         let id = parse_id(id)?;
-        let r = match identity.operator() {
-            Some(operator) => {
-                coordinator
-                    .decide_as_operator(id, false, caller, operator)
-                    .await?
-            }
-            None => coordinator.cancel(id, caller).await?,
-        };
+        let r = coordinator
+            .decide_as(id, false, caller, identity.operator())
+            .await?;
         hold_answer(coordinator, r, prefer, |r| r.state().is_terminal()).await
     }
     .await;
@@ -408,14 +403,9 @@ impl ReservationsApi {
         let caller = super::trace_of(&traceparent);
         let result = async {
             let id = parse_id(&id)?;
-            let r = match identity.operator() {
-                Some(operator) => {
-                    coordinator
-                        .decide_as_operator(id, true, caller, operator)
-                        .await?
-                }
-                None => coordinator.confirm(id, caller).await?,
-            };
+            let r = coordinator
+                .decide_as(id, true, caller, identity.operator())
+                .await?;
             hold_answer(&coordinator, r, prefer.0.as_deref(), |r| {
                 r.state().is_terminal()
             })
@@ -560,20 +550,14 @@ impl ReservationsApi {
             .await;
         match result {
             Ok(retried) => {
-                let mut listed = Vec::with_capacity(retried.len());
-                for (id, index) in retried {
-                    let name = coordinator
-                        .get(id)
-                        .await
-                        .ok()
-                        .and_then(|r| r.participants().get(index).map(|p| p.name().to_owned()))
-                        .unwrap_or_default();
-                    listed.push(RetriedParticipant {
+                let listed = retried
+                    .into_iter()
+                    .map(|(id, index, name)| RetriedParticipant {
                         reservation_id: id.to_string(),
                         participant: index as u64,
                         name,
-                    });
-                }
+                    })
+                    .collect();
                 RetryHostResponse::Ok(Json(RetriedOnHost { retried: listed }))
             }
             Err(e) => ApiError::from(e).into(),
