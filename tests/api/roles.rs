@@ -76,6 +76,16 @@ async fn events(app: &TestApp, id: &str) -> Value {
     .1
 }
 
+/// The operators' actions in a reservation's history.
+fn acted(history: &Value) -> Vec<&Value> {
+    history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "acted")
+        .collect()
+}
+
 fn assert_forbidden(answer: &(u16, Value), role: &str, what: &str) {
     assert_eq!(answer.0, 403, "{what}: {}", answer.1);
     assert_eq!(answer.1["required_role"], role, "{what}");
@@ -273,12 +283,9 @@ async fn each_role_may_do_its_part_and_is_refused_the_rest_with_nothing_changed(
         .0,
         204
     );
-    let acted = |history: &Value| -> Vec<(String, String, Value)> {
-        history["events"]
-            .as_array()
-            .unwrap()
+    let who_did_what = |history: &Value| -> Vec<(String, String, Value)> {
+        acted(history)
             .iter()
-            .filter(|e| e["kind"] == "acted")
             .map(|e| {
                 (
                     e["by"].as_str().unwrap().to_owned(),
@@ -289,11 +296,11 @@ async fn each_role_may_do_its_part_and_is_refused_the_rest_with_nothing_changed(
             .collect()
     };
     assert_eq!(
-        acted(&events(&app, &stuck).await),
+        who_did_what(&events(&app, &stuck).await),
         [("alice".to_owned(), "retry_now".to_owned(), json!("link-6"))]
     );
     assert_eq!(
-        acted(&events(&app, &conflict).await),
+        who_did_what(&events(&app, &conflict).await),
         [("alice".to_owned(), "forget".to_owned(), Value::Null)]
     );
     app.stop().await;
@@ -349,11 +356,7 @@ async fn an_operators_cancel_and_confirm_say_who_and_a_clients_do_not() {
     }
     let client = events(&app, &by_client).await;
     assert_eq!(client["reason"], "client");
-    assert!(client["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["kind"] != "acted"));
+    assert!(acted(&client).is_empty());
 
     let operator = events(&app, &by_operator).await;
     assert_eq!(
@@ -369,28 +372,18 @@ async fn an_operators_cancel_and_confirm_say_who_and_a_clients_do_not() {
     )
     .await;
     assert_eq!((status, gone["reason"].as_str()), (410, Some("operator")));
-    let acted: Vec<&Value> = operator["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "acted")
-        .collect();
-    assert_eq!(acted.len(), 1, "{operator}");
+    let cancel = acted(&operator);
+    assert_eq!(cancel.len(), 1, "{operator}");
     assert_eq!(
-        (acted[0]["by"].as_str(), acted[0]["action"].as_str()),
+        (cancel[0]["by"].as_str(), cancel[0]["action"].as_str()),
         (Some("alice"), Some("cancel"))
     );
-    assert!(acted[0]["at"].is_string());
+    assert!(cancel[0]["at"].is_string());
 
     let confirm = events(&app, &confirmed).await;
-    let acted: Vec<&Value> = confirm["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "acted")
-        .collect();
+    let confirmed_by = acted(&confirm);
     assert_eq!(
-        (acted.len(), acted[0]["action"].as_str()),
+        (confirmed_by.len(), confirmed_by[0]["action"].as_str()),
         (1, Some("confirm"))
     );
 
@@ -404,15 +397,7 @@ async fn an_operators_cancel_and_confirm_say_who_and_a_clients_do_not() {
     )
     .await;
     let again = events(&app, &by_operator).await;
-    assert_eq!(
-        again["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "acted")
-            .count(),
-        1
-    );
+    assert_eq!(acted(&again).len(), 1);
     app.stop().await;
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::helpers::{client, create, decide, in_secs, wait_for, Participant, PATIENCE};
+use super::helpers::{
+    client, create, decide, eventually, in_secs, wait_for, Participant, PATIENCE,
+};
 use super::{command_without_log, Binary};
 
 /// Short, so that takeovers happen within a test's patience.
@@ -398,27 +400,20 @@ async fn the_stuck_view_and_a_host_wide_retry_reach_every_instances_reservations
     })
     .await;
 
-    let start = Instant::now();
-    loop {
+    // Listed by the instance that is not calling it.
+    eventually("listed as stuck by the other instance", || async {
         let page: serde_json::Value = http
             .get(format!("{}/reservations?stuck=true", asked.base))
             .send()
             .await
-            .unwrap()
+            .ok()?
             .json()
             .await
-            .unwrap();
-        if page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["id"] == id.as_str())
-        {
-            break;
-        }
-        assert!(start.elapsed() < PATIENCE, "never listed as stuck: {page}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .ok()?;
+        let items = page["items"].as_array()?;
+        items.iter().any(|r| r["id"] == id.as_str()).then_some(())
+    })
+    .await;
     let host = p.base.trim_start_matches("http://");
     let retried: serde_json::Value = http
         .post(format!(
