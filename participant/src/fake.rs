@@ -365,6 +365,8 @@ pub struct FakeSettings {
     pub listen: SocketAddr,
     /// How long holds live unless confirmed.
     pub hold_ttl: Duration,
+    /// How long a hold may outlive its reservation's deadline (`TCC-Deadline`).
+    pub deadline_margin: Duration,
 }
 
 impl Default for FakeSettings {
@@ -372,6 +374,7 @@ impl Default for FakeSettings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             hold_ttl: Duration::from_secs(60),
+            deadline_margin: Duration::from_secs(30),
         }
     }
 }
@@ -400,6 +403,7 @@ impl FakeParticipant {
     pub async fn start_with(settings: FakeSettings) -> std::io::Result<Self> {
         let participant = Participant::builder(Anything)
             .hold_ttl(settings.hold_ttl)
+            .deadline_margin(settings.deadline_margin)
             .start()
             .map_err(std::io::Error::other)?;
         let recorder = Arc::new(Recorder::default());

@@ -4,6 +4,7 @@
 mod atomikos;
 mod bad_input;
 mod callbacks;
+mod check;
 mod choreography;
 mod docs;
 mod failures;

@@ -24,6 +24,9 @@ struct Args {
     /// How long holds live unless confirmed, in seconds.
     #[arg(long, default_value_t = 60)]
     hold_ttl_secs: u64,
+    /// How long a hold may outlive its reservation's deadline (TCC-Deadline), in seconds.
+    #[arg(long, default_value_t = 30)]
+    deadline_margin_secs: u64,
 }
 
 #[tokio::main]
@@ -32,6 +35,7 @@ async fn main() -> std::io::Result<()> {
     let fake = FakeParticipant::start_with(FakeSettings {
         listen: args.listen,
         hold_ttl: Duration::from_secs(args.hold_ttl_secs),
+        deadline_margin: Duration::from_secs(args.deadline_margin_secs),
     })
     .await?;
     let port = fake.url().rsplit(':').next().unwrap_or_default().to_owned();
