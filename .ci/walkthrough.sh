@@ -113,3 +113,11 @@ book 8A | grep -q '"state":"reserved"' || { echo "seat 8A was not reserved"; exi
 book 7C | grep -q 'try refused: 409 Conflict: seat 7C is taken' || {
     echo "seat 7C's refusal does not show its reason"; book 7C; exit 1; }
 echo "the kit's seats service: reserved and refused as participant/README.md says"
+
+# README's Rust client block (client/examples/checkout.rs) against the coordinator on 8080
+# and the inventory example on 8081.
+cargo build --release -p tcc-client --example checkout
+checkout="$(target/release/examples/checkout http://127.0.0.1:8080 http://127.0.0.1:8081/holds)"
+grep -q "^confirmed: transaction " <<<"$checkout" || {
+    echo "README's Rust client block: expected a confirmed transaction, got: $checkout" >&2; exit 1; }
+echo "the Rust client's checkout: confirmed, as README's block shows"

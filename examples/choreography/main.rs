@@ -15,6 +15,15 @@
 //! curl localhost:8093/books                   # balances, holds, sales
 //! ```
 //!
+//! Or let the orders service do it, as a real one would: `POST /checkout` starts the
+//! reservation with tcc-client (the order's id as its `Idempotency-Key`) and confirms it once
+//! every try held (`201` placed, `409` dropped with the reason):
+//!
+//! ```sh
+//! curl -X POST localhost:8091/checkout -H 'content-type: application/json' \
+//!   -d '{"order": "A-18", "account": "alice", "total_cents": 700, "apples": 1}'
+//! ```
+//!
 //! Ask for more than alice has (`"amount_cents": 99999`) and payment refuses the try: the
 //! coordinator releases the order and the stock. With `--data-dir DIR` each service keeps its
 //! holds on disk and finds them after a restart.
@@ -36,6 +45,9 @@ struct Args {
     /// How long holds live unless confirmed, in seconds.
     #[arg(long, default_value_t = 60)]
     hold_ttl_secs: u64,
+    /// The coordinator the orders service's checkouts go to.
+    #[arg(long, default_value = services::COORDINATOR)]
+    coordinator: String,
 }
 
 #[tokio::main]
@@ -43,10 +55,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().init();
     let args = Args::parse();
     let ttl = Duration::from_secs(args.hold_ttl_secs);
-    let shop = Shop::open([8091, 8092, 8093], ttl, args.data_dir.as_deref()).await?;
+    let ports = [8091, 8092, 8093];
+    let shop = Shop::open_for(&args.coordinator, ports, ttl, args.data_dir.as_deref()).await?;
     for (name, url) in ["orders", "payments", "stock"].iter().zip(shop.try_urls()) {
         println!("{name}: tries at POST {url}");
     }
+    println!(
+        "orders: checkouts at POST {} (through the coordinator at {})",
+        shop.checkout_url(),
+        args.coordinator
+    );
     tokio::signal::ctrl_c().await?;
     shop.close().await?;
     Ok(())

@@ -2,6 +2,9 @@
 //! stock. Each is one `Resource` (reserve, confirm, release, and `restore` to rebuild its
 //! in-memory books from the holds the kit kept); the kit does the rest.
 //!
+//! The orders service also takes checkouts (`POST /checkout`): it starts the reservation
+//! over the three with tcc-client and confirms it once every try held.
+//!
 //! Shared by `examples/choreography/main.rs`, `examples/inventory.rs` (the stock service on
 //! its own) and the choreography tests.
 
@@ -9,12 +12,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use poem::http::StatusCode;
 use poem::web::{Data, Json};
-use poem::{get, handler, Endpoint, EndpointExt, Route};
+use poem::{get, handler, post, Endpoint, EndpointExt, IntoResponse, Route};
 use serde::{Deserialize, Serialize};
+use tcc_client::{NewParticipant, NewReservation, Outcome};
 use tcc_participant::{
     HoldState, Participant, Refusal, Resource, Serving, SledStore, StoreError, TryContext,
     Unavailable,
@@ -343,7 +348,112 @@ pub struct Shop {
     pub services: Vec<Service>,
     hold_ttl: Duration,
     data_dir: Option<PathBuf>,
+    desk: CheckoutDesk,
 }
+
+/// Where a checkout reaches the coordinator, and the three services' try URLs.
+#[derive(Clone)]
+struct CheckoutDesk {
+    coordinator: tcc_client::Client,
+    try_urls: Arc<OnceLock<Vec<String>>>,
+}
+
+/// A checkout: an order, paid from an account, of some apples.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Checkout {
+    pub order: String,
+    pub account: String,
+    pub total_cents: u64,
+    pub apples: u32,
+}
+
+/// `POST /checkout` on the orders service: 201 placed, 409 dropped (with the reason), 202
+/// still under way, 503 when the coordinator cannot be reached.
+#[handler]
+async fn checkout(desk: Data<&CheckoutDesk>, Json(order): Json<Checkout>) -> poem::Response {
+    let urls = desk.try_urls.get().map(Vec::as_slice).unwrap_or_default();
+    let (status, answer) = match place(&desk.coordinator, urls, &order).await {
+        Ok(Outcome::Confirmed(transaction)) => (
+            StatusCode::CREATED,
+            serde_json::json!({"order": order.order, "state": "placed", "transaction": transaction.id}),
+        ),
+        Ok(Outcome::Cancelled(gone)) => {
+            // The participant that refused says why; else the coordinator's words.
+            let why = gone
+                .participants
+                .iter()
+                .find_map(|p| Some(format!("{}: {}", p.name, p.last_error.as_ref()?)))
+                .unwrap_or(gone.detail);
+            (
+                StatusCode::CONFLICT,
+                serde_json::json!({"order": order.order, "state": "dropped", "why": why}),
+            )
+        }
+        Ok(Outcome::Open(reservation)) => (
+            StatusCode::ACCEPTED,
+            serde_json::json!({"order": order.order, "state": reservation.state, "reservation": reservation.id}),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"order": order.order, "error": e.to_string()}),
+        ),
+    };
+    (status, Json(answer)).into_response()
+}
+
+/// Places `order` through the coordinator: one reservation over the order, its payment and
+/// its stock, created under the order's id as `Idempotency-Key` (a checkout sent twice is
+/// one reservation), confirmed once every try held. `coordinator` should wait
+/// ([`tcc_client::Client::wait`]) so that the tries have answered when the create does.
+///
+/// # Errors
+/// When the coordinator cannot be reached or refuses the request.
+pub async fn place(
+    coordinator: &tcc_client::Client,
+    try_urls: &[String],
+    order: &Checkout,
+) -> Result<Outcome, tcc_client::Error> {
+    let reservation = order_reservation(try_urls, order);
+    let key = format!("order-{}", order.order);
+    match coordinator.create_with_key(&key, &reservation).await? {
+        Outcome::Open(reserved) if reserved.state == tcc_client::State::Reserved => {
+            coordinator.confirm(&reserved.id).await
+        }
+        other => Ok(other),
+    }
+}
+
+/// The reservation for one order: the order, its payment, its stock.
+fn order_reservation(urls: &[String], o: &Checkout) -> NewReservation {
+    let url = |i: usize| urls.get(i).cloned().unwrap_or_default();
+    NewReservation::new()
+        .timeout(Duration::from_secs(30))
+        .participant(
+            NewParticipant::try_at(
+                url(0),
+                serde_json::json!({"order": o.order, "total_cents": o.total_cents}),
+            )
+            .named("order"),
+        )
+        .participant(
+            NewParticipant::try_at(
+                url(1),
+                serde_json::json!({"account": o.account, "amount_cents": o.total_cents}),
+            )
+            .named("payment"),
+        )
+        .participant(
+            NewParticipant::try_at(
+                url(2),
+                serde_json::json!({"sku": "apple", "quantity": o.apples}),
+            )
+            .named("stock"),
+        )
+        .metadata("order", o.order.clone())
+}
+
+/// Where the example's services expect the coordinator.
+pub const COORDINATOR: &str = "http://127.0.0.1:8080";
 
 /// What the stock starts with.
 pub const STOCK: [(&str, u32); 2] = [("apple", 10), ("pear", 5)];
@@ -367,7 +477,8 @@ fn show_books(books: Data<&Books>) -> Json<serde_json::Value> {
 
 impl Shop {
     /// Starts the three services on `ports` (0: any free port) on loopback, their holds on
-    /// sled under `data_dir/{orders,payments,stock}` when given.
+    /// sled under `data_dir/{orders,payments,stock}` when given; checkouts go to the
+    /// coordinator at [`COORDINATOR`].
     ///
     /// # Errors
     /// When a port cannot be bound or a store opened.
@@ -376,6 +487,20 @@ impl Shop {
         hold_ttl: Duration,
         data_dir: Option<&Path>,
     ) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::open_for(COORDINATOR, ports, hold_ttl, data_dir).await
+    }
+
+    /// As [`Shop::open`], checkouts going to the coordinator at `coordinator`.
+    ///
+    /// # Errors
+    /// When a port cannot be bound, a store opened, or `coordinator` is not a URL.
+    pub async fn open_for(
+        coordinator: &str,
+        ports: [u16; 3],
+        hold_ttl: Duration,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let coordinator = tcc_client::Client::new(coordinator)?.wait(Duration::from_secs(10));
         let mut shop = Self {
             orders: Orders::default(),
             payments: Payments::new(&BALANCES),
@@ -383,11 +508,16 @@ impl Shop {
             services: Vec::new(),
             hold_ttl,
             data_dir: data_dir.map(Path::to_path_buf),
+            desk: CheckoutDesk {
+                coordinator,
+                try_urls: Arc::new(OnceLock::new()),
+            },
         };
         for (index, port) in ports.into_iter().enumerate() {
             let service = shop.serve(index, ([127, 0, 0, 1], port).into()).await?;
             shop.services.push(service);
         }
+        let _ = shop.desk.try_urls.set(shop.try_urls());
         Ok(shop)
     }
 
@@ -404,13 +534,18 @@ impl Shop {
             1 => participant(self.payments.clone(), ttl, dir)?,
             _ => participant(self.stock.clone(), ttl, dir)?,
         };
-        let app = Route::new()
+        let mut routes = Route::new()
             .nest("/", participant.endpoint())
-            .at("/books", get(show_books))
+            .at("/books", get(show_books));
+        if index == 0 {
+            routes = routes.at("/checkout", post(checkout));
+        }
+        let app = routes
             .data(Books {
                 payments: self.payments.clone(),
                 stock: self.stock.clone(),
-            });
+            })
+            .data(self.desk.clone());
         Ok(Service::serve(participant, app, listen).await?)
     }
 
@@ -434,24 +569,26 @@ impl Shop {
         self.services.iter().map(Service::holds_url).collect()
     }
 
-    /// The body of `POST /reservations` for one order: the order, its payment, its stock.
+    /// The reservation for one order: the order, its payment, its stock.
     pub fn reservation(
         &self,
         order: &str,
         account: &str,
         cents: u64,
         apples: u32,
-    ) -> serde_json::Value {
-        let urls = self.try_urls();
-        serde_json::json!({
-            "timeout_ms": 30_000,
-            "participants": [
-                {"name": "order", "try": {"url": urls[0], "body": {"order": order, "total_cents": cents}}},
-                {"name": "payment", "try": {"url": urls[1], "body": {"account": account, "amount_cents": cents}}},
-                {"name": "stock", "try": {"url": urls[2], "body": {"sku": "apple", "quantity": apples}}}
-            ],
-            "metadata": {"order": order}
-        })
+    ) -> NewReservation {
+        let wanted = Checkout {
+            order: order.to_owned(),
+            account: account.to_owned(),
+            total_cents: cents,
+            apples,
+        };
+        order_reservation(&self.try_urls(), &wanted)
+    }
+
+    /// The orders service's checkout URL.
+    pub fn checkout_url(&self) -> String {
+        format!("{}/checkout", self.services[0].url)
     }
 
     /// Stops the three services.

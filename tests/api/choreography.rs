@@ -12,8 +12,13 @@ use crate::helpers::{is_settled, spawn_app};
 pub mod services;
 
 use services::{OrderState, Shop};
+use tcc_client::NewReservation;
 
 const TTL: Duration = Duration::from_secs(60);
+
+fn json(reservation: NewReservation) -> Value {
+    serde_json::to_value(reservation).unwrap()
+}
 
 fn held(shop: &Shop) -> (u64, u32) {
     (
@@ -28,7 +33,7 @@ async fn choreography_an_order_its_payment_and_its_stock_confirm_together() {
     let shop = Shop::open([0; 3], TTL, None).await.unwrap();
 
     let id = app
-        .create(&shop.reservation("A-17", "alice", 1_200, 2))
+        .create(&json(shop.reservation("A-17", "alice", 1_200, 2)))
         .await;
     app.wait_for(&id, |_, b| b["state"] == "reserved").await;
     assert_eq!(shop.orders.state("A-17"), Some(OrderState::Pending));
@@ -62,7 +67,9 @@ async fn choreography_a_declined_payment_releases_the_order_and_the_stock() {
     let app = spawn_app().await;
     let shop = Shop::open([0; 3], TTL, None).await.unwrap();
 
-    let id = app.create(&shop.reservation("B-2", "bob", 1_200, 2)).await;
+    let id = app
+        .create(&json(shop.reservation("B-2", "bob", 1_200, 2)))
+        .await;
     let (status, body) = app.wait_for(&id, is_settled).await;
     let released = || async {
         (shop.orders.state("B-2") != Some(OrderState::Pending) && held(&shop) == (0, 0))
@@ -102,7 +109,9 @@ async fn choreography_a_stock_confirm_answering_503_twice_is_retried_until_it_co
         .failing_confirms
         .store(2, std::sync::atomic::Ordering::SeqCst);
 
-    let id = app.create(&shop.reservation("C-3", "alice", 500, 1)).await;
+    let id = app
+        .create(&json(shop.reservation("C-3", "alice", 500, 1)))
+        .await;
     app.wait_for(&id, |_, b| b["state"] == "reserved").await;
     app.post(&format!("/reservations/{id}/confirm")).await;
     let (status, _) = app.wait_for(&id, is_settled).await;
@@ -133,7 +142,9 @@ async fn choreography_a_participant_restarted_with_durable_holds_confirms_what_i
     let app = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
     let mut shop = Shop::open([0; 3], TTL, Some(dir.path())).await.unwrap();
-    let id = app.create(&shop.reservation("D-4", "alice", 700, 3)).await;
+    let id = app
+        .create(&json(shop.reservation("D-4", "alice", 700, 3)))
+        .await;
     app.wait_for(&id, |_, b| b["state"] == "reserved").await;
 
     shop.restart_stock().await.unwrap();
@@ -150,6 +161,61 @@ async fn choreography_a_participant_restarted_with_durable_holds_confirms_what_i
     assert_eq!(shop.stock.books().sold["apple"], 3);
     assert_eq!(shop.stock.books().held["apple"], 0);
     assert_eq!(shop.stock.books().available["apple"], 7);
+    shop.close().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn choreography_the_orders_service_checks_out_through_tcc_client() {
+    let app = spawn_app().await;
+    let shop = Shop::open_for(&app.base, [0; 3], TTL, None).await.unwrap();
+    let checkout = |body: Value| {
+        let (http, url) = (app.http.clone(), shop.checkout_url());
+        async move {
+            let answer = http.post(url).json(&body).send().await.unwrap();
+            (
+                answer.status().as_u16(),
+                answer.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, placed) = checkout(serde_json::json!(
+        {"order": "E-5", "account": "alice", "total_cents": 800, "apples": 1}
+    ))
+    .await;
+    assert_eq!(
+        (status, &placed["state"]),
+        (201, &Value::from("placed")),
+        "{placed}"
+    );
+    let transaction = app
+        .get_json(&format!(
+            "/transactions/{}",
+            placed["transaction"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(transaction["metadata"]["order"], "E-5");
+    assert_eq!(shop.orders.state("E-5"), Some(OrderState::Placed));
+    assert_eq!(shop.payments.books().charged["alice"], 800);
+
+    // bob has 300 cents: the payment refuses its try and the checkout is dropped, saying why.
+    let (status, dropped) = checkout(serde_json::json!(
+        {"order": "E-6", "account": "bob", "total_cents": 800, "apples": 1}
+    ))
+    .await;
+    assert_eq!(
+        (status, &dropped["state"]),
+        (409, &Value::from("dropped")),
+        "{dropped}"
+    );
+    assert!(
+        dropped["why"].as_str().unwrap().contains("payment"),
+        "{dropped}"
+    );
+    let released = || async { (held(&shop) == (0, 0)).then_some(()) };
+    crate::helpers::eventually("the dropped order's holds released", released).await;
+    assert_eq!(shop.orders.state("E-6"), Some(OrderState::Dropped));
     shop.close().await.unwrap();
     app.stop().await;
 }

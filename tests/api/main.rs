@@ -6,6 +6,7 @@ mod bad_input;
 mod callbacks;
 mod check;
 mod choreography;
+mod client;
 mod docs;
 mod failures;
 mod helpers;

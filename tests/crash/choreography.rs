@@ -30,7 +30,7 @@ async fn choreography_the_coordinator_killed_mid_confirm_finishes_it_after_a_res
     let id = create(
         &http,
         &coordinator.base,
-        &shop.reservation("K-9", "alice", 900, 2),
+        &serde_json::to_value(shop.reservation("K-9", "alice", 900, 2)).unwrap(),
     )
     .await;
     wait_for(&http, &coordinator.base, &id, |_, b| {

@@ -54,6 +54,30 @@ fn the_kits_whole_service_in_its_readme_is_the_example_ci_builds() {
 }
 
 #[test]
+fn the_rust_client_block_in_readme_is_the_example_ci_runs() {
+    shows_as_it_is(
+        ("README.md", include_str!("../../../README.md")),
+        "## Call it from Rust, Python or TypeScript",
+        (
+            "client/examples/checkout.rs",
+            include_str!("../../../client/examples/checkout.rs"),
+        ),
+    );
+}
+
+#[test]
+fn the_typescript_block_in_readme_is_the_file_ci_type_checks_and_runs() {
+    shows_as_it_is(
+        ("README.md", include_str!("../../../README.md")),
+        "## Call it from Rust, Python or TypeScript",
+        (
+            "tests/typescript/readme.ts",
+            include_str!("../../typescript/readme.ts"),
+        ),
+    );
+}
+
+#[test]
 fn no_readme_snippet_binds_every_interface() {
     for (name, text) in [
         ("README.md", include_str!("../../../README.md")),
