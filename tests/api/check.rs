@@ -90,6 +90,8 @@ struct Model {
     bug: Option<Bug>,
     margin: Duration,
     books: Mutex<Books>,
+    /// The `Authorization` a try must carry, when one is required.
+    authorization: Option<&'static str>,
 }
 
 /// How long the racing bugs work between reading and writing.
@@ -196,6 +198,9 @@ fn problem(status: StatusCode, detail: &str) -> Response {
 
 #[handler]
 async fn try_hold(req: &Request, body: Json<Value>, model: Data<&Arc<Model>>) -> Response {
+    if model.authorization.is_some() && req.header("Authorization") != model.authorization {
+        return problem(StatusCode::UNAUTHORIZED, "who are you?");
+    }
     let Some(key) = req.header("Idempotency-Key").map(str::to_owned) else {
         return problem(StatusCode::BAD_REQUEST, "Idempotency-Key is missing");
     };
@@ -289,11 +294,17 @@ async fn cancel(Path(id): Path<String>, model: Data<&Arc<Model>>) -> Response {
 
 /// Serves a model participant; the margin is what it keeps a hold past TCC-Deadline.
 async fn serve(bug: Option<Bug>) -> (Serving, Arc<Model>) {
-    let model = Arc::new(Model {
+    serve_model(Model {
         bug,
         margin: MARGIN,
         books: Mutex::default(),
-    });
+        authorization: None,
+    })
+    .await
+}
+
+async fn serve_model(model: Model) -> (Serving, Arc<Model>) {
+    let model = Arc::new(model);
     let app = Route::new()
         .at("/holds", post(try_hold))
         .at("/holds/:id", put(confirm).delete(cancel))
@@ -419,4 +430,34 @@ async fn a_participant_that_is_not_there_breaks_the_first_rule_and_skips_the_res
     assert_eq!(report.broken(), vec![Rule::TryAnswersLink.id()], "{report}");
     assert!(!report.passed());
     assert!(report.to_string().contains("no answer"), "{report}");
+}
+
+#[tokio::test]
+async fn the_headers_given_go_with_every_try() {
+    let (serving, _model) = serve_model(Model {
+        bug: None,
+        margin: MARGIN,
+        books: Mutex::default(),
+        authorization: Some("Bearer t0ken"),
+    })
+    .await;
+    let url = format!("{}/holds", serving.url());
+    let mut options = Options::new(url.parse().unwrap(), json!({"sku": "apple"}));
+    let refused = check(options.clone()).await.unwrap();
+    assert_eq!(
+        refused.broken(),
+        vec![Rule::TryAnswersLink.id()],
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("401 Unauthorized"),
+        "{refused}"
+    );
+
+    options.headers = vec![(
+        "authorization".parse().unwrap(),
+        "Bearer t0ken".parse().unwrap(),
+    )];
+    let report = check(options).await.unwrap();
+    assert!(report.passed(), "{report}");
 }
