@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Packaging: `cargo install` puts both binaries into a scratch root and they run from there;
+# Packaging: `cargo install` puts the three binaries into a scratch root and they run from there;
 # the systemd unit in deploy/ passes `systemd-analyze verify` (systemd from Debian's
 # packages, installed when absent) against the installed binary, and its sandboxing score
 # is printed.
@@ -17,8 +17,10 @@ trap cleanup EXIT
 
 cargo install --locked --quiet --path . --root "$root"
 cargo install --locked --quiet --path participant --root "$root"
+cargo install --locked --quiet --path check --root "$root"
 "$root/bin/tcc-coordinator" --version
 "$root/bin/tcc-fake-participant" --version
+"$root/bin/tcc-participant-check" --version
 
 # Waits for a port file, then for `path` on that port to answer 200.
 answers() {
@@ -41,7 +43,9 @@ pids+=($!)
 pids+=($!)
 answers "$work/coordinator.port" /health/ready
 answers "$work/fake.port" /_calls
-echo "the installed tcc-coordinator and tcc-fake-participant run and answer"
+"$root/bin/tcc-participant-check" --try-url "http://127.0.0.1:$(cat "$work/fake.port")/holds" \
+    --body '{}' --races 3 >"$work/check.log"
+echo "the installed tcc-coordinator and tcc-fake-participant run and answer; tcc-participant-check passes the fake"
 
 if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && apt-get install -y -qq systemd >/dev/null

@@ -242,26 +242,29 @@ async fn try_hold(req: &Request, body: Json<Value>, model: Data<&Arc<Model>>) ->
         .body(json!({"uri": uri, "expires": shown}).to_string())
 }
 
+/// Sets a hold's state and answers 204; the racing bug works a moment between reading the
+/// state and writing it.
+async fn settle(model: &Model, id: &str, state: State) -> Response {
+    if model.has(Bug::DecisionsRace) {
+        tokio::time::sleep(WORK).await;
+    }
+    model.set(id, state);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 #[handler]
 async fn confirm(Path(id): Path<String>, model: Data<&Arc<Model>>) -> Response {
     let state = model.state(&mut model.books(), &id);
     match state {
         None if model.has(Bug::UnknownLinksAccepted) => StatusCode::NO_CONTENT.into_response(),
         None => problem(StatusCode::NOT_FOUND, "no such hold"),
-        Some(State::Held) => {
-            if model.has(Bug::DecisionsRace) {
-                tokio::time::sleep(WORK).await;
-            }
-            model.set(&id, State::Confirmed);
-            StatusCode::NO_CONTENT.into_response()
-        }
+        Some(State::Held) => settle(&model, &id, State::Confirmed).await,
         Some(State::Confirmed) if model.has(Bug::ConfirmOnce) => {
             problem(StatusCode::NOT_FOUND, "already confirmed")
         }
         Some(State::Confirmed) => StatusCode::NO_CONTENT.into_response(),
         Some(State::Cancelled) if model.has(Bug::ConfirmRevivesCancelled) => {
-            model.set(&id, State::Confirmed);
-            StatusCode::NO_CONTENT.into_response()
+            settle(&model, &id, State::Confirmed).await
         }
         Some(State::Cancelled | State::Expired) => problem(StatusCode::GONE, "cancelled"),
     }
@@ -273,20 +276,13 @@ async fn cancel(Path(id): Path<String>, model: Data<&Arc<Model>>) -> Response {
     match state {
         None if model.has(Bug::UnknownLinksAccepted) => StatusCode::NO_CONTENT.into_response(),
         None => problem(StatusCode::NOT_FOUND, "no such hold"),
-        Some(State::Held) => {
-            if model.has(Bug::DecisionsRace) {
-                tokio::time::sleep(WORK).await;
-            }
-            model.set(&id, State::Cancelled);
-            StatusCode::NO_CONTENT.into_response()
-        }
+        Some(State::Held) => settle(&model, &id, State::Cancelled).await,
         Some(State::Cancelled) if model.has(Bug::CancelOnce) => {
             problem(StatusCode::CONFLICT, "already cancelled")
         }
         Some(State::Cancelled | State::Expired) => StatusCode::NO_CONTENT.into_response(),
         Some(State::Confirmed) if model.has(Bug::CancelUndoesConfirm) => {
-            model.set(&id, State::Cancelled);
-            StatusCode::NO_CONTENT.into_response()
+            settle(&model, &id, State::Cancelled).await
         }
         Some(State::Confirmed) => problem(StatusCode::CONFLICT, "confirmed; stays confirmed"),
     }
