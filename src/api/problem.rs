@@ -3,7 +3,7 @@
 use poem::http::StatusCode;
 use poem_openapi::Object;
 
-use super::views::ParticipantView;
+use super::views::{ParticipantStateView, ParticipantView};
 use crate::domain::{Reservation, ReservationId, State};
 
 /// The media type of every error body.
@@ -150,9 +150,17 @@ impl GoneProblem {
 
     #[must_use]
     pub fn of(r: &Reservation) -> Self {
+        let participants: Vec<ParticipantView> =
+            r.participants().iter().map(ParticipantView::from).collect();
+        // A failed try says which participant refused and why: that is what to act on.
+        let refused = participants
+            .iter()
+            .find(|p| matches!(p.state, ParticipantStateView::TryFailed))
+            .and_then(|p| Some(format!(": {}: {}", p.name, p.last_error.as_deref()?)))
+            .unwrap_or_default();
         let why = r
             .reason()
-            .map(|x| format!(" ({})", x.as_str()))
+            .map(|x| format!(" ({}{refused})", x.as_str()))
             .unwrap_or_default();
         let retained = "The reservation ended longer ago than the coordinator keeps it";
         let (title, detail) = match r.state() {
@@ -187,7 +195,7 @@ impl GoneProblem {
             reason: r.reason().map(Into::into),
             expires_at: Some(r.expires_at()),
             decided_at: r.decided_at(),
-            participants: r.participants().iter().map(ParticipantView::from).collect(),
+            participants,
         }
     }
 }

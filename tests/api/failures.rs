@@ -675,6 +675,13 @@ async fn a_refused_try_shows_the_participants_reason_and_its_call() {
         "try refused: 409 Conflict: seat 7C is taken"
     );
     assert_eq!(refused["attempts"], 1, "the try was one call: {body:#}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(try_failed: stock: try refused: 409 Conflict: seat 7C is taken)"),
+        "the 410 names who refused and why: {body:#}"
+    );
     let history: Value = app.get_json(&format!("/reservations/{id}/events")).await;
     assert!(
         history["events"]
