@@ -47,9 +47,9 @@ readme = open("README.md").read()
 start = readme.index("## Check your participant")
 open(sys.argv[1], "w").write(re.findall(r"```sh\n(.*?)```", readme[start:], re.S)[0])
 PY
-rm -f /tmp/shipping.port
 bash "$out/readme.sh" > "$out/readme.log" 2>&1 || { cat "$out/readme.log"; exit 1; }
-grep -q "12 rules: 12 held, 0 broken, 0 not checked" "$out/readme.log" || {
+grep -q "12 rules: 12 held, 0 broken, 0 not checked" "$out/readme.log" \
+    && grep -q "tcc-participant-check exited with 0" "$out/readme.log" || {
     echo "README's check block: README promises 12 rules held; got:" >&2; cat "$out/readme.log" >&2; exit 1; }
 cp target/participant-check.xml "$out/shipping.xml"
 
@@ -66,6 +66,14 @@ status=$?
 set -e
 [ "$status" = 2 ] && grep -q -- "--body is not JSON" "$out/bad.log" || {
     echo "bad arguments: expected exit 2 naming --body, got $status" >&2; cat "$out/bad.log" >&2; exit 1; }
+
+# Nothing listening: exit 2, saying so.
+set +e
+"$check" --try-url "http://127.0.0.1:9/holds" --body '{}' --timeout 200ms > "$out/absent.log" 2>&1
+status=$?
+set -e
+[ "$status" = 2 ] && grep -q "is the service running and listening there?" "$out/absent.log" || {
+    echo "nothing listening: expected exit 2 saying so, got $status" >&2; cat "$out/absent.log" >&2; exit 1; }
 
 # A participant that breaks a rule: the shipping service refuses a body it cannot read, so
 # every try is refused and try-answers-link breaks: exit 1, the JUnit file says so.

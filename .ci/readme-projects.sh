@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dependency lists of README.md and participant/README.md, used as a user would: a new
 # project with README's [dev-dependencies] and its From Rust test passes `cargo test`, and a
-# new project with the kit README's [dependencies] and its whole service builds. The paths
+# new project with the kit README's [dependencies] and its whole service builds, and so does
+# one with README's Rust client [dependencies] and its checkout. The paths
 # "…/tcc-coordinator" become this checkout; the projects take this repository's Cargo.lock,
 # the versions it is tested with (README says to do the same).
 set -euo pipefail
@@ -33,14 +34,17 @@ def project(name, toml, files):
 
 project("mytests", blocks("README.md", "### From Rust", "toml"),
         {"src/lib.rs": "", "tests/stock.rs": blocks("README.md", "### From Rust", "rust")})
+project("checkout", blocks("README.md", "## Call it from Rust, Python or TypeScript", "toml"),
+        {"src/main.rs": blocks("README.md", "## Call it from Rust, Python or TypeScript", "rust")})
 project("seats", blocks("participant/README.md", "### A whole service", "toml"),
         {"src/main.rs": blocks("participant/README.md", "### A whole service", "rust")})
 PY
-for project in mytests seats; do
+for project in mytests checkout seats; do
     cp Cargo.lock "$work/$project/Cargo.lock"
 done
 tested="$(cd "$work/mytests" && cargo test 2>&1)" || { echo "$tested"; exit 1; }
 grep -q "test stock_is_confirmed_even_when_it_answers_503_twice ... ok" <<<"$tested" || {
     echo "$tested"; echo "README's From Rust test did not run" >&2; exit 1; }
 (cd "$work/seats" && cargo build --quiet)
-echo "README's dependency lists: the From Rust test passes, the kit's whole service builds"
+(cd "$work/checkout" && cargo build --quiet)
+echo "README's dependency lists: the From Rust test passes, the kit's whole service and the Rust client's checkout build"

@@ -121,3 +121,20 @@ checkout="$(target/release/examples/checkout http://127.0.0.1:8080 http://127.0.
 grep -q "^confirmed: transaction " <<<"$checkout" || {
     echo "README's Rust client block: expected a confirmed transaction, got: $checkout" >&2; exit 1; }
 echo "the Rust client's checkout: confirmed, as README's block shows"
+
+# README's TypeScript blocks, as written, in a new directory: the project set up with npm,
+# reserve.ts, and main.ts reserving an apple of the inventory through the coordinator on 8080.
+python3 - "$work/ts.sh" "$(pwd)" <<'PY'
+import re, sys
+readme = open("README.md").read()
+part = readme[readme.index("**TypeScript**"):readme.index("[`tests/typescript/`]")]
+setup, main = re.findall(r"```sh\n(.*?)```", part, re.S)
+module = re.findall(r"```ts\n(.*?)```", part, re.S)[0]
+script = setup.replace("…/tcc-coordinator", sys.argv[2])
+script += "cat > reserve.ts <<'TS_MODULE'\n" + module + "TS_MODULE\n" + main
+open(sys.argv[1], "w").write(script)
+PY
+typescript="$(cd "$work" && bash "$work/ts.sh" 2>&1)" || { echo "$typescript"; exit 1; }
+grep -q "^reserved: " <<<"$typescript" || {
+    echo "README's TypeScript blocks: expected 'reserved: <id>', got: $typescript" >&2; exit 1; }
+echo "README's TypeScript blocks: a new project reserves through the coordinator"

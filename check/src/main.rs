@@ -15,7 +15,8 @@ use url::Url;
 ///
 /// It makes holds with --body and confirms some of them: point it at a test instance, not
 /// at production. It cancels every hold it made and did not settle. Exit status: 0 when
-/// every rule held, 1 when one broke, 2 when it could not run.
+/// every rule held, 1 when one broke, 2 when it could not run (bad arguments, or nothing
+/// answers at --try-url).
 #[derive(Debug, Parser)]
 #[command(name = "tcc-participant-check", version)]
 struct Args {

@@ -105,6 +105,13 @@ struct Run {
 /// How a confirm and a cancel of one hold ended, as (PUT, DELETE) classes.
 type Outcome = (String, String);
 
+/// The run's first try: its key, when it was sent, and what came back.
+struct FirstTry {
+    key: String,
+    sent_at: DateTime<Utc>,
+    exchange: Exchange,
+}
+
 /// Runs every rule against the participant `options` name.
 ///
 /// # Errors
@@ -117,6 +124,19 @@ pub async fn check(options: Options) -> Result<Report, String> {
         made: Mutex::new(Vec::new()),
         settled: Mutex::new(HashSet::new()),
     });
+    // The first try, before anything else: a service that does not answer at all is not
+    // checked (exit 2), it is not there.
+    let key = new_key();
+    let sent_at = Utc::now();
+    let first = run.try_hold(&key, &run.options.body, far()).await;
+    if let Err(why) = &first.answer {
+        return Err(format!(
+            "nothing answered a try at {} ({why}; sent {} times over {:.0} s): is the service running and listening there?",
+            run.options.try_url,
+            first.attempts,
+            run.options.patience.as_secs_f64()
+        ));
+    }
     let expiry = run.options.expiry.map(|expiry| {
         let run = run.clone();
         tokio::spawn(async move {
@@ -124,7 +144,12 @@ pub async fn check(options: Options) -> Result<Report, String> {
             (run.hold_expires(expiry).await, at.elapsed())
         })
     });
-    let mut results = run.clone().sequence().await;
+    let first = FirstTry {
+        key,
+        sent_at,
+        exchange: first,
+    };
+    let mut results = run.clone().sequence(first).await;
     let expiry = match expiry {
         Some(task) => {
             let (verdict, took) = task.await.expect("the expiry rule does not panic");
@@ -148,7 +173,7 @@ pub async fn check(options: Options) -> Result<Report, String> {
 
 impl Run {
     /// Every rule but the expiry rule, one after the other.
-    async fn sequence(self: Arc<Self>) -> Vec<RuleResult> {
+    async fn sequence(self: Arc<Self>, first: FirstTry) -> Vec<RuleResult> {
         let mut results = Vec::new();
         let mut clock = Instant::now();
         let mut judge = |rule: Rule, verdict: Verdict, results: &mut Vec<RuleResult>| {
@@ -156,9 +181,11 @@ impl Run {
             clock = Instant::now();
         };
 
-        let key = new_key();
-        let sent_at = Utc::now();
-        let first = self.try_hold(&key, &self.options.body, far()).await;
+        let FirstTry {
+            key,
+            sent_at,
+            exchange: first,
+        } = first;
         let link = Link::of(&self.options.try_url, &first);
         judge(
             Rule::TryAnswersLink,
@@ -187,7 +214,11 @@ impl Run {
             self.try_repeat(&key, &link).await,
             &mut results,
         );
-        judge(Rule::KeyReuse, self.key_reuse(&key).await, &mut results);
+        judge(
+            Rule::KeyReuse,
+            self.key_reuse(&key, &first).await,
+            &mut results,
+        );
 
         let (verdict, confirmed) = self.confirm_idempotent(&link.url).await;
         judge(Rule::ConfirmIdempotent, verdict, &mut results);
@@ -382,22 +413,26 @@ impl Run {
         ))
     }
 
-    async fn key_reuse(&self, key: &str) -> Verdict {
+    async fn key_reuse(&self, key: &str, first: &Exchange) -> Verdict {
         let other = self
             .options
             .other_body
             .clone()
             .unwrap_or_else(|| another_body(&self.options.body));
         let reused = self.try_hold(key, &other, far()).await;
+        let said = reused.answer.as_ref().map(reason).unwrap_or_default();
         match reused.status() {
-            Some(s) if s.is_client_error() && !asks_again(s) => Verdict::Held(None),
+            Some(s) if s.is_client_error() && !asks_again(s) => Verdict::held(format!(
+                "{other} refused with {s} (\"{said}\"); if that is about the body itself, \
+                 not the reused key, give --other-body a body the service would hold"
+            )),
             Some(s) if s.is_success() => Verdict::broken(
                 format!("the key's first try had another body, yet this one answered {s}: it must be refused (422)"),
-                vec![reused],
+                vec![first.clone(), reused],
             ),
             _ => Verdict::broken(
                 format!("answered {}: a reused key with another body is refused with a 4xx other than 408 and 429", reused.outcome()),
-                vec![reused],
+                vec![first.clone(), reused],
             ),
         }
     }
@@ -616,6 +651,18 @@ impl Run {
     }
 }
 
+/// What an answer says of itself: a problem's `detail` (or `title`), else its first line;
+/// at most 160 characters.
+fn reason(answer: &crate::call::Answer) -> String {
+    let json: Option<serde_json::Value> = serde_json::from_str(&answer.body).ok();
+    let said = json
+        .as_ref()
+        .and_then(|j| j.get("detail").or_else(|| j.get("title")))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_else(|| answer.body.lines().next().unwrap_or(""));
+    said.chars().take(160).collect()
+}
+
 fn try_answers_link(first: &Exchange, link: &Result<Link, String>) -> Verdict {
     if let Err(why) = link {
         return Verdict::broken(why.clone(), vec![first.clone()]);
@@ -738,22 +785,50 @@ fn far() -> DateTime<Utc> {
     Utc::now() + FAR_DEADLINE
 }
 
-/// The sample body with one member more, so that it differs and still reads the same to a
-/// lenient service.
+/// The sample body with one value changed (the first number grows by one, else the first
+/// string gets `-other`, else the first boolean flips), so that a service that refuses
+/// unknown members still reads it; one member more when it has none of those.
 fn another_body(body: &serde_json::Value) -> serde_json::Value {
-    let mark = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
-    match body {
-        serde_json::Value::Object(members) => {
-            let mut members = members.clone();
+    let mut other = body.clone();
+    if (0..3).any(|kind| change_first(&mut other, kind)) {
+        return other;
+    }
+    let mark = serde_json::Value::String("another body".into());
+    match other {
+        serde_json::Value::Object(mut members) => {
             members.insert("tcc-participant-check".into(), mark);
             serde_json::Value::Object(members)
         }
-        serde_json::Value::Array(items) => {
-            let mut items = items.clone();
+        serde_json::Value::Array(mut items) => {
             items.push(mark);
             serde_json::Value::Array(items)
         }
-        other => serde_json::json!({ "tcc-participant-check": mark, "body": other }),
+        scalar => serde_json::json!({ "tcc-participant-check": mark, "body": scalar }),
+    }
+}
+
+/// Changes the first value of `kind` (0 numbers, 1 strings, 2 booleans), depth first;
+/// whether there was one.
+fn change_first(value: &mut serde_json::Value, kind: u8) -> bool {
+    use serde_json::Value;
+    let replacement = match (kind, &*value) {
+        (0, Value::Number(n)) => n
+            .as_u64()
+            .map(|u| Value::from(u.saturating_add(1)))
+            .or_else(|| n.as_i64().map(|i| Value::from(i.saturating_add(1))))
+            .or_else(|| n.as_f64().map(|f| Value::from(f + 1.0))),
+        (1, Value::String(text)) => Some(Value::from(format!("{text}-other"))),
+        (2, Value::Bool(b)) => Some(Value::from(!b)),
+        _ => None,
+    };
+    if let Some(replacement) = replacement {
+        *value = replacement;
+        return true;
+    }
+    match value {
+        Value::Object(members) => members.values_mut().any(|m| change_first(m, kind)),
+        Value::Array(items) => items.iter_mut().any(|i| change_first(i, kind)),
+        _ => false,
     }
 }
 
@@ -776,6 +851,8 @@ fn distinct_links(try_url: &Url, exchanges: Vec<Exchange>) -> Vec<Exchange> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
@@ -784,9 +861,30 @@ mod tests {
             serde_json::json!({"sku": "apple"}),
             serde_json::json!([1]),
             serde_json::json!("x"),
+            serde_json::json!({}),
+            serde_json::json!(null),
         ] {
             assert_ne!(another_body(&body), body);
         }
+    }
+
+    #[test]
+    fn another_body_changes_a_value_rather_than_adding_a_member() {
+        use serde_json::json;
+        let changed = |body: Value| another_body(&body);
+        assert_eq!(
+            changed(json!({"sku": "apple", "quantity": 2})),
+            json!({"sku": "apple", "quantity": 3})
+        );
+        assert_eq!(changed(json!({"seat": "7C"})), json!({"seat": "7C-other"}));
+        assert_eq!(
+            changed(json!({"items": [{"gift": true}]})),
+            json!({"items": [{"gift": false}]})
+        );
+        assert_eq!(
+            changed(json!({})),
+            json!({"tcc-participant-check": "another body"})
+        );
     }
 
     #[test]
