@@ -223,13 +223,14 @@ impl Run {
         let (verdict, confirmed) = self.confirm_idempotent(&link.url).await;
         judge(Rule::ConfirmIdempotent, verdict, &mut results);
         let after_confirm = self.cancel(&link.url).await;
+        // A service may not cancel explicitly at all (405 to DELETE: its holds expire on their
+        // own); a held hold's DELETE tells.
+        let (verdict, cancelled, explicit) = self.cancel_idempotent().await;
         judge(
             Rule::CancelAfterConfirm,
-            cancel_after_confirm(&after_confirm),
+            cancel_after_confirm(&after_confirm, explicit),
             &mut results,
         );
-
-        let (verdict, cancelled) = self.cancel_idempotent().await;
         judge(Rule::CancelIdempotent, verdict, &mut results);
         let (verdict, after_cancel) = match &cancelled {
             Some((cancel, link)) => {
@@ -244,7 +245,7 @@ impl Run {
         judge(Rule::ConfirmAfterCancel, verdict, &mut results);
         judge(
             Rule::UnknownLink,
-            self.unknown_link(&link.url).await,
+            self.unknown_link(&link.url, explicit).await,
             &mut results,
         );
 
@@ -465,22 +466,29 @@ impl Run {
         (verdict, Some(first))
     }
 
-    /// DELETE twice on a new hold; the first DELETE's exchange and the link.
-    async fn cancel_idempotent(&self) -> (Verdict, Option<(Exchange, Url)>) {
+    /// DELETE twice on a new hold: the verdict, the first DELETE and the link when it
+    /// cancelled, and whether the service cancels explicitly at all (not 405).
+    async fn cancel_idempotent(&self) -> (Verdict, Option<(Exchange, Url)>, bool) {
         let link = match self.new_hold().await {
             Ok(link) => link,
-            Err(verdict) => return (verdict, None),
+            Err(verdict) => return (verdict, None, true),
         };
         let first = self.cancel(&link).await;
+        if first.status() == Some(StatusCode::METHOD_NOT_ALLOWED) {
+            let why =
+                "the service does not cancel explicitly (405 to DELETE): its holds expire on \
+                       their own; check that with --expiry-margin";
+            return (Verdict::Skipped(why.into()), None, false);
+        }
         if !is_decision_success(&first) {
             let verdict = Verdict::broken(
                 format!(
                     "DELETE on a held link answered {}: a cancel answers 200 or 204",
                     first.outcome()
                 ),
-                vec![first.clone()],
+                vec![first],
             );
-            return (verdict, first.status().map(|_| (first, link)));
+            return (verdict, None, true);
         }
         let again = self.cancel(&link).await;
         let fine = again
@@ -497,10 +505,12 @@ impl Run {
                 vec![first.clone(), again],
             )
         };
-        (verdict, Some((first, link)))
+        (verdict, Some((first, link)), true)
     }
 
-    async fn unknown_link(&self, link: &Url) -> Verdict {
+    /// PUT and DELETE on a made-up link; a service that does not cancel explicitly may
+    /// answer the DELETE 405.
+    async fn unknown_link(&self, link: &Url, explicit: bool) -> Verdict {
         let mut unknown = link.clone();
         let made_up = format!("tcc-check-unknown-{}", uuid::Uuid::new_v4().simple());
         match unknown.path_segments_mut() {
@@ -512,10 +522,13 @@ impl Run {
         let put = self.caller.confirm(&unknown).await;
         let delete = self.caller.cancel(&unknown).await;
         let mut broken = Vec::new();
-        for exchange in [&put, &delete] {
-            if !is_gone(exchange) {
-                broken.push(exchange.clone());
-            }
+        if !is_gone(&put) {
+            broken.push(put.clone());
+        }
+        if !is_gone(&delete)
+            && (explicit || delete.status() != Some(StatusCode::METHOD_NOT_ALLOWED))
+        {
+            broken.push(delete.clone());
         }
         if broken.is_empty() {
             Verdict::Held(None)
@@ -642,6 +655,7 @@ impl Run {
                     || s == StatusCode::NOT_FOUND
                     || s == StatusCode::GONE
                     || s == StatusCode::CONFLICT
+                    || s == StatusCode::METHOD_NOT_ALLOWED
             });
             if !done {
                 left.push(format!("{link}: DELETE answered {}", answer.outcome()));
@@ -717,9 +731,11 @@ fn expires_in_future(first: &Exchange, link: &Link, sent_at: DateTime<Utc>) -> V
     }
 }
 
-fn cancel_after_confirm(delete: &Exchange) -> Verdict {
+fn cancel_after_confirm(delete: &Exchange, explicit: bool) -> Verdict {
     if delete.status() == Some(StatusCode::CONFLICT) {
         Verdict::Held(None)
+    } else if !explicit && delete.status() == Some(StatusCode::METHOD_NOT_ALLOWED) {
+        Verdict::held("405: the service does not cancel explicitly, so a confirm stays")
     } else {
         Verdict::broken(
             format!(

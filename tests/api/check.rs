@@ -92,6 +92,8 @@ struct Model {
     books: Mutex<Books>,
     /// The `Authorization` a try must carry, when one is required.
     authorization: Option<&'static str>,
+    /// Whether it cancels when asked; if not, DELETE is 405 and holds only expire.
+    cancels: bool,
 }
 
 /// How long the racing bugs work between reading and writing.
@@ -272,6 +274,9 @@ async fn confirm(Path(id): Path<String>, model: Data<&Arc<Model>>) -> Response {
 
 #[handler]
 async fn cancel(Path(id): Path<String>, model: Data<&Arc<Model>>) -> Response {
+    if !model.cancels {
+        return problem(StatusCode::METHOD_NOT_ALLOWED, "holds expire on their own");
+    }
     let state = model.state(&mut model.books(), &id);
     match state {
         None if model.has(Bug::UnknownLinksAccepted) => StatusCode::NO_CONTENT.into_response(),
@@ -295,6 +300,7 @@ async fn serve(bug: Option<Bug>) -> (Serving, Arc<Model>) {
         margin: MARGIN,
         books: Mutex::default(),
         authorization: None,
+        cancels: true,
     })
     .await
 }
@@ -439,6 +445,7 @@ async fn the_headers_given_go_with_every_try() {
         margin: MARGIN,
         books: Mutex::default(),
         authorization: Some("Bearer t0ken"),
+        cancels: true,
     })
     .await;
     let url = format!("{}/holds", serving.url());
@@ -460,4 +467,35 @@ async fn the_headers_given_go_with_every_try() {
     )];
     let report = check(options).await.unwrap();
     assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn a_participant_that_does_not_cancel_but_expires_is_checked_without_the_cancel_rules() {
+    let (serving, _model) = serve_model(Model {
+        bug: None,
+        margin: MARGIN,
+        books: Mutex::default(),
+        authorization: None,
+        cancels: false,
+    })
+    .await;
+    let report = check_every_rule(&format!("{}/holds", serving.url())).await;
+    assert!(report.passed(), "{report}");
+    let skipped: Vec<&str> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.verdict, tcc_participant_check::Verdict::Skipped(_)))
+        .map(|r| r.rule.id())
+        .collect();
+    assert_eq!(
+        skipped,
+        [Rule::CancelIdempotent.id(), Rule::ConfirmAfterCancel.id()],
+        "{report}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("does not cancel explicitly (405"),
+        "{report}"
+    );
 }
