@@ -277,6 +277,59 @@ mod tests {
         );
     }
 
+    /// The backend process of each of `n` connections taken from the pool at once.
+    async fn backends(log: &super::super::PgLog, n: usize) -> Vec<i32> {
+        let taken = futures_util::future::join_all((0..n).map(|_| log.pool.get())).await;
+        let mut pids = Vec::new();
+        for client in taken {
+            let client = client.expect("a pooled connection");
+            let row = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap();
+            pids.push(row.get::<_, i32>(0));
+        }
+        pids
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs TCC_TEST_POSTGRES"]
+    async fn after_a_failure_the_pool_hands_out_no_connection_made_before_it() {
+        let url = crate::store::required_scratch_database().await;
+        let log = super::super::PgLog::connect(crate::store::PostgresOptions {
+            url,
+            connections: 4,
+            lease: Duration::from_secs(10),
+            retention: crate::store::Retention {
+                retention: Duration::from_secs(60),
+                transaction_retention: Duration::from_secs(60),
+            },
+            instance_name: "failover test".into(),
+            ca: None,
+            statement_timeout: Duration::from_secs(2),
+        })
+        .await
+        .unwrap();
+        // Four connections at once, back in the pool: they may lead to a primary that is gone.
+        let before = backends(&log, 4).await;
+        assert_eq!(backends(&log, 4).await.len(), 4);
+        assert!(
+            backends(&log, 1)
+                .await
+                .iter()
+                .all(|pid| before.contains(pid)),
+            "without a failure the pool reuses its connections"
+        );
+
+        log.failures.mark();
+
+        let after = backends(&log, 4).await;
+        assert!(
+            after.iter().all(|pid| !before.contains(pid)),
+            "connections made before the failure were handed out again: {before:?} then {after:?}"
+        );
+    }
+
     #[test]
     fn connections_made_before_a_failure_predate_it_and_later_ones_do_not() {
         let failures = Failures::default();
