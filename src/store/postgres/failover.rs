@@ -330,6 +330,45 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs TCC_TEST_POSTGRES"]
+    async fn a_request_waiting_on_a_batch_that_never_ends_gets_unavailable_and_marks_the_interruption(
+    ) {
+        let url = crate::store::required_scratch_database().await;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let log = super::super::PgLog::connect(crate::store::PostgresOptions {
+            // The bound is (connect_timeout + statement timeout) x 2: 2.2 s here.
+            url: format!("{url}{separator}connect_timeout=1"),
+            connections: 2,
+            lease: Duration::from_secs(10),
+            retention: crate::store::Retention {
+                retention: Duration::from_secs(60),
+                transaction_retention: Duration::from_secs(60),
+            },
+            instance_name: "failover test".into(),
+            ca: None,
+            statement_timeout: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
+        assert!(!log.take_interrupted());
+
+        // A batch stuck behind a silent server, as the request sees it: it never answers.
+        let never = std::future::pending::<Result<(), crate::store::StoreError>>();
+        let waited = tokio::time::timeout(Duration::from_secs(20), log.bounded(never))
+            .await
+            .expect("the request got an answer: it did not wait on the batch for good");
+
+        assert!(
+            matches!(&waited, Err(crate::store::StoreError::Unavailable(why)) if why.contains("did not answer within 2s 200ms")),
+            "{waited:?}"
+        );
+        assert!(
+            log.take_interrupted(),
+            "the heartbeat resumes what the request left"
+        );
+    }
+
     #[test]
     fn connections_made_before_a_failure_predate_it_and_later_ones_do_not() {
         let failures = Failures::default();
