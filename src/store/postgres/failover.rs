@@ -277,6 +277,28 @@ mod tests {
         );
     }
 
+    /// A log on `url` with `connections` pooled and statements bounded by `statement_timeout`.
+    async fn log_at(
+        url: String,
+        connections: usize,
+        statement_timeout: Duration,
+    ) -> super::super::PgLog {
+        super::super::PgLog::connect(crate::store::PostgresOptions {
+            url,
+            connections,
+            lease: Duration::from_secs(10),
+            retention: crate::store::Retention {
+                retention: Duration::from_secs(60),
+                transaction_retention: Duration::from_secs(60),
+            },
+            instance_name: "failover test".into(),
+            ca: None,
+            statement_timeout,
+        })
+        .await
+        .unwrap()
+    }
+
     /// The backend process of each of `n` connections taken from the pool at once.
     async fn backends(log: &super::super::PgLog, n: usize) -> Vec<i32> {
         let taken = futures_util::future::join_all((0..n).map(|_| log.pool.get())).await;
@@ -296,20 +318,7 @@ mod tests {
     #[ignore = "needs TCC_TEST_POSTGRES"]
     async fn after_a_failure_the_pool_hands_out_no_connection_made_before_it() {
         let url = crate::store::required_scratch_database().await;
-        let log = super::super::PgLog::connect(crate::store::PostgresOptions {
-            url,
-            connections: 4,
-            lease: Duration::from_secs(10),
-            retention: crate::store::Retention {
-                retention: Duration::from_secs(60),
-                transaction_retention: Duration::from_secs(60),
-            },
-            instance_name: "failover test".into(),
-            ca: None,
-            statement_timeout: Duration::from_secs(2),
-        })
-        .await
-        .unwrap();
+        let log = log_at(url, 4, Duration::from_secs(2)).await;
         // Four connections at once, back in the pool: they may lead to a primary that is gone.
         let before = backends(&log, 4).await;
         assert_eq!(backends(&log, 4).await.len(), 4);
@@ -336,21 +345,9 @@ mod tests {
     ) {
         let url = crate::store::required_scratch_database().await;
         let separator = if url.contains('?') { '&' } else { '?' };
-        let log = super::super::PgLog::connect(crate::store::PostgresOptions {
-            // The bound is (connect_timeout + statement timeout) x 2: 2.2 s here.
-            url: format!("{url}{separator}connect_timeout=1"),
-            connections: 2,
-            lease: Duration::from_secs(10),
-            retention: crate::store::Retention {
-                retention: Duration::from_secs(60),
-                transaction_retention: Duration::from_secs(60),
-            },
-            instance_name: "failover test".into(),
-            ca: None,
-            statement_timeout: Duration::from_millis(100),
-        })
-        .await
-        .unwrap();
+        // The bound is (connect_timeout + statement timeout) x 2: 2.2 s here.
+        let url = format!("{url}{separator}connect_timeout=1");
+        let log = log_at(url, 2, Duration::from_millis(100)).await;
         assert!(!log.take_interrupted());
 
         // A batch stuck behind a silent server, as the request sees it: it never answers.
