@@ -155,6 +155,20 @@ test("a stock confirm answering 503 twice is retried until it confirms", async (
   assert.equal(results.at(-1), "confirmed");
 });
 
+test("a try whose answer is lost is repeated and holds once", async () => {
+  await shop.stock.script("try", { status: 503, apply: true });
+
+  const id = await create();
+  await reserved(id);
+
+  const tries = await shop.stock.calls("try");
+  assert.deepEqual(tries.map((c) => c.status), [503, 200]);
+  assert.equal(tries[0]?.idempotency_key, tries[1]?.idempotency_key);
+  assert.equal((await shop.stock.holds()).length, 1);
+  const [, body] = await reservation(id);
+  assert.equal(body?.participants.find((p) => p.name === "stock")?.state, "reserved");
+});
+
 test("a field the coordinator refuses comes back as a typed problem naming it", async () => {
   const { error, response } = await api.POST("/reservations", {
     body: { participants: [{ name: "stock", try: { url: "ftp://stock.test/holds" } }] },
