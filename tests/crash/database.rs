@@ -550,12 +550,23 @@ async fn with_two_hosts_a_silent_first_host_is_passed_over_for_the_one_that_answ
     })
     .await;
     let () = served;
-    assert_eq!(
-        decide(&http, &coordinator.base, &kept, "confirm")
-            .await
-            .status(),
-        202
-    );
+    // A statement sent on the silent host before the switch may still be waiting out its
+    // bound (a gathered read, say): the confirm may get 503 with Retry-After once more, as a
+    // client is told to expect during a failover (seen once in CI), never a hang or another
+    // status.
+    eventually(
+        "the confirm answered 202 through the second host",
+        || async {
+            let answer = decide(&http, &coordinator.base, &kept, "confirm").await;
+            let status = answer.status().as_u16();
+            assert!(
+                status == 202 || (status == 503 && answer.headers().contains_key("retry-after")),
+                "a confirm answered {status}"
+            );
+            (status == 202).then_some(())
+        },
+    )
+    .await;
     wait_for(&http, &coordinator.base, &kept, |s, _| s == 303).await;
     wait_readiness(&http, &coordinator.base, 200).await;
 }
