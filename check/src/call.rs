@@ -3,7 +3,8 @@
 //! that a broken rule can show what was sent and what came back.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -90,6 +91,18 @@ impl fmt::Display for Exchange {
     }
 }
 
+/// `Retry-After` in seconds, when an answer gives it.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
 /// Whether the coordinator asks again after this answer (not a final one).
 pub fn asks_again(status: StatusCode) -> bool {
     status == StatusCode::ACCEPTED
@@ -161,8 +174,8 @@ impl Caller {
             .await
     }
 
-    /// Sends until a final answer or until the patience is spent, pausing as `Retry-After`
-    /// says (at most a second) or 50 ms doubling.
+    /// Sends until a final answer or until the patience is spent (the `backoff` crate: 50 ms
+    /// doubling with jitter, at most a second apart, or as `Retry-After` says up to a second).
     async fn send(
         &self,
         method: Method,
@@ -170,37 +183,37 @@ impl Caller {
         headers: Vec<(String, String)>,
         body: Option<String>,
     ) -> Exchange {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(50);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let answer = self
-                .send_once(&method, url, &headers, body.as_deref())
-                .await;
-            let again = match &answer {
-                Ok(answer) => asks_again(answer.status),
-                Err(_) => true,
-            };
-            if !again || started.elapsed() + pause > self.patience {
-                return Exchange {
-                    method,
-                    url: url.to_string(),
-                    headers,
-                    body,
-                    answer,
-                    attempts,
-                };
+        let policy = backoff::ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(50))
+            .with_max_interval(MOST_BETWEEN)
+            .with_max_elapsed_time(Some(self.patience))
+            .build();
+        let attempts = AtomicU32::new(0);
+        let (method_ref, headers_ref, body_ref) = (&method, &headers, body.as_deref());
+        let answer = backoff::future::retry(policy, || async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let answer = self.send_once(method_ref, url, headers_ref, body_ref).await;
+            match &answer {
+                Ok(final_answer) if !asks_again(final_answer.status) => Ok(answer),
+                Ok(again) => {
+                    let retry_after = retry_after(&again.headers).map(|d| d.min(MOST_BETWEEN));
+                    Err(backoff::Error::Transient {
+                        err: answer,
+                        retry_after,
+                    })
+                }
+                Err(_) => Err(backoff::Error::transient(answer)),
             }
-            let wait = answer
-                .as_ref()
-                .ok()
-                .and_then(|a| a.headers.get(RETRY_AFTER))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or(pause, Duration::from_secs);
-            tokio::time::sleep(wait.min(MOST_BETWEEN)).await;
-            pause = (pause * 2).min(MOST_BETWEEN);
+        })
+        .await
+        .unwrap_or_else(|last| last);
+        Exchange {
+            method,
+            url: url.to_string(),
+            headers,
+            body,
+            answer,
+            attempts: attempts.into_inner(),
         }
     }
 

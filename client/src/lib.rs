@@ -2,7 +2,7 @@
 //!
 //! - [`Client::create`] sends an `Idempotency-Key` of its own making and, when the
 //!   coordinator cannot be reached or answers 503, sends the same request with the same key
-//!   again: a create is made once however often it is sent. [`Client::create_with_key`]
+//!   again (for up to 5 s): a create is made once however often it is sent. [`Client::create_with_key`]
 //!   takes a key you keep (say, your order id) to make your own retries safe too.
 //! - [`Client::wait`] sets `Prefer: wait=N`: creates answer once every try answered, confirms
 //!   and cancels once every participant did (or after N seconds).
@@ -36,7 +36,7 @@ mod types;
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use url::Url;
@@ -106,8 +106,8 @@ impl Outcome {
     }
 }
 
-/// How many times a call is sent at most when the coordinator cannot be reached or answers 503.
-const ATTEMPTS: u32 = 4;
+/// How long a call is sent again when the coordinator cannot be reached or answers 503.
+const RETRYING: Duration = Duration::from_secs(5);
 
 /// A coordinator's API.
 #[derive(Debug, Clone)]
@@ -240,13 +240,10 @@ impl Client {
         let response = self
             .send(|| self.request(Method::POST, url.clone()).json(participant))
             .await?;
-        match self.outcome(response).await? {
-            Outcome::Open(reservation) => Ok(*reservation),
-            other => Err(Error::Unexpected {
-                status: StatusCode::OK,
-                body: format!("a join answered {other:?}"),
-            }),
+        if response.status() == StatusCode::ACCEPTED {
+            return read(response).await;
         }
+        Err(failure(response).await)
     }
 
     /// A confirmed transaction's record.
@@ -294,24 +291,37 @@ impl Client {
         self.http.request(method, url).headers(headers)
     }
 
-    /// Sends what `request` builds; again (up to 4 times in all, 100 ms doubling apart) when
-    /// no answer came or the coordinator answered 503: every call here is safe to repeat.
+    /// Sends what `request` builds; again (the `backoff` crate: 100 ms doubling with jitter,
+    /// for up to 5 s, sooner when a 503's `Retry-After` says so) when no answer came or the
+    /// coordinator answered 503: every call here is safe to repeat.
     async fn send(&self, request: impl Fn() -> RequestBuilder) -> Result<Response, Error> {
-        let mut pause = Duration::from_millis(100);
-        let mut attempt = 1;
-        loop {
-            let sent = request().send().await;
-            let again = match &sent {
-                Ok(response) => response.status() == StatusCode::SERVICE_UNAVAILABLE,
-                Err(e) => e.is_connect() || e.is_timeout(),
-            };
-            if !again || attempt == ATTEMPTS {
-                return Ok(sent?);
+        let policy = backoff::ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(100))
+            .with_max_elapsed_time(Some(RETRYING))
+            .build();
+        let sent = backoff::future::retry(policy, || async {
+            match request().send().await {
+                Ok(busy) if busy.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    let retry_after = busy
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+                        .map(|secs| Duration::from_secs(secs).min(RETRYING));
+                    Err(backoff::Error::Transient {
+                        err: Ok(busy),
+                        retry_after,
+                    })
+                }
+                Ok(answer) => Ok(answer),
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    Err(backoff::Error::transient(Err(e)))
+                }
+                Err(e) => Err(backoff::Error::permanent(Err(e))),
             }
-            tokio::time::sleep(pause).await;
-            pause *= 2;
-            attempt += 1;
-        }
+        })
+        .await;
+        // The last 503 is an answer like any other; no answer at all is the error.
+        Ok(sent.or_else(|last| last)?)
     }
 
     /// Reads an answer that says where a reservation stands.

@@ -11,7 +11,7 @@ use poem::http::StatusCode;
 use poem::web::{Data, Json, Path};
 use poem::{handler, post, put, EndpointExt, IntoResponse, Request, Response, Route};
 use serde_json::{json, Value};
-use tcc_participant::fake::{FakeParticipant, FakeSettings};
+use tcc_participant::fake::{Answer, FakeParticipant, FakeSettings, Verb};
 use tcc_participant::{HoldState, Serving};
 use tcc_participant_check::{check, Expiry, Options, Report, Rule};
 
@@ -498,4 +498,38 @@ async fn a_participant_that_does_not_cancel_but_expires_is_checked_without_the_c
             .contains("does not cancel explicitly (405"),
         "{report}"
     );
+}
+
+#[tokio::test]
+async fn a_participant_answering_503_is_asked_again_as_the_coordinator_would() {
+    let fake = FakeParticipant::start().await.unwrap();
+    fake.script(Verb::Try, [Answer::status(503), Answer::status(503)]);
+    fake.script(Verb::Confirm, [Answer::status(503)]);
+    let mut options = Options::new(fake.try_url().parse().unwrap(), json!({"sku": "apple"}));
+    options.races = 2;
+
+    let report = check(options).await.unwrap();
+
+    assert!(report.passed(), "{report}");
+    let tries: Vec<_> = fake
+        .calls_of(Verb::Try)
+        .iter()
+        .take(3)
+        .map(|c| (c.status, c.idempotency_key.clone()))
+        .collect();
+    assert_eq!(
+        tries.iter().map(|t| t.0).collect::<Vec<_>>(),
+        [Some(503), Some(503), Some(201)]
+    );
+    assert!(
+        tries.iter().all(|t| t.1 == tries[0].1),
+        "asked again with the same key: {tries:?}"
+    );
+    let confirms: Vec<_> = fake
+        .calls_of(Verb::Confirm)
+        .iter()
+        .take(2)
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(confirms, [Some(503), Some(204)]);
 }

@@ -330,6 +330,23 @@ async fn the_clients_errors_are_typed_problems_and_a_cancel_is_an_outcome() {
         panic!("a confirm after the cancel finds it cancelled");
     };
     assert_eq!((late.status, late.reason), (410, Some(Reason::Client)));
+    // Joining it now is a problem, not an outcome.
+    let joining = NewParticipant::try_at(fake.try_url(), json!({"sku": "pear"}));
+    let refused = coordinator.join(&reserved.id, &joining).await.unwrap_err();
+    assert_eq!(refused.problem().map(|p| p.status), Some(410), "{refused}");
+    // Joining an open one answers the reservation with its new participant.
+    let open = coordinator
+        .create(&stock_try(&fake))
+        .await
+        .unwrap()
+        .open()
+        .unwrap();
+    let joined = coordinator
+        .join(&open.id, &joining.named("pears"))
+        .await
+        .unwrap();
+    assert_eq!(joined.participants.len(), 2);
+    assert_eq!(joined.participants[1].name, "pears");
 
     fake.script(Verb::Try, [Answer::status(409)]);
     let Outcome::Cancelled(refused) = coordinator.create(&stock_try(&fake)).await.unwrap() else {
