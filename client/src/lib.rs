@@ -59,9 +59,9 @@ pub enum Error {
     /// An answer this client does not understand.
     #[error("an unexpected answer from the coordinator: {status}: {body}")]
     Unexpected { status: StatusCode, body: String },
-    /// The base URL cannot be used.
+    /// The base URL or the token cannot be used, or a Location cannot be followed.
     #[error("{0}")]
-    Url(String),
+    Setup(String),
 }
 
 impl Error {
@@ -139,9 +139,9 @@ impl Client {
     /// When `base` is not an http(s) URL.
     pub fn with_http(base: &str, http: reqwest::Client) -> Result<Self, Error> {
         let mut base =
-            Url::parse(base).map_err(|e| Error::Url(format!("`{base}` is not a URL: {e}")))?;
+            Url::parse(base).map_err(|e| Error::Setup(format!("`{base}` is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(Error::Url(format!("`{base}` is not an http(s) URL")));
+            return Err(Error::Setup(format!("`{base}` is not an http(s) URL")));
         }
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -160,7 +160,7 @@ impl Client {
     /// When the token cannot be a header value.
     pub fn bearer(mut self, token: &str) -> Result<Self, Error> {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| Error::Url("the token is not a valid header value".into()))?;
+            .map_err(|_| Error::Setup("the token is not a valid header value".into()))?;
         self.token = Some(value);
         Ok(self)
     }
@@ -274,7 +274,7 @@ impl Client {
     fn url(&self, path: &str) -> Result<Url, Error> {
         self.base
             .join(path)
-            .map_err(|e| Error::Url(format!("`{path}` cannot be joined to {}: {e}", self.base)))
+            .map_err(|e| Error::Setup(format!("`{path}` cannot be joined to {}: {e}", self.base)))
     }
 
     fn request(&self, method: Method, url: Url) -> RequestBuilder {
@@ -342,7 +342,7 @@ impl Client {
                 let url = response
                     .url()
                     .join(location)
-                    .map_err(|e| Error::Url(format!("the 303's Location `{location}`: {e}")))?;
+                    .map_err(|e| Error::Setup(format!("the 303's Location `{location}`: {e}")))?;
                 Ok(Outcome::Confirmed(Box::new(
                     self.transaction_at(url).await?,
                 )))
